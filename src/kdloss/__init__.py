@@ -1,0 +1,21 @@
+"""kdloss: fast, exact knowledge-distillation losses on CPUs.
+
+``loss = T^2 * KL(softmax(teacher / T) || softmax(student / T))``, computed by a Cython/OpenMP
+kernel over the last axis of NumPy arrays. See README.md for semantics and accuracy.
+"""
+
+from . import reference
+from ._api import distillation_loss, kd_loss, log_softmax, softmax
+from ._config import openmp_enabled, show_config
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "distillation_loss",
+    "kd_loss",
+    "log_softmax",
+    "openmp_enabled",
+    "reference",
+    "show_config",
+    "softmax",
+]

@@ -1,0 +1,123 @@
+"""The public functions: validate, allocate, resolve threads, call the kernel."""
+
+import numpy as np
+
+from . import _kernel
+from ._threads import resolve_num_threads
+from ._validation import (
+    as_logits,
+    as_logits_pair,
+    as_rows,
+    check_reduction,
+    check_temperature,
+)
+
+
+def _kernel_threads(num_threads, n_rows):
+    # Rows are the unit of parallel work; more threads than rows would only idle.
+    return max(1, min(resolve_num_threads(num_threads), n_rows))
+
+
+def _scratch(rows_2d, n_threads, width):
+    """Per-thread row buffers, needed only when some class axis is not contiguous."""
+    contiguous = all(rows.strides[1] == rows.itemsize for rows in rows_2d)
+    return np.empty((0 if contiguous else n_threads, width), dtype=rows_2d[0].dtype)
+
+
+def _row_losses(student, teacher, temperature, num_threads):
+    """T^2 KL per row, as float64, for validated arrays of one dtype and shape."""
+    teacher_2d, student_2d = as_rows(teacher), as_rows(student)
+    n_rows, n_classes = teacher_2d.shape
+    n_threads = _kernel_threads(num_threads, n_rows)
+    out = np.empty(n_rows, dtype=np.float64)
+    scratch = _scratch((teacher_2d, student_2d), n_threads, 2 * n_classes)
+    _kernel.kl_rows(student_2d, teacher_2d, temperature, out, scratch, n_threads)
+    return out
+
+
+def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", num_threads=None):
+    """Knowledge-distillation loss ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : array_like, same shape ``(..., classes)``
+        The last axis holds classes; every leading axis is a row (1-D is one row, ``(B, C)``
+        a batch, ``(B, L, V)`` token-level distillation). float32 and float64 are computed
+        and kept; mixed precision promotes to float64; ints and bools become float64;
+        float16 is computed as float32. Any memory layout works; inputs are never written.
+    temperature : float
+        Softening temperature ``T``, finite and > 0.
+    reduction : {"mean", "sum", "none", "batchmean"}
+        ``"none"``: one loss per row, an array of shape ``logits.shape[:-1]`` in the compute
+        dtype. ``"sum"``: their sum. ``"mean"``: their mean over all rows (``"batchmean"`` is
+        the same, for PyTorch users). Sums are pairwise, in a fixed order, in float64.
+    num_threads : int, optional
+        OpenMP threads. None: ``OMP_NUM_THREADS`` or all usable CPUs; negative counts back
+        (-1 = all). Results are bitwise identical for every thread count.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Full precision (never rounded). Special values follow README "Semantics": NaN rows for
+        NaN/+inf logits or all-masked teachers, +inf where the student rules out a class the
+        teacher allows.
+    """
+    student, teacher = as_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    losses = _row_losses(student, teacher, temperature, num_threads)
+    if reduction == "none":
+        return losses.astype(teacher.dtype, copy=False).reshape(teacher.shape[:-1])
+    total = float(np.sum(losses))  # NumPy's pairwise summation: fixed order, O(log n) error growth
+    if reduction == "sum":
+        return total
+    return total / losses.size if losses.size else 0.0
+
+
+def _softmax(logits, temperature, num_threads, take_log):
+    array = as_logits(logits)
+    temperature = check_temperature(temperature)
+    rows = as_rows(array)
+    n_rows, n_classes = rows.shape
+    n_threads = _kernel_threads(num_threads, n_rows)
+    out = np.empty(rows.shape, dtype=rows.dtype)
+    _kernel.softmax_rows(rows, temperature, out, _scratch((rows,), n_threads, n_classes), take_log, n_threads)
+    return out.reshape(array.shape)
+
+
+def softmax(logits, temperature=1.0, *, num_threads=None):
+    """``softmax(logits / T)`` along the last axis, computed stably in double.
+
+    Returns an array of the input's shape and compute dtype (float32 or float64). A row with a
+    NaN or +inf, or with every entry -inf, becomes NaN; -inf entries become 0.
+    """
+    return _softmax(logits, temperature, num_threads, take_log=False)
+
+
+def log_softmax(logits, temperature=1.0, *, num_threads=None):
+    """``log_softmax(logits / T)`` along the last axis; special values as :func:`softmax` (-inf stays -inf)."""
+    return _softmax(logits, temperature, num_threads, take_log=True)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=1.0):
+    """``T^2 * KL(P_T || Q_T)`` for one pair of logit vectors, rounded to 4 decimal places.
+
+    ``student_logits`` and ``teacher_logits`` are equal-length, non-empty 1-D sequences (lists,
+    tuples or arrays). Returns a Python float, never ``-0.0``. For full precision and batches
+    use :func:`kd_loss`.
+
+    >>> distillation_loss([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # offset logits: same distribution
+    0.0
+    """
+    student, teacher = np.asarray(student_logits), np.asarray(teacher_logits)
+    for name, array in (("student_logits", student), ("teacher_logits", teacher)):
+        if array.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D sequence, got shape {array.shape}")
+        if array.size == 0:
+            raise ValueError(f"{name} is empty; give at least one logit")
+    if student.size != teacher.size:
+        raise ValueError(
+            f"student_logits and teacher_logits must have equal length, got {student.size} and {teacher.size}"
+        )
+    loss = kd_loss(student, teacher, temperature, reduction="sum", num_threads=1)
+    return round(loss, 4) + 0.0  # + 0.0 turns -0.0 into 0.0

@@ -1,0 +1,28 @@
+"""What the installed build can do."""
+
+import platform
+import sys
+
+import numpy as np
+
+from . import _kernel
+from ._threads import available_cpus, default_num_threads
+from ._version import __version__
+
+
+def openmp_enabled():
+    """True when the compiled kernel uses OpenMP (False for a serial build)."""
+    return _kernel.openmp_enabled()
+
+
+def show_config(file=None):
+    """Print kdloss's version, OpenMP state, default thread count and instruction set."""
+    lines = [
+        f"kdloss {__version__}",
+        f"  OpenMP:          {'enabled' if openmp_enabled() else 'disabled (serial build)'}",
+        f"  default threads: {default_num_threads()} (usable CPUs: {available_cpus()})",
+        f"  instruction set: {_kernel.instruction_set()}",
+        f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
+        f"NumPy {np.__version__}",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)

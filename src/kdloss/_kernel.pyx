@@ -1,0 +1,280 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled kernel of kdloss.
+
+Three layers, as in scikit-learn's ``sklearn/_loss``:
+
+1. Row helpers (``noexcept nogil``) work on one contiguous row of ``n`` classes. They return
+   special values (inf, NaN) rather than raising.
+2. Row loops (``*_rows``) run a helper over every row of a 2-D view under ``prange`` with a
+   static schedule and an explicit thread count. Each row's result depends on that row alone,
+   so results are bitwise identical for every thread count.
+3. The Python layer (``kdloss._api``) validates and converts inputs, allocates outputs and
+   resolves the thread count. The loops below assume its contract:
+
+   - ``student`` and ``teacher`` have the same shape ``(rows, classes)`` and dtype, classes >= 1;
+     any strides (a row whose classes are not contiguous is copied into per-thread scratch);
+   - ``temperature`` is finite and > 0; ``num_threads`` >= 1;
+   - ``out`` has one element per row (or the input's shape, C-contiguous, for softmax);
+   - ``scratch`` has at least ``num_threads`` rows of ``2 * classes`` elements when the class
+     axis is not contiguous (it is not touched otherwise).
+
+All arithmetic is in double, whatever the input dtype.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY, NAN, exp, expm1, fabs, log, log1p
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define KDLOSS_OPENMP 1
+    #else
+    #define KDLOSS_OPENMP 0
+    #endif
+    #if defined(__AVX512F__)
+    #define KDLOSS_ISA "x86-64 AVX-512 (compile-time)"
+    #elif defined(__AVX2__)
+    #define KDLOSS_ISA "x86-64 AVX2 (compile-time)"
+    #elif defined(__x86_64__) || defined(_M_X64)
+    #define KDLOSS_ISA "x86-64 baseline (SSE2)"
+    #elif defined(__aarch64__) || defined(_M_ARM64)
+    #define KDLOSS_ISA "arm64 baseline (NEON)"
+    #else
+    #define KDLOSS_ISA "portable C"
+    #endif
+    """
+    int KDLOSS_OPENMP
+    const char* KDLOSS_ISA
+
+
+# The fast KL evaluation subtracts terms of size `magnitude`; its relative error is about
+# eps * magnitude / KL. Rows whose KL is below magnitude * EXACT_PATH_RATIO take the
+# cancellation-free path, which keeps ~1e-15 relative accuracy all the way down to KL = 0.
+cdef double EXACT_PATH_RATIO = 1.0 / 1024.0
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(KDLOSS_OPENMP)
+
+
+def instruction_set():
+    """The instruction set the kernel was compiled for."""
+    return KDLOSS_ISA.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 1: row helpers
+# ---------------------------------------------------------------------------------------------
+
+cdef inline const floating* contiguous_row(
+    const char* row, Py_ssize_t class_stride, Py_ssize_t n, floating* scratch
+) noexcept nogil:
+    """The row as a contiguous pointer: itself when it already is one, else copied to scratch."""
+    cdef Py_ssize_t j
+    if class_stride == <Py_ssize_t> sizeof(floating):
+        return <const floating*> row
+    for j in range(n):
+        scratch[j] = (<const floating*> (row + j * class_stride))[0]
+    return scratch
+
+
+cdef inline double exp_minus_one_plus(double v) noexcept nogil:
+    """e^v - 1 - v, accurate to a few ulp also where it is tiny (no cancellation)."""
+    if fabs(v) >= 0.25:
+        return expm1(v) - v
+    # Taylor series sum_{k>=2} v^k / k!; the terms up to v^16 reach double precision for |v| < 1/4.
+    cdef double s = 1.0 / 355687428096000.0  # 1/16!
+    s = s * v + 1.0 / 1307674368000.0
+    s = s * v + 1.0 / 87178291200.0
+    s = s * v + 1.0 / 6227020800.0
+    s = s * v + 1.0 / 479001600.0
+    s = s * v + 1.0 / 39916800.0
+    s = s * v + 1.0 / 3628800.0
+    s = s * v + 1.0 / 362880.0
+    s = s * v + 1.0 / 40320.0
+    s = s * v + 1.0 / 5040.0
+    s = s * v + 1.0 / 720.0
+    s = s * v + 1.0 / 120.0
+    s = s * v + 1.0 / 24.0
+    s = s * v + 1.0 / 6.0
+    s = s * v + 0.5
+    return s * v * v
+
+
+cdef double row_kl(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T
+) noexcept nogil:
+    """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor).
+
+    Special values (documented in README "Semantics"): NaN anywhere, +inf anywhere, or a teacher
+    row that is all -inf gives NaN; a student -inf where the teacher is finite gives +inf; a
+    teacher -inf masks its class (it adds nothing, whatever the student holds there).
+    """
+    cdef Py_ssize_t i
+    cdef double ti, si, a, b, ea
+    cdef double t_max = -INFINITY, s_max = -INFINITY
+    cdef bint has_nan = False, student_gap = False
+
+    # Pass 1: row maxima and special values.
+    for i in range(n):
+        ti = t[i]
+        si = s[i]
+        if ti > t_max:
+            t_max = ti
+        if si > s_max:
+            s_max = si
+        has_nan |= (ti != ti) | (si != si)
+        student_gap |= (si == -INFINITY) & (ti != -INFINITY)
+    if has_nan or t_max == INFINITY or t_max == -INFINITY or s_max == INFINITY:
+        return NAN
+    if student_gap:
+        return INFINITY
+
+    # Pass 2 (fast path): with a = (t - t_max)/T and b = (s - s_max)/T,
+    # KL = E_P[a - b] - log Za + log Zb, Za = sum e^a, Zb = sum e^b.
+    cdef double z_teacher = 0.0, z_student = 0.0, weighted_gap = 0.0
+    for i in range(n):
+        a = (t[i] - t_max) * inv_T
+        b = (s[i] - s_max) * inv_T
+        ea = exp(a)
+        z_teacher += ea
+        z_student += exp(b)
+        if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
+            weighted_gap += ea * (a - b)
+    cdef double mean_gap = weighted_gap / z_teacher
+    cdef double log_zt = log(z_teacher), log_zs = log(z_student)
+    cdef double kl = mean_gap - log_zt + log_zs
+    if kl > (fabs(mean_gap) + log_zt + log_zs) * EXACT_PATH_RATIO:
+        return kl
+    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
+
+
+cdef double row_kl_exact(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
+    double t_max, double s_max, double mean_gap, double z_teacher,
+) noexcept nogil:
+    """KL for a row close to zero KL, without cancellation.
+
+    With d = ((t - s) - (t_max - s_max)) / T (exact differences when s is near t) and
+    u = d - c for any constant c:  KL = E_P[u] + log(E_P[e^-u] + R e^c), where R is the
+    student mass on classes outside the teacher's support, relative to Za. Writing
+    F = E_P[e^-u - 1 + u] >= 0 and y = F - E_P[u] + R e^c, this is KL = F + R e^c + (log1p(y) - y):
+    the dominant term F is a sum of non-negative terms, and the rest is O(y^2).
+    c = E_P[d] (from the fast pass) keeps u, and so the correction, small.
+    """
+    cdef Py_ssize_t i
+    cdef double a, ea, u
+    cdef double shift = t_max - s_max
+    cdef double c = mean_gap
+    cdef double f_sum = 0.0, u_sum = 0.0, outside_mass = 0.0
+    for i in range(n):
+        a = (t[i] - t_max) * inv_T
+        ea = exp(a)
+        if ea > 0.0:
+            u = (((<double> t[i]) - s[i]) - shift) * inv_T - c
+            f_sum += ea * exp_minus_one_plus(-u)
+            u_sum += ea * u
+        else:
+            outside_mass += exp((s[i] - s_max) * inv_T)
+    cdef double f = f_sum / z_teacher
+    cdef double r = exp(c) * outside_mass / z_teacher
+    cdef double y = f - u_sum / z_teacher + r
+    cdef double kl = f + r + (log1p(y) - y)
+    return kl if kl > 0.0 else 0.0
+
+
+cdef void row_softmax(
+    const floating* x, Py_ssize_t n, double inv_T, floating* out, bint take_log
+) noexcept nogil:
+    """softmax(x / T) or log_softmax(x / T) of one row into ``out``.
+
+    NaN or +inf anywhere, or a row that is all -inf, gives a row of NaN; -inf gives 0 (or -inf).
+    These follow from the arithmetic: the max or the normaliser becomes NaN.
+    """
+    cdef Py_ssize_t i
+    cdef double m = -INFINITY, z = 0.0, log_z
+    for i in range(n):
+        if x[i] > m:
+            m = x[i]
+    for i in range(n):
+        z += exp((x[i] - m) * inv_T)  # a NaN in the row makes z NaN
+    if m == INFINITY or m == -INFINITY:
+        z = NAN
+    if take_log:
+        log_z = log(z)
+        for i in range(n):
+            out[i] = <floating> ((x[i] - m) * inv_T - log_z)
+    else:
+        for i in range(n):
+            out[i] = <floating> (exp((x[i] - m) * inv_T) / z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 2: loops over rows
+# ---------------------------------------------------------------------------------------------
+
+def kl_rows(
+    const floating[:, :] student,
+    const floating[:, :] teacher,
+    double temperature,
+    double[::1] out,
+    floating[:, ::1] scratch,
+    int num_threads,
+):
+    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i."""
+    cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], i
+    if n_rows == 0:
+        return
+    cdef double inv_T = 1.0 / temperature
+    cdef double scale = temperature * temperature
+    cdef const char* t_base = <const char*> &teacher[0, 0]
+    cdef const char* s_base = <const char*> &student[0, 0]
+    cdef Py_ssize_t t_row = teacher.strides[0], t_col = teacher.strides[1]
+    cdef Py_ssize_t s_row = student.strides[0], s_col = student.strides[1]
+    cdef floating* t_scratch
+    cdef floating* s_scratch
+    for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=num_threads > 1):
+        t_scratch = NULL
+        s_scratch = NULL
+        if t_col != <Py_ssize_t> sizeof(floating) or s_col != <Py_ssize_t> sizeof(floating):
+            t_scratch = &scratch[threadid(), 0]
+            s_scratch = t_scratch + n_classes
+        out[i] = scale * row_kl(
+            contiguous_row(t_base + i * t_row, t_col, n_classes, t_scratch),
+            contiguous_row(s_base + i * s_row, s_col, n_classes, s_scratch),
+            n_classes,
+            inv_T,
+        )
+
+
+def softmax_rows(
+    const floating[:, :] logits,
+    double temperature,
+    floating[:, ::1] out,
+    floating[:, ::1] scratch,
+    bint take_log,
+    int num_threads,
+):
+    """out[i] = softmax(logits[i] / T), or its log, for every row i."""
+    cdef Py_ssize_t n_rows = logits.shape[0], n_classes = logits.shape[1], i
+    if n_rows == 0:
+        return
+    cdef double inv_T = 1.0 / temperature
+    cdef const char* base = <const char*> &logits[0, 0]
+    cdef Py_ssize_t row_stride = logits.strides[0], class_stride = logits.strides[1]
+    cdef floating* row_scratch
+    for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
+                    use_threads_if=num_threads > 1):
+        row_scratch = NULL
+        if class_stride != <Py_ssize_t> sizeof(floating):
+            row_scratch = &scratch[threadid(), 0]
+        row_softmax(
+            contiguous_row(base + i * row_stride, class_stride, n_classes, row_scratch),
+            n_classes,
+            inv_T,
+            &out[i, 0],
+            take_log,
+        )

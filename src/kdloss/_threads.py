@@ -1,0 +1,84 @@
+"""How many threads a call uses, and fork safety.
+
+``num_threads=None`` means ``OMP_NUM_THREADS`` when it is set, otherwise the CPUs this
+process may use (affinity mask and cgroup CPU quota), as scikit-learn's
+``_openmp_effective_n_threads`` does. Negative values count back from that default.
+
+A process forked after an OpenMP parallel region has run cannot use libgomp's thread pool
+again: the child's first parallel region deadlocks (GCC bug 58378). ``os.register_at_fork``
+marks the child, and kdloss then runs it single-threaded, without entering a parallel region.
+"""
+
+import functools
+import math
+import numbers
+import os
+
+_in_forked_child = False
+
+
+def _mark_forked_child():
+    global _in_forked_child
+    _in_forked_child = True
+
+
+os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+def _cgroup_cpu_limit():
+    """The CPU quota of this process's cgroup (v2 or v1), or None when there is none."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@functools.cache
+def available_cpus():
+    """CPUs this process may use: its affinity mask, capped by the cgroup CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
+
+
+def default_num_threads():
+    """``OMP_NUM_THREADS`` (its first value) when set and valid, otherwise ``available_cpus()``."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return available_cpus()
+
+
+def resolve_num_threads(num_threads):
+    """The thread count for a call: None = default, negative counts back (-1 = all), 0 raises."""
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
+    ):
+        raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
+    if num_threads == 0:
+        raise ValueError("num_threads must not be 0: use None for the default, or -1 for all CPUs")
+    if _in_forked_child:
+        return 1
+    default = default_num_threads()
+    if num_threads is None:
+        return default
+    if num_threads < 0:
+        return max(1, default + 1 + int(num_threads))
+    return int(num_threads)

@@ -1,0 +1,77 @@
+"""Input validation and conversion, in one place, before any kernel work.
+
+Every public function (kernel and reference alike) goes through these, so both accept and
+reject exactly the same inputs with the same messages.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+REDUCTIONS = ("none", "sum", "mean", "batchmean")
+
+
+def _compute_dtype(dtype):
+    """The dtype kdloss computes in for an input of ``dtype``, or TypeError."""
+    if dtype.kind == "b" or dtype.kind in "iu":
+        return np.dtype(np.float64)
+    if dtype.kind == "f":
+        if dtype.itemsize <= 4:  # float16 is computed as float32
+            return np.dtype(np.float32)
+        return np.dtype(np.float64)  # float64, and longdouble computed as float64
+    raise TypeError(
+        f"logits must be real numbers (float, int or bool), got dtype {dtype} "
+        f"({'complex' if dtype.kind == 'c' else 'not numeric'})"
+    )
+
+
+def as_logits(logits, name="logits"):
+    """``logits`` as an array of the dtype kdloss computes in, with at least one class.
+
+    Float32/float64 arrays are returned as they are (no copy, any layout).
+    """
+    array = np.asarray(logits)
+    dtype = _compute_dtype(array.dtype)
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
+    if array.shape[-1] == 0:
+        raise ValueError(f"{name} has zero classes (shape {array.shape}); the last axis holds classes")
+    return array.astype(dtype, copy=False)
+
+
+def as_logits_pair(student_logits, teacher_logits):
+    """Student and teacher as arrays of one common compute dtype and the same shape."""
+    student = np.asarray(student_logits)
+    teacher = np.asarray(teacher_logits)
+    dtype = np.result_type(_compute_dtype(student.dtype), _compute_dtype(teacher.dtype))
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got student {student.shape} "
+            f"and teacher {teacher.shape}"
+        )
+    student = as_logits(student, "student_logits").astype(dtype, copy=False)
+    teacher = as_logits(teacher, "teacher_logits").astype(dtype, copy=False)
+    return student, teacher
+
+
+def as_rows(array):
+    """A 2-D (rows, classes) view of ``array`` (a copy only when the leading axes cannot merge)."""
+    return array.reshape(-1, array.shape[-1])
+
+
+def check_temperature(temperature):
+    """The temperature as a float, or an error if it is not finite and > 0."""
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number, got {temperature!r}")
+    value = float(temperature)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+    return value
+
+
+def check_reduction(reduction):
+    """The reduction with its synonym resolved: "none", "sum" or "mean"."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
+    return "mean" if reduction == "batchmean" else reduction
