@@ -12,7 +12,7 @@ import numpy as np
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
 
-def _compute_dtype(dtype):
+def _compute_dtype(dtype, name):
     """The dtype kdloss computes in for an input of ``dtype``, or TypeError."""
     if dtype.kind == "b" or dtype.kind in "iu":
         return np.dtype(np.float64)
@@ -20,10 +20,7 @@ def _compute_dtype(dtype):
         if dtype.itemsize <= 4:  # float16 is computed as float32
             return np.dtype(np.float32)
         return np.dtype(np.float64)  # float64, and longdouble computed as float64
-    raise TypeError(
-        f"logits must be real numbers (float, int or bool), got dtype {dtype} "
-        f"({'complex' if dtype.kind == 'c' else 'not numeric'})"
-    )
+    raise TypeError(f"{name} must hold real numbers (float, int or bool), got dtype {dtype}")
 
 
 def as_logits(logits, name="logits"):
@@ -32,7 +29,7 @@ def as_logits(logits, name="logits"):
     Float32/float64 arrays are returned as they are (no copy, any layout).
     """
     array = np.asarray(logits)
-    dtype = _compute_dtype(array.dtype)
+    dtype = _compute_dtype(array.dtype, name)
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
     if array.shape[-1] == 0:
@@ -44,7 +41,9 @@ def as_logits_pair(student_logits, teacher_logits):
     """Student and teacher as arrays of one common compute dtype and the same shape."""
     student = np.asarray(student_logits)
     teacher = np.asarray(teacher_logits)
-    dtype = np.result_type(_compute_dtype(student.dtype), _compute_dtype(teacher.dtype))
+    dtype = np.result_type(
+        _compute_dtype(student.dtype, "student_logits"), _compute_dtype(teacher.dtype, "teacher_logits")
+    )
     if student.shape != teacher.shape:
         raise ValueError(
             f"student and teacher logits must have the same shape, got student {student.shape} "
