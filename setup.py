@@ -22,11 +22,14 @@ from setuptools.command.build_ext import build_ext
 OPENMP_PROBE = r"""
 #include <omp.h>
 #include <stdio.h>
+#ifndef _OPENMP
+#error "the compiler ignored the OpenMP flags"
+#endif
 int main(void) {
     int n = 0;
     #pragma omp parallel reduction(+:n)
     n += 1;
-    printf("%d\n", n);
+    printf("%d threads of %d\n", n, omp_get_max_threads());
     return n > 0 ? 0 : 1;
 }
 """

@@ -1,0 +1,1 @@
+"""Speed measurements for kdloss (pytest-benchmark). Not part of the test suite: see README."""

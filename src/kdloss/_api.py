@@ -67,7 +67,8 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean"
     reduction = check_reduction(reduction)
     losses = _row_losses(student, teacher, temperature, num_threads)
     if reduction == "none":
-        return losses.astype(teacher.dtype, copy=False).reshape(teacher.shape[:-1])
+        with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
+            return losses.astype(teacher.dtype, copy=False).reshape(teacher.shape[:-1])
     total = float(np.sum(losses))  # NumPy's pairwise summation: fixed order, O(log n) error growth
     if reduction == "sum":
         return total

@@ -20,7 +20,7 @@ def show_config(file=None):
     lines = [
         f"kdloss {__version__}",
         f"  OpenMP:          {'enabled' if openmp_enabled() else 'disabled (serial build)'}",
-        f"  default threads: {default_num_threads()} (usable CPUs: {available_cpus()})",
+        f"  default threads: {default_num_threads() if openmp_enabled() else 1} (usable CPUs: {available_cpus()})",
         f"  instruction set: {_kernel.instruction_set()}",
         f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
         f"NumPy {np.__version__}",

@@ -103,6 +103,22 @@ cdef inline double exp_minus_one_plus(double v) noexcept nogil:
     return s * v * v
 
 
+cdef inline double exact_difference(double x, double y, double* low) noexcept nogil:
+    """x - y as high + low[0] exactly (Knuth's TwoSum); needs IEEE arithmetic, no fast-math."""
+    cdef double high = x - y
+    cdef double y_part = high - x
+    low[0] = (x - (high - y_part)) + (-y - y_part)
+    return high
+
+
+cdef inline double log_sum(double top, double rest) noexcept nogil:
+    """log(top + rest) for a normaliser split as top (terms equal to 1, at least one) + rest.
+
+    log1p keeps full relative accuracy when one class dominates and the sum is 1 + tiny.
+    """
+    return log1p(rest) if top == 1.0 else log(top + rest)
+
+
 cdef double row_kl(
     const floating* t, const floating* s, Py_ssize_t n, double inv_T
 ) noexcept nogil:
@@ -113,7 +129,7 @@ cdef double row_kl(
     teacher -inf masks its class (it adds nothing, whatever the student holds there).
     """
     cdef Py_ssize_t i
-    cdef double ti, si, a, b, ea
+    cdef double ti, si, a, b, ea, eb
     cdef double t_max = -INFINITY, s_max = -INFINITY
     cdef bint has_nan = False, student_gap = False
 
@@ -133,21 +149,29 @@ cdef double row_kl(
         return INFINITY
 
     # Pass 2 (fast path): with a = (t - t_max)/T and b = (s - s_max)/T,
-    # KL = E_P[a - b] - log Za + log Zb, Za = sum e^a, Zb = sum e^b.
-    cdef double z_teacher = 0.0, z_student = 0.0, weighted_gap = 0.0
+    # KL = E_P[a - b] - log Za + log Zb, Za = sum e^a, Zb = sum e^b. Each Z is kept as
+    # (number of terms equal to 1) + (the rest), so that log Z stays accurate when Z is near 1.
+    cdef double top_t = 0.0, rest_t = 0.0, top_s = 0.0, rest_s = 0.0
+    cdef double gap_sum = 0.0, gap_scale = 0.0
     for i in range(n):
         a = (t[i] - t_max) * inv_T
         b = (s[i] - s_max) * inv_T
         ea = exp(a)
-        z_teacher += ea
-        z_student += exp(b)
+        eb = exp(b)
+        top_t += (a == 0.0)
+        rest_t += ea if a != 0.0 else 0.0
+        top_s += (b == 0.0)
+        rest_s += eb if b != 0.0 else 0.0
         if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
-            weighted_gap += ea * (a - b)
-    cdef double mean_gap = weighted_gap / z_teacher
-    cdef double log_zt = log(z_teacher), log_zs = log(z_student)
+            gap_sum += ea * (a - b)
+            gap_scale += ea * (fabs(a) + fabs(b))  # bounds the rounding error of gap_sum
+    cdef double z_teacher = top_t + rest_t
+    cdef double mean_gap = gap_sum / z_teacher
+    cdef double log_zt = log_sum(top_t, rest_t), log_zs = log_sum(top_s, rest_s)
     cdef double kl = mean_gap - log_zt + log_zs
-    if kl > (fabs(mean_gap) + log_zt + log_zs) * EXACT_PATH_RATIO:
-        return kl
+    cdef double magnitude = gap_scale / z_teacher + log_zt + log_zs
+    if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
+        return kl  # inf: a logit gap over T beyond the double range
     return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
 
 
@@ -157,27 +181,32 @@ cdef double row_kl_exact(
 ) noexcept nogil:
     """KL for a row close to zero KL, without cancellation.
 
-    With d = ((t - s) - (t_max - s_max)) / T (exact differences when s is near t) and
-    u = d - c for any constant c:  KL = E_P[u] + log(E_P[e^-u] + R e^c), where R is the
-    student mass on classes outside the teacher's support, relative to Za. Writing
-    F = E_P[e^-u - 1 + u] >= 0 and y = F - E_P[u] + R e^c, this is KL = F + R e^c + (log1p(y) - y):
-    the dominant term F is a sum of non-negative terms, and the rest is O(y^2).
-    c = E_P[d] (from the fast pass) keeps u, and so the correction, small.
+    With d = ((t - s) - (t_max - s_max)) / T and u = d - c for any constant c:
+    KL = E_P[u] + log(E_P[e^-u] + R e^c), where R is the student mass on classes outside the
+    teacher's support, relative to Za. Writing F = E_P[e^-u - 1 + u] >= 0 and
+    y = F - E_P[u] + R e^c, this is KL = F + R e^c + (log1p(y) - y): the dominant term F is a
+    sum of non-negative terms, and the rest is O(y^2). c = E_P[d] (from the fast pass) keeps u,
+    and so the correction, small. t - s is taken exactly (as a sum hi + lo), so u is accurate to
+    a few ulp of itself even when the student is the teacher plus an offset, and is exactly
+    0 where t - s is constant over the row.
     """
     cdef Py_ssize_t i
-    cdef double a, ea, u
-    cdef double shift = t_max - s_max
+    cdef double a, ea, u, ti, si, hi, lo
+    cdef double shift_lo, shift = exact_difference(t_max, s_max, &shift_lo)
     cdef double c = mean_gap
     cdef double f_sum = 0.0, u_sum = 0.0, outside_mass = 0.0
     for i in range(n):
-        a = (t[i] - t_max) * inv_T
+        ti = t[i]
+        si = s[i]
+        a = (ti - t_max) * inv_T
         ea = exp(a)
         if ea > 0.0:
-            u = (((<double> t[i]) - s[i]) - shift) * inv_T - c
+            hi = exact_difference(ti, si, &lo)
+            u = ((hi - shift) + (lo - shift_lo)) * inv_T - c
             f_sum += ea * exp_minus_one_plus(-u)
             u_sum += ea * u
         else:
-            outside_mass += exp((s[i] - s_max) * inv_T)
+            outside_mass += exp((si - s_max) * inv_T)
     cdef double f = f_sum / z_teacher
     cdef double r = exp(c) * outside_mass / z_teacher
     cdef double y = f - u_sum / z_teacher + r
@@ -194,19 +223,22 @@ cdef void row_softmax(
     These follow from the arithmetic: the max or the normaliser becomes NaN.
     """
     cdef Py_ssize_t i
-    cdef double m = -INFINITY, z = 0.0, log_z
+    cdef double m = -INFINITY, a, top = 0.0, rest = 0.0, z, log_z
     for i in range(n):
         if x[i] > m:
             m = x[i]
     for i in range(n):
-        z += exp((x[i] - m) * inv_T)  # a NaN in the row makes z NaN
+        a = (x[i] - m) * inv_T
+        top += (a == 0.0)
+        rest += exp(a) if a != 0.0 else 0.0  # a NaN in the row makes rest NaN
     if m == INFINITY or m == -INFINITY:
-        z = NAN
+        rest = NAN
     if take_log:
-        log_z = log(z)
+        log_z = log_sum(top, rest)
         for i in range(n):
             out[i] = <floating> ((x[i] - m) * inv_T - log_z)
     else:
+        z = top + rest
         for i in range(n):
             out[i] = <floating> (exp((x[i] - m) * inv_T) / z)
 

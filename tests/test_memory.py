@@ -1,0 +1,41 @@
+"""No call allocates rows x classes: only per-row output and small per-thread scratch."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import kdloss
+
+
+def traced_peak(function):
+    """Peak bytes NumPy and Python allocate while ``function`` runs (NumPy reports to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "reversed"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_kd_loss_allocates_per_row_only(layout, reduction):
+    rows, classes = 4000, 500  # 16 MB per float64 input
+    rng = np.random.default_rng(0)
+    teacher = rng.standard_normal((rows, classes))
+    student = teacher + rng.standard_normal((rows, classes))
+    if layout == "F":
+        teacher, student = np.asfortranarray(teacher), np.asfortranarray(student)
+    elif layout == "reversed":
+        teacher, student = teacher[::-1, ::-1], student[::-1, ::-1]
+    peak = traced_peak(lambda: kdloss.kd_loss(student, teacher, 2.0, reduction=reduction, num_threads=2))
+    per_row = rows * 8 * 2  # float64 row losses, and at most one copy of them for the result
+    assert peak < per_row + 256 * 1024, peak
+
+
+def test_softmax_allocates_its_output_only():
+    logits = np.asfortranarray(np.random.default_rng(0).standard_normal((2000, 1000)).astype(np.float32))
+    peak = traced_peak(lambda: kdloss.softmax(logits, 2.0))
+    assert peak < logits.nbytes + 256 * 1024, peak
