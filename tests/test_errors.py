@@ -5,6 +5,7 @@ The kernel and the reference share their validation, so both are checked.
 
 import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -63,6 +64,13 @@ def test_temperature_not_a_number(module, temperature):
     for call in calls(module, temperature=temperature).values():
         with pytest.raises(TypeError, match=r"temperature.*" + re.escape(repr(temperature))):
             call()
+
+
+@MODULES
+@pytest.mark.parametrize("temperature", [2, 2.0, np.float32(2.0), np.int64(2), np.array(2.0), Fraction(2)])
+def test_temperature_accepts_real_scalars_of_any_kind(module, temperature):
+    student, teacher = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.0, -1.0])
+    assert module.kd_loss(student, teacher, temperature) == module.kd_loss(student, teacher, 2.0)
 
 
 @MODULES

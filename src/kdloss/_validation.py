@@ -5,7 +5,6 @@ reject exactly the same inputs with the same messages.
 """
 
 import math
-import numbers
 
 import numpy as np
 
@@ -61,9 +60,17 @@ def as_rows(array):
 
 def check_temperature(temperature):
     """The temperature as a float, or an error if it is not finite and > 0."""
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+    # Real scalars of any kind (Python, NumPy, 0-d arrays, framework scalars); not bool or complex.
+    if (
+        isinstance(temperature, (bool, np.bool_, str, bytes, complex))
+        or np.ndim(temperature) != 0
+        or np.iscomplexobj(temperature)
+    ):
         raise TypeError(f"temperature must be a real number, got {temperature!r}")
-    value = float(temperature)
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"temperature must be a real number, got {temperature!r}") from None
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     return value
