@@ -19,7 +19,7 @@ def traced_peak(function):
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("layout", ["C", "F", "reversed"])
+@pytest.mark.parametrize("layout", ["C", "F", "reversed", "sequence_first"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_kd_loss_allocates_per_row_only(layout, reduction):
     rows, classes = 4000, 500  # 16 MB per float64 input
@@ -30,6 +30,10 @@ def test_kd_loss_allocates_per_row_only(layout, reduction):
         teacher, student = np.asfortranarray(teacher), np.asfortranarray(student)
     elif layout == "reversed":
         teacher, student = teacher[::-1, ::-1], student[::-1, ::-1]
+    elif layout == "sequence_first":
+        # (L, B, V) seen as (B, L, V): the leading axes cannot merge into one without a copy.
+        teacher = teacher.reshape(40, 100, classes).transpose(1, 0, 2)
+        student = student.reshape(40, 100, classes).transpose(1, 0, 2)
     peak = traced_peak(lambda: kdloss.kd_loss(student, teacher, 2.0, reduction=reduction, num_threads=2))
     per_row = rows * 8 * 2  # float64 row losses, and at most one copy of them for the result
     assert peak < per_row + 256 * 1024, peak

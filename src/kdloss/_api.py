@@ -3,19 +3,14 @@
 import numpy as np
 
 from . import _kernel
+from ._rows import row_blocks
 from ._threads import resolve_num_threads
-from ._validation import (
-    as_logits,
-    as_logits_pair,
-    as_rows,
-    check_reduction,
-    check_temperature,
-)
+from ._validation import as_logits, as_logits_pair, check_reduction, check_temperature
 
 
-def _kernel_threads(num_threads, n_rows):
+def _block_threads(n_threads, n_rows):
     # Rows are the unit of parallel work; more threads than rows would only idle.
-    return max(1, min(resolve_num_threads(num_threads), n_rows))
+    return max(1, min(n_threads, n_rows))
 
 
 def _scratch(rows_2d, n_threads, width):
@@ -25,14 +20,15 @@ def _scratch(rows_2d, n_threads, width):
 
 
 def _row_losses(student, teacher, temperature, num_threads):
-    """T^2 KL per row, as float64, for validated arrays of one dtype and shape."""
-    teacher_2d, student_2d = as_rows(teacher), as_rows(student)
-    n_rows, n_classes = teacher_2d.shape
-    n_threads = _kernel_threads(num_threads, n_rows)
-    out = np.empty(n_rows, dtype=np.float64)
-    scratch = _scratch((teacher_2d, student_2d), n_threads, 2 * n_classes)
-    _kernel.kl_rows(student_2d, teacher_2d, temperature, out, scratch, n_threads)
-    return out
+    """T^2 KL per row (shape ``teacher.shape[:-1]``, float64) for validated arrays."""
+    n_threads = resolve_num_threads(num_threads)
+    losses = np.empty(teacher.shape[:-1], dtype=np.float64)
+    for student_rows, teacher_rows, out in row_blocks((student, teacher, losses), (1, 1, 0)):
+        n_rows, n_classes = teacher_rows.shape
+        threads = _block_threads(n_threads, n_rows)
+        scratch = _scratch((student_rows, teacher_rows), threads, 2 * n_classes)
+        _kernel.kl_rows(student_rows, teacher_rows, temperature, out, scratch, threads)
+    return losses
 
 
 def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", num_threads=None):
@@ -68,8 +64,8 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean"
     losses = _row_losses(student, teacher, temperature, num_threads)
     if reduction == "none":
         with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
-            return losses.astype(teacher.dtype, copy=False).reshape(teacher.shape[:-1])
-    total = float(np.sum(losses))  # NumPy's pairwise summation: fixed order, O(log n) error growth
+            return losses.astype(teacher.dtype, copy=False)
+    total = float(np.sum(losses.ravel()))  # NumPy's pairwise summation: fixed order, O(log n) error
     if reduction == "sum":
         return total
     return total / losses.size if losses.size else 0.0
@@ -78,12 +74,13 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean"
 def _softmax(logits, temperature, num_threads, take_log):
     array = as_logits(logits)
     temperature = check_temperature(temperature)
-    rows = as_rows(array)
-    n_rows, n_classes = rows.shape
-    n_threads = _kernel_threads(num_threads, n_rows)
-    out = np.empty(rows.shape, dtype=rows.dtype)
-    _kernel.softmax_rows(rows, temperature, out, _scratch((rows,), n_threads, n_classes), take_log, n_threads)
-    return out.reshape(array.shape)
+    n_threads = resolve_num_threads(num_threads)
+    out = np.empty(array.shape, dtype=array.dtype)
+    for rows, out_rows in row_blocks((array, out), (1, 1)):
+        threads = _block_threads(n_threads, rows.shape[0])
+        scratch = _scratch((rows,), threads, rows.shape[1])
+        _kernel.softmax_rows(rows, temperature, out_rows, scratch, take_log, threads)
+    return out
 
 
 def softmax(logits, temperature=1.0, *, num_threads=None):

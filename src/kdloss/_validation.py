@@ -53,11 +53,6 @@ def as_logits_pair(student_logits, teacher_logits):
     return student, teacher
 
 
-def as_rows(array):
-    """A 2-D (rows, classes) view of ``array`` (a copy only when the leading axes cannot merge)."""
-    return array.reshape(-1, array.shape[-1])
-
-
 def check_temperature(temperature):
     """The temperature as a float, or an error if it is not finite and > 0."""
     # Real scalars of any kind (Python, NumPy, 0-d arrays, framework scalars); not bool or complex.
