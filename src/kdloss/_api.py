@@ -1,6 +1,9 @@
 """The public functions: validate, allocate, resolve threads, call the kernel."""
 
+from typing import Literal
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _kernel
 from ._rows import row_blocks
@@ -31,7 +34,17 @@ def _row_losses(student, teacher, temperature, num_threads):
     return losses
 
 
-def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", num_threads=None):
+Reduction = Literal["mean", "sum", "none", "batchmean"]
+
+
+def kd_loss(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    temperature: float = 1.0,
+    *,
+    reduction: Reduction = "mean",
+    num_threads: int | None = None,
+) -> float | np.ndarray:
     """Knowledge-distillation loss ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
 
     Parameters
@@ -83,7 +96,7 @@ def _softmax(logits, temperature, num_threads, take_log):
     return out
 
 
-def softmax(logits, temperature=1.0, *, num_threads=None):
+def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, computed stably in double.
 
     Returns an array of the input's shape and compute dtype (float32 or float64). A row with a
@@ -92,12 +105,12 @@ def softmax(logits, temperature=1.0, *, num_threads=None):
     return _softmax(logits, temperature, num_threads, take_log=False)
 
 
-def log_softmax(logits, temperature=1.0, *, num_threads=None):
+def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``log_softmax(logits / T)`` along the last axis; special values as :func:`softmax` (-inf stays -inf)."""
     return _softmax(logits, temperature, num_threads, take_log=True)
 
 
-def distillation_loss(student_logits, teacher_logits, temperature=1.0):
+def distillation_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0) -> float:
     """``T^2 * KL(P_T || Q_T)`` for one pair of logit vectors, rounded to 4 decimal places.
 
     ``student_logits`` and ``teacher_logits`` are equal-length, non-empty 1-D sequences (lists,
