@@ -1,4 +1,4 @@
-"""kdloss: fast, exact knowledge-distillation losses on CPUs.
+"""kdloss: exact knowledge-distillation losses on CPUs.
 
 ``loss = T^2 * KL(softmax(teacher / T) || softmax(student / T))``, computed by a Cython/OpenMP
 kernel over the last axis of NumPy arrays. See README.md for semantics and accuracy.

@@ -17,7 +17,7 @@ def _positive_int(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="kdloss", description="Fast, exact knowledge-distillation losses on CPUs."
+        prog="kdloss", description="Exact knowledge-distillation losses on CPUs."
     )
     parser.add_argument("--version", action="version", version=f"kdloss {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
