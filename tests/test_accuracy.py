@@ -289,6 +289,43 @@ def test_masked_classes(student_kind, n_classes, dtype, num_threads):
     assert_rows_accurate(got, want, rtol, f"masked classes, {np.dtype(dtype).name}")
 
 
+# Rows with many equal logits (a label-smoothed teacher): plain summation of equal terms rounds
+# the same way every time, and would lose ~n * eps. Found by an adversarial search.
+EQUAL_TAIL_ROWS = {
+    # KL ~ 0.015, where the fast formula is used: 3e-11 relative error with plain sums.
+    "equal tails": ([0.0] + [-3.5476083361606685] * 1999, [0.0] + [-0.008548246507222515] * 1999, 1.0),
+    # A label-smoothed teacher and a noisy student, at T ~ 0.1.
+    "smoothed teacher": ("noisy", [0.0] + [-0.0855] * 1999, 0.107216610693804),
+}
+
+
+def equal_tail_row(name):
+    student, teacher, temperature = EQUAL_TAIL_ROWS[name]
+    if student == "noisy":
+        student = (np.array(teacher) + 2e-3 * rng_for(name).standard_normal(len(teacher))).tolist()
+    return student, teacher, temperature
+
+
+@pytest.mark.parametrize("num_threads", (1, 2))
+@pytest.mark.parametrize("name", EQUAL_TAIL_ROWS)
+def test_equal_logits_do_not_accumulate_rounding(name, num_threads):
+    student, teacher, temperature = equal_tail_row(name)
+    want = exact_kd_loss(student, teacher, temperature)
+    got = kdloss.kd_loss([student], [teacher], temperature, reduction="none", num_threads=num_threads)
+    assert_rows_accurate(got, [want], ORDINARY_RTOL[np.float64], "equal logits, float64")
+
+
+@pytest.mark.parametrize("temperature", [10.0, 1e3])
+def test_kl_far_below_the_contract_range_stays_accurate(temperature):
+    """KL ~ 1e-26 and below: the exact path's O(y^2) correction must not round away."""
+    student = [-1.260219199044955, 0.15428419890869485]
+    teacher = [-0.886785069195653, 0.5277183287576218]
+    with mpmath.workdps(100):
+        want = exact_kd_loss(student, teacher, temperature, dps=100)
+    got = kdloss.kd_loss([student], [teacher], temperature, reduction="none")
+    assert_rows_accurate(got, [want], NEAR_RTOL[np.float64], "KL far below 1e-12, float64")
+
+
 def huge_rows(h):
     """(student, teacher) rows whose logits are of the order of ``h`` (near the dtype's max)."""
     inf = math.inf

@@ -23,7 +23,7 @@ All arithmetic is in double, whatever the input dtype.
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, exp, expm1, fabs, log, log1p
+from libc.math cimport INFINITY, NAN, exp, expm1, fabs, isfinite, log, log1p
 
 cdef extern from *:
     """
@@ -80,6 +80,30 @@ cdef inline const floating* contiguous_row(
     return scratch
 
 
+cdef struct CompensatedSum:
+    double total
+    double error  # what the additions to `total` rounded away
+
+
+cdef inline void add_to(CompensatedSum* acc, double x) noexcept nogil:
+    """acc += x with Neumaier's compensation.
+
+    Plain summation can lose n * eps relative accuracy over n terms, and does when many terms
+    are equal (a label-smoothed teacher); the compensated sum stays within a few eps.
+    """
+    cdef double total = acc.total + x
+    if fabs(acc.total) >= fabs(x):
+        acc.error += (acc.total - total) + x
+    else:
+        acc.error += (x - total) + acc.total
+    acc.total = total
+
+
+cdef inline double value_of(CompensatedSum acc) noexcept nogil:
+    # An inf or NaN total makes the error NaN; the total is then the answer.
+    return acc.total + acc.error if isfinite(acc.total) else acc.total
+
+
 cdef inline double exp_minus_one_plus(double v) noexcept nogil:
     """e^v - 1 - v, accurate to a few ulp also where it is tiny (no cancellation)."""
     if fabs(v) >= 0.25:
@@ -101,6 +125,29 @@ cdef inline double exp_minus_one_plus(double v) noexcept nogil:
     s = s * v + 1.0 / 6.0
     s = s * v + 0.5
     return s * v * v
+
+
+cdef inline double log1p_minus_identity(double y) noexcept nogil:
+    """log(1 + y) - y, accurate also where it is tiny (no cancellation)."""
+    if fabs(y) >= 0.0625:
+        return log1p(y) - y
+    # Taylor series sum_{k>=2} (-1)^(k+1) y^k / k; the terms up to y^16 reach double precision.
+    cdef double s = -1.0 / 16.0
+    s = s * y + 1.0 / 15.0
+    s = s * y - 1.0 / 14.0
+    s = s * y + 1.0 / 13.0
+    s = s * y - 1.0 / 12.0
+    s = s * y + 1.0 / 11.0
+    s = s * y - 1.0 / 10.0
+    s = s * y + 1.0 / 9.0
+    s = s * y - 1.0 / 8.0
+    s = s * y + 1.0 / 7.0
+    s = s * y - 1.0 / 6.0
+    s = s * y + 1.0 / 5.0
+    s = s * y - 1.0 / 4.0
+    s = s * y + 1.0 / 3.0
+    s = s * y - 0.5
+    return s * y * y
 
 
 cdef inline double exact_difference(double x, double y, double* low) noexcept nogil:
@@ -151,23 +198,25 @@ cdef double row_kl(
     # Pass 2 (fast path): with a = (t - t_max)/T and b = (s - s_max)/T,
     # KL = E_P[a - b] - log Za + log Zb, Za = sum e^a, Zb = sum e^b. Each Z is kept as
     # (number of terms equal to 1) + (the rest), so that log Z stays accurate when Z is near 1.
-    cdef double top_t = 0.0, rest_t = 0.0, top_s = 0.0, rest_s = 0.0
-    cdef double gap_sum = 0.0, gap_scale = 0.0
+    cdef double top_t = 0.0, top_s = 0.0, gap_scale = 0.0
+    cdef CompensatedSum rest_t = CompensatedSum(0.0, 0.0)
+    cdef CompensatedSum rest_s = CompensatedSum(0.0, 0.0)
+    cdef CompensatedSum gap_sum = CompensatedSum(0.0, 0.0)
     for i in range(n):
         a = (t[i] - t_max) * inv_T
         b = (s[i] - s_max) * inv_T
         ea = exp(a)
         eb = exp(b)
         top_t += (a == 0.0)
-        rest_t += ea if a != 0.0 else 0.0
+        add_to(&rest_t, ea if a != 0.0 else 0.0)
         top_s += (b == 0.0)
-        rest_s += eb if b != 0.0 else 0.0
+        add_to(&rest_s, eb if b != 0.0 else 0.0)
         if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
-            gap_sum += ea * (a - b)
-            gap_scale += ea * (fabs(a) + fabs(b))  # bounds the rounding error of gap_sum
-    cdef double z_teacher = top_t + rest_t
-    cdef double mean_gap = gap_sum / z_teacher
-    cdef double log_zt = log_sum(top_t, rest_t), log_zs = log_sum(top_s, rest_s)
+            add_to(&gap_sum, ea * (a - b))
+            gap_scale += ea * (fabs(a) + fabs(b))  # bounds the rounding error of the gap terms
+    cdef double z_teacher = top_t + value_of(rest_t)
+    cdef double mean_gap = value_of(gap_sum) / z_teacher
+    cdef double log_zt = log_sum(top_t, value_of(rest_t)), log_zs = log_sum(top_s, value_of(rest_s))
     cdef double kl = mean_gap - log_zt + log_zs
     cdef double magnitude = gap_scale / z_teacher + log_zt + log_zs
     if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
@@ -185,7 +234,7 @@ cdef double row_kl_exact(
     KL = E_P[u] + log(E_P[e^-u] + R e^c), where R is the student mass on classes outside the
     teacher's support, relative to Za. Writing F = E_P[e^-u - 1 + u] >= 0 and
     y = F - E_P[u] + R e^c, this is KL = F + R e^c + (log1p(y) - y): the dominant term F is a
-    sum of non-negative terms, and the rest is O(y^2). c = E_P[d] (from the fast pass) keeps u,
+    sum of non-negative terms, and the rest is O(y^2) (computed by a series where it is tiny). c = E_P[d] (from the fast pass) keeps u,
     and so the correction, small. t - s is taken exactly (as a sum hi + lo), so u is accurate to
     a few ulp of itself even when the student is the teacher plus an offset, and is exactly
     0 where t - s is constant over the row.
@@ -194,7 +243,9 @@ cdef double row_kl_exact(
     cdef double a, ea, u, ti, si, hi, lo
     cdef double shift_lo, shift = exact_difference(t_max, s_max, &shift_lo)
     cdef double c = mean_gap
-    cdef double f_sum = 0.0, u_sum = 0.0, outside_mass = 0.0
+    cdef double u_sum = 0.0  # only enters at second order: plain summation is enough
+    cdef CompensatedSum f_sum = CompensatedSum(0.0, 0.0)
+    cdef CompensatedSum outside_mass = CompensatedSum(0.0, 0.0)
     for i in range(n):
         ti = t[i]
         si = s[i]
@@ -203,14 +254,14 @@ cdef double row_kl_exact(
         if ea > 0.0:
             hi = exact_difference(ti, si, &lo)
             u = ((hi - shift) + (lo - shift_lo)) * inv_T - c
-            f_sum += ea * exp_minus_one_plus(-u)
+            add_to(&f_sum, ea * exp_minus_one_plus(-u))
             u_sum += ea * u
         else:
-            outside_mass += exp((si - s_max) * inv_T)
-    cdef double f = f_sum / z_teacher
-    cdef double r = exp(c) * outside_mass / z_teacher
+            add_to(&outside_mass, exp((si - s_max) * inv_T))
+    cdef double f = value_of(f_sum) / z_teacher
+    cdef double r = exp(c) * value_of(outside_mass) / z_teacher
     cdef double y = f - u_sum / z_teacher + r
-    cdef double kl = f + r + (log1p(y) - y)
+    cdef double kl = f + r + log1p_minus_identity(y)
     return kl if kl > 0.0 else 0.0
 
 
@@ -223,14 +274,16 @@ cdef void row_softmax(
     These follow from the arithmetic: the max or the normaliser becomes NaN.
     """
     cdef Py_ssize_t i
-    cdef double m = -INFINITY, a, top = 0.0, rest = 0.0, z, log_z
+    cdef double m = -INFINITY, a, top = 0.0, rest, z, log_z
+    cdef CompensatedSum rest_sum = CompensatedSum(0.0, 0.0)
     for i in range(n):
         if x[i] > m:
             m = x[i]
     for i in range(n):
         a = (x[i] - m) * inv_T
         top += (a == 0.0)
-        rest += exp(a) if a != 0.0 else 0.0  # a NaN in the row makes rest NaN
+        add_to(&rest_sum, exp(a) if a != 0.0 else 0.0)  # a NaN in the row makes the sum NaN
+    rest = value_of(rest_sum)
     if m == INFINITY or m == -INFINITY:
         rest = NAN
     if take_log:
