@@ -169,3 +169,15 @@ def test_softmax_huge_logits(case, dtype, temperature):
     row, expected_log = HUGE_SOFTMAX_CASES[case]
     huge = float(np.array(HUGE[dtype] / 4, dtype)) * 4  # H/2 and H/4 exact in the dtype
     check_softmax_row(row_of(row, dtype, huge), expected_log(temperature, huge), dtype, temperature)
+
+
+@pytest.mark.parametrize("temperature", [1e150, 1e160, 1e300])
+def test_huge_temperatures_never_give_nan(temperature):
+    # T^2 overflows above 1e154; the loss T^2 * KL is O(1) and must not become inf * 0 = NaN.
+    student, teacher = [[0.0, 1.0, 2.5], [0.0, 1.0, 2.0]], [[0.3, 1.0, 2.0], [0.0, 1.0, 2.0]]
+    losses = kdloss.kd_loss(student, teacher, temperature, reduction="none")
+    assert losses[1] == 0.0
+    assert 0.0 <= losses[0] < 1.0
+    if temperature <= 1e150:  # where KL itself does not yet underflow
+        expected = kdloss.kd_loss(student[0], teacher[0], 1e10, reduction="sum")
+        assert math.isclose(losses[0], expected, rel_tol=1e-8)

@@ -313,13 +313,13 @@ def kl_rows(
     if n_rows == 0:
         return
     cdef double inv_T = 1.0 / temperature
-    cdef double scale = temperature * temperature
     cdef const char* t_base = <const char*> &teacher[0, 0]
     cdef const char* s_base = <const char*> &student[0, 0]
     cdef Py_ssize_t t_row = teacher.strides[0], t_col = teacher.strides[1]
     cdef Py_ssize_t s_row = student.strides[0], s_col = student.strides[1]
     cdef floating* t_scratch
     cdef floating* s_scratch
+    cdef double kl
     for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
                     use_threads_if=num_threads > 1):
         t_scratch = NULL
@@ -327,12 +327,13 @@ def kl_rows(
         if t_col != <Py_ssize_t> sizeof(floating) or s_col != <Py_ssize_t> sizeof(floating):
             t_scratch = &scratch[threadid(), 0]
             s_scratch = t_scratch + n_classes
-        out[i] = scale * row_kl(
+        kl = row_kl(
             contiguous_row(t_base + i * t_row, t_col, n_classes, t_scratch),
             contiguous_row(s_base + i * s_row, s_col, n_classes, s_scratch),
             n_classes,
             inv_T,
         )
+        out[i] = temperature * (temperature * kl)  # T^2 alone overflows for T > 1e154
 
 
 def softmax_rows(
