@@ -6,7 +6,8 @@ process may use (affinity mask and cgroup CPU quota), as scikit-learn's
 
 A process forked after an OpenMP parallel region has run cannot use libgomp's thread pool
 again: the child's first parallel region deadlocks (GCC bug 58378). ``os.register_at_fork``
-marks the child, and kdloss then runs it single-threaded, without entering a parallel region.
+marks the child, and kdloss then runs it single-threaded: the kernel's parallel region is
+disabled by its ``if`` clause, so libgomp runs it on the calling thread without its pool.
 Every forked child is marked, not only those of parents that ran kdloss in parallel: another
 extension linked to the same libgomp may have started its thread pool.
 """
