@@ -86,7 +86,7 @@ class BuildExtWithOpenMP(build_ext):
 
 
 extensions = [
-    # Typed memoryviews only: the kernel uses no NumPy C API, so it runs with any NumPy.
+    # Typed memoryviews only: the kernel needs no NumPy headers or C API.
     Extension("kdloss._kernel", ["src/kdloss/_kernel.pyx"])
 ]
 

@@ -22,35 +22,41 @@ def _compute_dtype(dtype, name):
     raise TypeError(f"{name} must hold real numbers (float, int or bool), got dtype {dtype}")
 
 
+def _as_array(logits, name):
+    """``logits`` as an array, and the dtype kdloss computes it in."""
+    array = np.asarray(logits)
+    return array, _compute_dtype(array.dtype, name)
+
+
+def _check_classes(array, name):
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
+    if array.shape[-1] == 0:
+        raise ValueError(f"{name} has zero classes (shape {array.shape}); the last axis holds classes")
+
+
 def as_logits(logits, name="logits"):
     """``logits`` as an array of the dtype kdloss computes in, with at least one class.
 
     Float32/float64 arrays are returned as they are (no copy, any layout).
     """
-    array = np.asarray(logits)
-    dtype = _compute_dtype(array.dtype, name)
-    if array.ndim == 0:
-        raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
-    if array.shape[-1] == 0:
-        raise ValueError(f"{name} has zero classes (shape {array.shape}); the last axis holds classes")
+    array, dtype = _as_array(logits, name)
+    _check_classes(array, name)
     return array.astype(dtype, copy=False)
 
 
 def as_logits_pair(student_logits, teacher_logits):
     """Student and teacher as arrays of one common compute dtype and the same shape."""
-    student = np.asarray(student_logits)
-    teacher = np.asarray(teacher_logits)
-    dtype = np.result_type(
-        _compute_dtype(student.dtype, "student_logits"), _compute_dtype(teacher.dtype, "teacher_logits")
-    )
+    student, student_dtype = _as_array(student_logits, "student_logits")
+    teacher, teacher_dtype = _as_array(teacher_logits, "teacher_logits")
     if student.shape != teacher.shape:
         raise ValueError(
             f"student and teacher logits must have the same shape, got student {student.shape} "
             f"and teacher {teacher.shape}"
         )
-    student = as_logits(student, "student_logits").astype(dtype, copy=False)
-    teacher = as_logits(teacher, "teacher_logits").astype(dtype, copy=False)
-    return student, teacher
+    _check_classes(student, "student_logits")  # the shapes are equal: one check covers both
+    dtype = np.result_type(student_dtype, teacher_dtype)
+    return student.astype(dtype, copy=False), teacher.astype(dtype, copy=False)
 
 
 def check_temperature(temperature):
