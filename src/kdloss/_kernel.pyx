@@ -15,15 +15,43 @@ Three layers, as in scikit-learn's ``sklearn/_loss``:
      any strides (a row whose classes are not contiguous is copied into per-thread scratch);
    - ``temperature`` is finite and > 0; ``num_threads`` >= 1;
    - ``out`` has one element per row (or the input's shape, C-contiguous, for softmax);
-   - ``scratch`` has at least ``num_threads`` rows of ``2 * classes`` elements when the class
-     axis is not contiguous (it is not touched otherwise).
+   - ``scratch`` has at least ``min(num_threads, rows)`` rows of ``2 * classes`` elements when
+     the class axis is not contiguous (it is not touched otherwise).
 
-All arithmetic is in double, whatever the input dtype.
+All arithmetic is in double, whatever the input dtype. The KL of a row is computed by the
+vectorised passes of ``_simd/`` (a polynomial exp, compiled for several instruction sets and
+chosen at run time), finished here; rows with special values, and rows close to zero KL, are
+recomputed by the scalar libm code below, which decides their documented values.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, exp, expm1, fabs, isfinite, log, log1p
+from libc.stddef cimport ptrdiff_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+cdef extern from "simd.h" nogil:
+    enum: KD_CHUNK
+    ctypedef struct kd_chunk_stats:
+        double top_t, top_s
+        double rest_t, rest_t_err
+        double rest_s, rest_s_err
+        double gap, gap_err
+        double gap_scale
+    ctypedef struct kd_row_range:
+        double t_max, s_max, t_min, s_min
+    ctypedef struct kd_target:
+        const char* name
+        void (*range_f32)(const float*, const float*, ptrdiff_t, kd_row_range*) noexcept nogil
+        void (*range_f64)(const double*, const double*, ptrdiff_t, kd_row_range*) noexcept nogil
+        void (*stats_f32)(const float*, const float*, ptrdiff_t, const kd_row_range*, double,
+                          kd_chunk_stats*) noexcept nogil
+        void (*stats_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
+                          kd_chunk_stats*) noexcept nogil
+    const kd_target* kd_active_target  # NULL: the scalar path
+    int kd_select_target(const char* name)
+    const char* kd_available_targets()
 
 cdef extern from *:
     """
@@ -60,8 +88,41 @@ def openmp_enabled():
 
 
 def instruction_set():
-    """The instruction set the kernel was compiled for."""
+    """The instruction set the extension was compiled for (its baseline)."""
     return KDLOSS_ISA.decode()
+
+
+def available_targets():
+    """The kernel targets this build holds and this CPU runs, slowest first."""
+    return kd_available_targets().decode().split()
+
+
+def active_target():
+    """The kernel target in use: "scalar" (libm), "baseline", "avx2" or "avx512"."""
+    return "scalar" if kd_active_target == NULL else kd_active_target.name.decode().split("+")[0]
+
+
+def select_target(str name):
+    """Use the named target ("auto": the best this CPU runs). Not for use while kdloss runs."""
+    if kd_select_target(name.encode()) != 0:
+        raise ValueError(f"kernel target {name!r} is not available here; choose from {available_targets()}")
+
+
+def _select_target_from_environment():
+    """KDLOSS_TARGET names a target to use instead of the best one (for testing, or to rule out
+    a target); an unknown or unavailable name warns and falls back to the best."""
+    import os
+    import warnings
+
+    requested = os.environ.get("KDLOSS_TARGET", "auto")
+    try:
+        select_target(requested)
+    except ValueError as error:
+        warnings.warn(f"KDLOSS_TARGET ignored: {error}", RuntimeWarning, stacklevel=2)
+        select_target("auto")
+
+
+_select_target_from_environment()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,15 +227,119 @@ cdef inline double log_sum(double top, double rest) noexcept nogil:
     return log1p(rest) if top == 1.0 else log(top + rest)
 
 
+cdef struct RowSums:
+    # Sums over a row, with a = (t - t_max) / T and b = (s - s_max) / T. Each normaliser is kept
+    # as (number of classes at the maximum, where e^0 = 1) + (the rest), so that log Z stays
+    # accurate when Z is 1 + tiny.
+    double top_t, top_s
+    CompensatedSum rest_t, rest_s  # sum of e^a over a != 0, of e^b over b != 0
+    CompensatedSum gap             # sum of e^a (a - b) over classes with e^a > 0
+    double gap_scale               # sum of e^a (|a| + |b|): bounds the rounding error of gap
+
+
+cdef inline void merge_chunk(RowSums* row, const kd_chunk_stats* chunk) noexcept nogil:
+    """Adds one chunk's sums (from the vectorised pass) to the row's."""
+    row.top_t += chunk.top_t
+    row.top_s += chunk.top_s
+    add_to(&row.rest_t, chunk.rest_t)
+    row.rest_t.error += chunk.rest_t_err
+    add_to(&row.rest_s, chunk.rest_s)
+    row.rest_s.error += chunk.rest_s_err
+    add_to(&row.gap, chunk.gap)
+    row.gap.error += chunk.gap_err
+    row.gap_scale += chunk.gap_scale
+
+
+cdef inline double kl_from_sums(
+    const RowSums* sums, double* mean_gap, double* z_teacher, double* magnitude
+) noexcept nogil:
+    """KL = E_P[a - b] - log Za + log Zb, and the size of the terms it subtracts."""
+    cdef double rest_t = value_of(sums.rest_t), rest_s = value_of(sums.rest_s)
+    cdef double log_zt = log_sum(sums.top_t, rest_t), log_zs = log_sum(sums.top_s, rest_s)
+    z_teacher[0] = sums.top_t + rest_t
+    mean_gap[0] = value_of(sums.gap) / z_teacher[0]
+    magnitude[0] = sums.gap_scale / z_teacher[0] + log_zt + log_zs
+    return mean_gap[0] - log_zt + log_zs
+
+
+cdef inline void chunk_range(
+    const floating* t, const floating* s, Py_ssize_t start, Py_ssize_t n, kd_row_range* out
+) noexcept nogil:
+    """The extrema of classes [start, start + KD_CHUNK) of a row of n classes (vectorised)."""
+    cdef Py_ssize_t length = min(<Py_ssize_t> KD_CHUNK, n - start)
+    if floating is float:
+        kd_active_target.range_f32(t + start, s + start, length, out)
+    else:
+        kd_active_target.range_f64(t + start, s + start, length, out)
+
+
+cdef inline void merge_range(kd_row_range* row, const kd_row_range* chunk) noexcept nogil:
+    # Extrema are exact: merging chunks gives the same values as one pass over the row.
+    row.t_max = chunk.t_max if chunk.t_max > row.t_max else row.t_max
+    row.s_max = chunk.s_max if chunk.s_max > row.s_max else row.s_max
+    row.t_min = chunk.t_min if chunk.t_min < row.t_min else row.t_min
+    row.s_min = chunk.s_min if chunk.s_min < row.s_min else row.s_min
+
+
+cdef inline void chunk_stats(
+    const floating* t, const floating* s, Py_ssize_t start, Py_ssize_t n,
+    const kd_row_range* extremes, double inv_T, kd_chunk_stats* out,
+) noexcept nogil:
+    """The vectorised sums over classes [start, start + KD_CHUNK) of a row of n classes."""
+    cdef Py_ssize_t length = min(<Py_ssize_t> KD_CHUNK, n - start)
+    if floating is float:
+        kd_active_target.stats_f32(t + start, s + start, length, extremes, inv_T, out)
+    else:
+        kd_active_target.stats_f64(t + start, s + start, length, extremes, inv_T, out)
+
+
 cdef double row_kl(
     const floating* t, const floating* s, Py_ssize_t n, double inv_T
 ) noexcept nogil:
     """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor).
 
-    Special values (documented in README "Semantics"): NaN anywhere, +inf anywhere, or a teacher
-    row that is all -inf gives NaN; a student -inf where the teacher is finite gives +inf; a
-    teacher -inf masks its class (it adds nothing, whatever the student holds there).
+    The vectorised passes: the row maxima, then the sums chunk by chunk, merged in order (a
+    long row split across threads, in ``kl_long_rows``, merges the same chunks in the same
+    order). Special values (documented in README "Semantics"): NaN anywhere, +inf anywhere, or a
+    teacher row that is all -inf gives NaN; a student -inf where the teacher is finite gives
+    +inf; a teacher -inf masks its class (it adds nothing, whatever the student holds there).
     """
+    if kd_active_target == NULL:
+        return row_kl_scalar(t, s, n, inv_T)
+    cdef Py_ssize_t c, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK
+    cdef kd_row_range extremes, chunk_extremes
+    cdef kd_chunk_stats chunk
+    cdef RowSums sums
+    chunk_range(t, s, 0, n, &extremes)
+    for c in range(1, n_chunks):
+        chunk_range(t, s, c * KD_CHUNK, n, &chunk_extremes)
+        merge_range(&extremes, &chunk_extremes)
+    memset(&sums, 0, sizeof(sums))
+    for c in range(n_chunks):
+        chunk_stats(t, s, c * KD_CHUNK, n, &extremes, inv_T, &chunk)
+        merge_chunk(&sums, &chunk)
+    return finish_row_kl(t, s, n, inv_T, extremes.t_max, extremes.s_max, &sums)
+
+
+cdef double finish_row_kl(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
+    double t_max, double s_max, const RowSums* sums,
+) noexcept nogil:
+    """The KL from the vectorised sums, or the scalar path's value where those cannot decide."""
+    cdef double mean_gap, z_teacher, magnitude
+    cdef double kl = kl_from_sums(sums, &mean_gap, &z_teacher, &magnitude)
+    if kl != kl:  # a NaN or +inf logit, or a row all -inf: the scalar path sorts out which
+        return row_kl_scalar(t, s, n, inv_T)
+    if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
+        return kl  # inf: the student rules out a class the teacher allows
+    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
+
+
+cdef double row_kl_scalar(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T
+) noexcept nogil:
+    """The same KL in scalar code with libm's exp: where the vectorised passes are not
+    compiled (the "scalar" target), and for rows with special values, which it decides."""
     cdef Py_ssize_t i
     cdef double ti, si, a, b, ea, eb
     cdef double t_max = -INFINITY, s_max = -INFINITY
@@ -195,30 +360,23 @@ cdef double row_kl(
     if student_gap:
         return INFINITY
 
-    # Pass 2 (fast path): with a = (t - t_max)/T and b = (s - s_max)/T,
-    # KL = E_P[a - b] - log Za + log Zb, Za = sum e^a, Zb = sum e^b. Each Z is kept as
-    # (number of terms equal to 1) + (the rest), so that log Z stays accurate when Z is near 1.
-    cdef double top_t = 0.0, top_s = 0.0, gap_scale = 0.0
-    cdef CompensatedSum rest_t = CompensatedSum(0.0, 0.0)
-    cdef CompensatedSum rest_s = CompensatedSum(0.0, 0.0)
-    cdef CompensatedSum gap_sum = CompensatedSum(0.0, 0.0)
+    # Pass 2: the sums of RowSums.
+    cdef RowSums sums
+    memset(&sums, 0, sizeof(sums))
     for i in range(n):
         a = (t[i] - t_max) * inv_T
         b = (s[i] - s_max) * inv_T
         ea = exp(a)
         eb = exp(b)
-        top_t += (a == 0.0)
-        add_to(&rest_t, ea if a != 0.0 else 0.0)
-        top_s += (b == 0.0)
-        add_to(&rest_s, eb if b != 0.0 else 0.0)
+        sums.top_t += (a == 0.0)
+        add_to(&sums.rest_t, ea if a != 0.0 else 0.0)
+        sums.top_s += (b == 0.0)
+        add_to(&sums.rest_s, eb if b != 0.0 else 0.0)
         if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
-            add_to(&gap_sum, ea * (a - b))
-            gap_scale += ea * (fabs(a) + fabs(b))  # bounds the rounding error of the gap terms
-    cdef double z_teacher = top_t + value_of(rest_t)
-    cdef double mean_gap = value_of(gap_sum) / z_teacher
-    cdef double log_zt = log_sum(top_t, value_of(rest_t)), log_zs = log_sum(top_s, value_of(rest_s))
-    cdef double kl = mean_gap - log_zt + log_zs
-    cdef double magnitude = gap_scale / z_teacher + log_zt + log_zs
+            add_to(&sums.gap, ea * (a - b))
+            sums.gap_scale += ea * (fabs(a) + fabs(b))
+    cdef double mean_gap, z_teacher, magnitude
+    cdef double kl = kl_from_sums(&sums, &mean_gap, &z_teacher, &magnitude)
     if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
         return kl  # inf: a logit gap over T beyond the double range
     return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
@@ -308,7 +466,11 @@ def kl_rows(
     floating[:, ::1] scratch,
     int num_threads,
 ):
-    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i."""
+    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i.
+
+    Rows are shared among threads; when there are fewer rows than threads, long contiguous rows
+    are split into chunks instead, so that every thread has work.
+    """
     cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], i
     if n_rows == 0:
         return
@@ -317,6 +479,17 @@ def kl_rows(
     cdef const char* s_base = <const char*> &student[0, 0]
     cdef Py_ssize_t t_row = teacher.strides[0], t_col = teacher.strides[1]
     cdef Py_ssize_t s_row = student.strides[0], s_col = student.strides[1]
+    cdef bint contiguous = (t_col == <Py_ssize_t> sizeof(floating)
+                            and s_col == <Py_ssize_t> sizeof(floating))
+    cdef bint done = False
+    if (n_rows < num_threads and n_classes > KD_CHUNK and contiguous
+            and kd_active_target != NULL):
+        with nogil:
+            done = kl_long_rows(t_base, s_base, t_row, s_row, n_rows, n_classes, temperature,
+                                &out[0], num_threads, <floating> 0)
+    if done:
+        return
+    num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
     cdef floating* t_scratch
     cdef floating* s_scratch
     cdef double kl
@@ -324,7 +497,7 @@ def kl_rows(
                     use_threads_if=num_threads > 1):
         t_scratch = NULL
         s_scratch = NULL
-        if t_col != <Py_ssize_t> sizeof(floating) or s_col != <Py_ssize_t> sizeof(floating):
+        if not contiguous:
             t_scratch = &scratch[threadid(), 0]
             s_scratch = t_scratch + n_classes
         kl = row_kl(
@@ -334,6 +507,48 @@ def kl_rows(
             inv_T,
         )
         out[i] = temperature * (temperature * kl)  # T^2 alone overflows for T > 1e154
+
+
+cdef bint kl_long_rows(
+    const char* t_base, const char* s_base, Py_ssize_t t_row, Py_ssize_t s_row,
+    Py_ssize_t n_rows, Py_ssize_t n_classes, double temperature, double* out,
+    int num_threads, floating dtype_tag,
+) noexcept nogil:
+    """``kl_rows`` for a few long contiguous rows: each row's chunks are shared among threads.
+
+    The chunks, and the order in which their sums are merged, are those of ``row_kl``, so the
+    result is bitwise the same as one thread's. Returns False (nothing done) if out of memory.
+    """
+    cdef Py_ssize_t n_chunks = (n_classes + KD_CHUNK - 1) // KD_CHUNK, i, c
+    cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
+    cdef kd_chunk_stats* chunks = <kd_chunk_stats*> malloc(n_chunks * sizeof(kd_chunk_stats))
+    cdef const floating* t
+    cdef const floating* s
+    cdef double inv_T = 1.0 / temperature
+    cdef kd_row_range extremes
+    cdef RowSums sums
+    if extrema == NULL or chunks == NULL:
+        free(extrema)
+        free(chunks)
+        return False
+    for i in range(n_rows):
+        t = <const floating*> (t_base + i * t_row)
+        s = <const floating*> (s_base + i * s_row)
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            chunk_range(t, s, c * KD_CHUNK, n_classes, &extrema[c])
+        extremes = extrema[0]
+        for c in range(1, n_chunks):
+            merge_range(&extremes, &extrema[c])
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            chunk_stats(t, s, c * KD_CHUNK, n_classes, &extremes, inv_T, &chunks[c])
+        memset(&sums, 0, sizeof(sums))
+        for c in range(n_chunks):
+            merge_chunk(&sums, &chunks[c])
+        out[i] = temperature * (temperature * finish_row_kl(
+            t, s, n_classes, inv_T, extremes.t_max, extremes.s_max, &sums))
+    free(extrema)
+    free(chunks)
+    return True
 
 
 def softmax_rows(

@@ -1,0 +1,79 @@
+/* The vectorised half of the kdloss kernel, as Cython sees it.
+ *
+ * Two passes over a chunk of one row (at most KD_CHUNK classes), compiled once per instruction
+ * set and chosen at run time (dispatch.c). Every target computes the same quantities in the
+ * same order of blocks; targets differ only in vector width and in FMA contraction, so results
+ * are bitwise identical for any thread count on one machine, and agree to rounding across
+ * machines.
+ *
+ * Contract (the Cython layer keeps it): n >= 1, rows contiguous, inv_T finite and > 0, the
+ * range passed to stats the exact extrema of the whole row (over all its chunks). Special values need no
+ * care here: a NaN, +inf, or all -inf row makes the statistics NaN, and the caller then
+ * recomputes that row on the scalar path, which decides its documented value.
+ */
+#ifndef KDLOSS_SIMD_H
+#define KDLOSS_SIMD_H
+
+#include <stddef.h>
+
+/* The vector code is written in GCC/Clang vector extensions; other compilers get the scalar path. */
+#if defined(__GNUC__)
+#define KD_VECTOR_EXTENSIONS 1
+#else
+#define KD_VECTOR_EXTENSIONS 0
+#endif
+#if defined(__x86_64__)
+#define KD_X86_64 1
+#else
+#define KD_X86_64 0
+#endif
+
+/* Classes per chunk. A row longer than this is reduced chunk by chunk, in order; a few long rows
+ * are split across threads at the same boundaries, so the split cannot change a bit. */
+#define KD_CHUNK 16384
+
+/* Extrema of a row (NaN ignored). */
+typedef struct {
+    double t_max, s_max, t_min, s_min;
+} kd_row_range;
+
+/* Sums over one chunk, with a = (t - t_max) / T and b = (s - s_max) / T (so a, b <= 0). Each
+ * normaliser is kept as (classes at the maximum, where e^0 = 1 exactly) + (the rest), so that
+ * log Z stays accurate when one class dominates and Z is 1 + tiny. Sums are compensated: *_err
+ * holds what rounding took from the sum beside it. */
+typedef struct {
+    double top_t, top_s;           /* number of classes with a == 0, with b == 0 */
+    double rest_t, rest_t_err;     /* sum of e^a over classes with a != 0 */
+    double rest_s, rest_s_err;     /* sum of e^b over classes with b != 0 */
+    double gap, gap_err;           /* sum of e^a (a - b) over classes with e^a > 0 */
+    double gap_scale;              /* sum of e^a (|a| + |b|): bounds the rounding in gap */
+} kd_chunk_stats;
+
+typedef void (*kd_range_f32_fn)(const float *t, const float *s, ptrdiff_t n, kd_row_range *out);
+typedef void (*kd_range_f64_fn)(const double *t, const double *s, ptrdiff_t n, kd_row_range *out);
+typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
+                                const kd_row_range *range, double inv_T, kd_chunk_stats *out);
+typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
+                                const kd_row_range *range, double inv_T, kd_chunk_stats *out);
+
+/* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
+ * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2). */
+typedef struct {
+    const char *name;
+    kd_range_f32_fn range_f32;
+    kd_range_f64_fn range_f64;
+    kd_stats_f32_fn stats_f32;
+    kd_stats_f64_fn stats_f64;
+} kd_target;
+
+/* The target in use; never NULL once the module is imported (kd_select_target ran). */
+extern const kd_target *kd_active_target;
+
+/* Use the named target ("auto": the fastest this CPU runs). 0 on success, -1 if the name is
+ * unknown or this CPU or build cannot run it (the active target is then unchanged). */
+int kd_select_target(const char *name);
+
+/* Names of the targets this build holds and this CPU can run, best last, space separated. */
+const char *kd_available_targets(void);
+
+#endif

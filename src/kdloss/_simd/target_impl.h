@@ -1,0 +1,80 @@
+/* One instruction-set target: the passes for float32 and float64 rows, and their kd_target.
+ *
+ * Included by target_<name>.c after it sets KD_LANES (doubles per vector), KD_TARGET_ID (a C
+ * identifier) and KD_TARGET_LABEL (its name in show_config). */
+#include <math.h>
+
+#include "simd.h"
+#include "vector_math.h"
+
+#define KD_STEP 16   /* classes per inner step: 16 / KD_LANES independent vectors in flight */
+#define KD_BLOCK 256 /* classes per block: lane sums run over 16 steps, then fold into the chunk */
+
+/* Lane sums over one block. Short runs of plain additions, then a compensated fold per block,
+ * keep the relative error of every sum within a few tens of eps for any row length. */
+typedef struct {
+    kd_vi top_t, top_s;  /* classes at the maximum, counted per lane */
+    kd_vd rest_t, rest_s, gap, scale;
+} kd_block_sums;
+
+/* *sum + *err += x (Neumaier's compensated summation). */
+static inline void kd_add_compensated(double *sum, double *err, double x)
+{
+    double total = *sum + x;
+    *err += fabs(*sum) >= fabs(x) ? (*sum - total) + x : (x - total) + *sum;
+    *sum = total;
+}
+
+static inline double kd_lane_count(kd_vi v)
+{
+    int64_t lanes[KD_LANES], total = 0;
+    memcpy(lanes, &v, sizeof lanes);
+    for (int i = 0; i < KD_LANES; i++)
+        total += lanes[i];
+    return (double)total;
+}
+
+static inline void kd_add_block(kd_chunk_stats *out, const kd_block_sums *block)
+{
+    out->top_t += kd_lane_count(block->top_t);
+    out->top_s += kd_lane_count(block->top_s);
+    kd_add_compensated(&out->rest_t, &out->rest_t_err, kd_lane_sum(block->rest_t));
+    kd_add_compensated(&out->rest_s, &out->rest_s_err, kd_lane_sum(block->rest_s));
+    kd_add_compensated(&out->gap, &out->gap_err, kd_lane_sum(block->gap));
+    out->gap_scale -= kd_lane_sum(block->scale); /* a, b <= 0: this adds e^a (|a| + |b|) */
+}
+
+/* True when every a = (t - t_max) / T and b = (s - s_max) / T of the row lies in [-700, 0], so
+ * that the cheaper exp applies and no class is masked. */
+static inline int kd_is_moderate(const kd_row_range *range, double inv_T)
+{
+    return (range->t_min - range->t_max) * inv_T >= -700.0
+        && (range->s_min - range->s_max) * inv_T >= -700.0;
+}
+
+#define KD_CAT_(a, b) a##_##b
+#define KD_CAT(a, b) KD_CAT_(a, b)
+
+#define KD_REAL float
+#define KD_FN(name) KD_CAT(name, f32)
+#define KD_LOAD kd_load_f32
+#define KD_EXP_DEGREE 8
+#include "chunk_impl.h"
+#undef KD_REAL
+#undef KD_FN
+#undef KD_LOAD
+#undef KD_EXP_DEGREE
+
+#define KD_REAL double
+#define KD_FN(name) KD_CAT(name, f64)
+#define KD_LOAD kd_load_f64
+#define KD_EXP_DEGREE 11
+#include "chunk_impl.h"
+#undef KD_REAL
+#undef KD_FN
+#undef KD_LOAD
+#undef KD_EXP_DEGREE
+
+const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
+    KD_TARGET_LABEL, row_range_f32, row_range_f64, chunk_stats_f32, chunk_stats_f64,
+};

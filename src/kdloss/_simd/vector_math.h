@@ -1,0 +1,120 @@
+/* Vector types and a vectorisable exp, in GCC/Clang vector extensions.
+ *
+ * Included by each target's translation unit after it sets KD_LANES (doubles per vector), so the
+ * same source becomes SSE2, AVX2 or AVX-512 code. Everything here is static inline: each target
+ * gets its own copy, compiled for its own instruction set. Plain IEEE arithmetic only (no
+ * -ffast-math): inf, NaN and subnormals behave as in scalar code.
+ */
+#ifndef KDLOSS_VECTOR_MATH_H
+#define KDLOSS_VECTOR_MATH_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define KD_INLINE static inline __attribute__((always_inline))
+
+/* Everything here is inlined, so no vector crosses a function-call ABI (setup.py passes
+ * -Wno-psabi to silence GCC's notes about vector arguments in the baseline target). */
+
+typedef double kd_vd __attribute__((vector_size(8 * KD_LANES)));    /* KD_LANES doubles */
+typedef int64_t kd_vi __attribute__((vector_size(8 * KD_LANES)));   /* lane masks, counts */
+typedef float kd_vf __attribute__((vector_size(4 * KD_LANES)));     /* KD_LANES floats */
+
+KD_INLINE kd_vd kd_splat(double x) { return (kd_vd){0} + x; }
+
+/* mask ? yes : no, lane by lane (mask lanes are all ones or all zeros, as comparisons give). */
+KD_INLINE kd_vd kd_select(kd_vi mask, kd_vd yes, kd_vd no)
+{
+    return (kd_vd)((mask & (kd_vi)yes) | (~mask & (kd_vi)no));
+}
+
+KD_INLINE kd_vd kd_keep(kd_vi mask, kd_vd x) { return (kd_vd)(mask & (kd_vi)x); }
+
+/* KD_LANES elements from p, as doubles (unaligned loads; float -> double is exact). */
+KD_INLINE kd_vd kd_load_f64(const double *p)
+{
+    kd_vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+KD_INLINE kd_vd kd_load_f32(const float *p)
+{
+    kd_vf v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, kd_vd);
+}
+
+/* Sum of the lanes in a fixed order (a balanced tree). */
+KD_INLINE double kd_lane_sum(kd_vd v)
+{
+    double lanes[KD_LANES];
+    memcpy(lanes, &v, sizeof lanes);
+    for (int width = KD_LANES / 2; width >= 1; width /= 2)
+        for (int i = 0; i < width; i++)
+            lanes[i] += lanes[i + width];
+    return lanes[0];
+}
+
+/* exp(x) for x <= 0: relative error about 1 ulp (2e-16 for degree 11; 5e-12 for degree 8, used
+ * where results are rounded to float32).
+ *
+ * exp(x) = 2^k e^r with k = round(x / ln 2), |r| <= ln(2) / 2, and e^r = 1 + r (1 + r q(r)) with
+ * q a near-minimax polynomial (a Chebyshev fit with mpmath at 50 digits). Two ways to apply 2^k:
+ *  - kd_exp_moderate, for -708 <= x <= 0: adds k to the exponent bits of e^r (cheapest; out of
+ *    that range, or for NaN, the bits are garbage, so callers check the range first);
+ *  - kd_exp_nonpositive, for any x <= 0, -inf or NaN: multiplies by 2^(k + 60), a normal number
+ *    down to exp(-746) = 0, then by 2^-60, so the result rounds once, also into the subnormal
+ *    range. NaN fails the clamp's comparison and stays NaN. */
+#define KD_LOG2E 1.4426950408889634
+#define KD_LN2_HI 6.93145751953125e-1       /* ln 2 to 24 bits: k * KD_LN2_HI is exact */
+#define KD_LN2_LO 1.42860682030941723212e-6 /* ln 2 - KD_LN2_HI */
+#define KD_ROUND_MAGIC 6755399441055744.0   /* 1.5 * 2^52: adding it rounds to an integer */
+
+/* e^r for |r| <= ln(2) / 2, and in *shifted a value whose low bits hold k. */
+KD_INLINE kd_vd kd_exp_reduced(kd_vd x, const int degree, kd_vd *shifted)
+{
+    *shifted = x * KD_LOG2E + KD_ROUND_MAGIC;
+    kd_vd k = *shifted - KD_ROUND_MAGIC;
+    kd_vd r = x - k * KD_LN2_HI;
+    r = r - k * KD_LN2_LO;
+    kd_vd q;
+    if (degree >= 11) {
+        q = kd_splat(0x1.af389eea54156p-26);
+        q = q * r + 0x1.28917c9f3a495p-22;
+        q = q * r + 0x1.71de0db2eb873p-19;
+        q = q * r + 0x1.a019b914881bap-16;
+        q = q * r + 0x1.a01a01a7c2f2cp-13;
+        q = q * r + 0x1.6c16c17889f3cp-10;
+        q = q * r + 0x1.11111111109b5p-7;
+        q = q * r + 0x1.5555555553d68p-5;
+        q = q * r + 0x1.5555555555556p-3;
+        q = q * r + 0x1.0000000000001p-1;
+    } else {
+        q = kd_splat(0x1.a11313706b54dp-16);
+        q = q * r + 0x1.a1516a0790f9dp-13;
+        q = q * r + 0x1.6c1685918e3cfp-10;
+        q = q * r + 0x1.1110c63a3c331p-7;
+        q = q * r + 0x1.5555555c85fc4p-5;
+        q = q * r + 0x1.55555567506dep-3;
+        q = q * r + 0x1.0000000000000p-1;
+    }
+    return r * (r * q + 1.0) + 1.0;
+}
+
+KD_INLINE kd_vd kd_exp_moderate(kd_vd x, const int degree)
+{
+    kd_vd shifted, p = kd_exp_reduced(x, degree, &shifted);
+    return (kd_vd)((kd_vi)p + ((kd_vi)shifted << 52));
+}
+
+KD_INLINE kd_vd kd_exp_nonpositive(kd_vd x, const int degree)
+{
+    x = kd_select(x < -746.0, kd_splat(-746.0), x);
+    kd_vd shifted, p = kd_exp_reduced(x, degree, &shifted);
+    /* The low bits of shifted are k + 2^51; these exponent bits make 2^(k + 60). */
+    kd_vi scale_bits = ((kd_vi)shifted - (0x4338000000000000LL - 1083)) << 52;
+    return p * (kd_vd)scale_bits * 0x1p-60;
+}
+
+#endif
