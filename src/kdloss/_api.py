@@ -1,5 +1,6 @@
 """The public functions: validate, allocate, resolve threads, call the kernel."""
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -11,15 +12,19 @@ from ._threads import resolve_num_threads
 from ._validation import as_logits, as_logits_pair, check_reduction, check_temperature
 
 
-def _block_threads(n_threads, n_rows):
-    # Rows are the unit of parallel work; more threads than rows would only idle.
-    return max(1, min(n_threads, n_rows))
+# Rows per kernel call when only the sum is wanted: the per-row losses go through a 256 KiB
+# buffer that is reused, instead of an array with one entry per row.
+SUM_BLOCK_ROWS = 1 << 15
 
 
-def _scratch(rows_2d, n_threads, width):
-    """Per-thread row buffers, needed only when some class axis is not contiguous."""
-    contiguous = all(rows.strides[1] == rows.itemsize for rows in rows_2d)
-    return np.empty((0 if contiguous else n_threads, width), dtype=rows_2d[0].dtype)
+def _kl_rows(student_rows, teacher_rows, temperature, out, n_threads):
+    """``out[i] = T^2 KL`` of row i of two 2-D views."""
+    n_rows, n_classes = teacher_rows.shape
+    contiguous = student_rows.strides[1] == student_rows.itemsize and teacher_rows.strides[1] == teacher_rows.itemsize
+    # Per-thread row buffers, needed only when a class axis is not contiguous.
+    scratch_rows = 0 if contiguous else max(1, min(n_threads, n_rows))
+    scratch = np.empty((scratch_rows, 2 * n_classes), dtype=teacher_rows.dtype)
+    _kernel.kl_rows(student_rows, teacher_rows, temperature, out, scratch, n_threads)
 
 
 def _row_losses(student, teacher, temperature, num_threads):
@@ -27,11 +32,27 @@ def _row_losses(student, teacher, temperature, num_threads):
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
     for student_rows, teacher_rows, out in row_blocks((student, teacher, losses), (1, 1, 0)):
-        n_rows, n_classes = teacher_rows.shape
-        threads = _block_threads(n_threads, n_rows)
-        scratch = _scratch((student_rows, teacher_rows), threads, 2 * n_classes)
-        _kernel.kl_rows(student_rows, teacher_rows, temperature, out, scratch, threads)
+        _kl_rows(student_rows, teacher_rows, temperature, out, n_threads)
     return losses
+
+
+def _summed_losses(student, teacher, temperature, num_threads):
+    """The sum of T^2 KL over all rows, for validated arrays, without a per-row array.
+
+    Rows go through the kernel SUM_BLOCK_ROWS at a time; each block is summed pairwise and the
+    block sums are added exactly (``math.fsum``). The blocks depend on the shape alone, so the
+    result is the same for every thread count.
+    """
+    n_threads = resolve_num_threads(num_threads)
+    buffer = np.empty(min(SUM_BLOCK_ROWS, math.prod(teacher.shape[:-1])), dtype=np.float64)
+    block_sums = []
+    for student_rows, teacher_rows in row_blocks((student, teacher), (1, 1)):
+        for start in range(0, teacher_rows.shape[0], SUM_BLOCK_ROWS):
+            stop = min(start + SUM_BLOCK_ROWS, teacher_rows.shape[0])
+            out = buffer[: stop - start]
+            _kl_rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads)
+            block_sums.append(float(np.sum(out)))
+    return math.fsum(block_sums)
 
 
 Reduction = Literal["mean", "sum", "none", "batchmean"]
@@ -59,7 +80,8 @@ def kd_loss(
     reduction : {"mean", "sum", "none", "batchmean"}
         ``"none"``: one loss per row, an array of shape ``logits.shape[:-1]`` in the compute
         dtype. ``"sum"``: their sum. ``"mean"``: their mean over all rows (``"batchmean"`` is
-        the same, for PyTorch users). Sums are pairwise, in a fixed order, in float64.
+        the same, for PyTorch users). Sums are in float64: pairwise over blocks of 32768 rows,
+        and the block sums added exactly, so the order is fixed by the shape alone.
     num_threads : int, optional
         OpenMP threads. None: ``OMP_NUM_THREADS`` or all usable CPUs; negative counts back
         (-1 = all). Results are bitwise identical for every thread count.
@@ -74,14 +96,15 @@ def kd_loss(
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
-    losses = _row_losses(student, teacher, temperature, num_threads)
     if reduction == "none":
+        losses = _row_losses(student, teacher, temperature, num_threads)
         with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
             return losses.astype(teacher.dtype, copy=False)
-    total = float(np.sum(losses.ravel()))  # NumPy's pairwise summation: fixed order, O(log n) error
+    total = _summed_losses(student, teacher, temperature, num_threads)
     if reduction == "sum":
         return total
-    return total / losses.size if losses.size else 0.0
+    n_rows = math.prod(teacher.shape[:-1])
+    return total / n_rows if n_rows else 0.0
 
 
 def _softmax(logits, temperature, num_threads, take_log):
@@ -90,8 +113,10 @@ def _softmax(logits, temperature, num_threads, take_log):
     n_threads = resolve_num_threads(num_threads)
     out = np.empty(array.shape, dtype=array.dtype)
     for rows, out_rows in row_blocks((array, out), (1, 1)):
-        threads = _block_threads(n_threads, rows.shape[0])
-        scratch = _scratch((rows,), threads, rows.shape[1])
+        threads = max(1, min(n_threads, rows.shape[0]))  # rows are the unit of parallel work
+        # Per-thread row buffers, needed only when the class axis is not contiguous.
+        scratch_rows = threads if rows.strides[1] != rows.itemsize else 0
+        scratch = np.empty((scratch_rows, rows.shape[1]), dtype=rows.dtype)
         _kernel.softmax_rows(rows, temperature, out_rows, scratch, take_log, threads)
     return out
 

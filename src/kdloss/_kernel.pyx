@@ -33,6 +33,7 @@ from libc.string cimport memset
 
 cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
+    enum: KD_SHORT_ROW
     ctypedef struct kd_chunk_stats:
         double top_t, top_s
         double rest_t, rest_t_err
@@ -49,6 +50,10 @@ cdef extern from "simd.h" nogil:
                           kd_chunk_stats*) noexcept nogil
         void (*stats_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
                           kd_chunk_stats*) noexcept nogil
+        void (*short_f32)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*) noexcept nogil
+        void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*) noexcept nogil
     const kd_target* kd_active_target  # NULL: the scalar path
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -219,12 +224,22 @@ cdef inline double exact_difference(double x, double y, double* low) noexcept no
     return high
 
 
+cdef inline double log1p_by_log(double x) noexcept nogil:
+    """log(1 + x) for x >= 0, to a few ulp, from libm's log (several times faster than log1p).
+
+    With u = 1 + x rounded, log(u) * x / (u - 1) undoes the rounding of u (Goldberg, "What every
+    computer scientist should know about floating-point arithmetic", 1991, theorem 4).
+    """
+    cdef double u = 1.0 + x
+    return x if u == 1.0 else log(u) * x / (u - 1.0)
+
+
 cdef inline double log_sum(double top, double rest) noexcept nogil:
     """log(top + rest) for a normaliser split as top (terms equal to 1, at least one) + rest.
 
-    log1p keeps full relative accuracy when one class dominates and the sum is 1 + tiny.
+    log(1 + rest) keeps full relative accuracy when one class dominates and the sum is 1 + tiny.
     """
-    return log1p(rest) if top == 1.0 else log(top + rest)
+    return log1p_by_log(rest) if top == 1.0 else log(top + rest)
 
 
 cdef struct RowSums:
@@ -490,6 +505,16 @@ def kl_rows(
     if done:
         return
     num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
+    cdef Py_ssize_t n_blocks = (n_rows + SHORT_ROWS_BLOCK - 1) // SHORT_ROWS_BLOCK
+    if n_classes <= KD_SHORT_ROW and kd_active_target != NULL:
+        # Blocks of rows, fixed by row index: which thread takes a block changes no bit.
+        num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
+        for i in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads,
+                        use_threads_if=num_threads > 1):
+            kl_short_rows(t_base, s_base, t_row, s_row, t_col, s_col, i * SHORT_ROWS_BLOCK,
+                          min(<Py_ssize_t> SHORT_ROWS_BLOCK, n_rows - i * SHORT_ROWS_BLOCK),
+                          n_classes, temperature, &out[0], <floating> 0)
+        return
     cdef floating* t_scratch
     cdef floating* s_scratch
     cdef double kl
@@ -507,6 +532,43 @@ def kl_rows(
             inv_T,
         )
         out[i] = temperature * (temperature * kl)  # T^2 alone overflows for T > 1e154
+
+
+cdef enum:
+    SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
+
+
+cdef void kl_short_rows(
+    const char* t_base, const char* s_base, Py_ssize_t t_row, Py_ssize_t s_row,
+    Py_ssize_t t_col, Py_ssize_t s_col, Py_ssize_t first, Py_ssize_t n_rows,
+    Py_ssize_t n_classes, double temperature, double* out, floating dtype_tag,
+) noexcept nogil:
+    """``kl_rows`` for rows [first, first + n_rows) of at most KD_SHORT_ROW classes (any
+    strides): the vectorised passes take one row per lane, then each row is finished here
+    (with the row contiguous, copied to a local buffer if need be, for the scalar and exact
+    paths)."""
+    cdef kd_row_range ranges[SHORT_ROWS_BLOCK]
+    cdef kd_chunk_stats stats[SHORT_ROWS_BLOCK]
+    cdef RowSums sums
+    cdef Py_ssize_t r
+    cdef double inv_T = 1.0 / temperature
+    cdef const char* t_first = t_base + first * t_row
+    cdef const char* s_first = s_base + first * s_row
+    cdef floating t_copy[KD_SHORT_ROW]
+    cdef floating s_copy[KD_SHORT_ROW]
+    if floating is float:
+        kd_active_target.short_f32(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
+                                   n_classes, inv_T, ranges, stats)
+    else:
+        kd_active_target.short_f64(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
+                                   n_classes, inv_T, ranges, stats)
+    for r in range(n_rows):
+        memset(&sums, 0, sizeof(sums))
+        merge_chunk(&sums, &stats[r])
+        out[first + r] = temperature * (temperature * finish_row_kl(
+            contiguous_row(t_first + r * t_row, t_col, n_classes, t_copy),
+            contiguous_row(s_first + r * s_row, s_col, n_classes, s_copy),
+            n_classes, inv_T, ranges[r].t_max, ranges[r].s_max, &sums))
 
 
 cdef bint kl_long_rows(

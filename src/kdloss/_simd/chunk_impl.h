@@ -35,11 +35,16 @@ static void KD_FN(row_range)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd
         tm = t_min[lane] < tm ? t_min[lane] : tm;
         sm = s_min[lane] < sm ? s_min[lane] : sm;
     }
-    for (; i < n; i++) {
-        tM = t[i] > tM ? t[i] : tM;
-        sM = s[i] > sM ? s[i] : sM;
-        tm = t[i] < tm ? t[i] : tm;
-        sm = s[i] < sm ? s[i] : sm;
+    /* The tail, KD_LANES at a time, padded with its own first element (neutral for max and min). */
+    for (; i < n; i += KD_LANES) {
+        const int count = n - i < KD_LANES ? (int)(n - i) : KD_LANES;
+        kd_vd tail_t = KD_LOAD_PARTIAL(t + i, count, t[i]), tail_s = KD_LOAD_PARTIAL(s + i, count, s[i]);
+        for (int lane = 0; lane < KD_LANES; lane++) {
+            tM = tail_t[lane] > tM ? tail_t[lane] : tM;
+            sM = tail_s[lane] > sM ? tail_s[lane] : sM;
+            tm = tail_t[lane] < tm ? tail_t[lane] : tm;
+            sm = tail_s[lane] < sm ? tail_s[lane] : sm;
+        }
     }
     out->t_max = tM;
     out->s_max = sM;
@@ -47,58 +52,61 @@ static void KD_FN(row_range)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd
     out->s_min = sm;
 }
 
-/* Pass 2, one step: adds the terms of KD_STEP classes to the block's lane sums.
+/* The terms of KD_LANES classes. */
+typedef struct {
+    kd_vi top_t, top_s;
+    kd_vd rest_t, rest_s, gap, scale;
+} KD_FN(terms);
+
+/* Pass 2, the terms of KD_LANES classes.
  * moderate: every a and b lies in [-700, 0] (or is NaN), so exp needs no range handling and no
  * class is masked; otherwise classes with e^a == 0 (masked by the teacher) are left out of the
  * gap sums, where 0 * inf would make NaN. NaN in t or s reaches the sums either way.
  * The gap is summed from a - b, which is exactly 0 where the rows agree, so that identical rows
  * give exactly 0 whatever multiply-adds the compiler fuses. */
-KD_INLINE void KD_FN(add_step)(const KD_REAL *t, const KD_REAL *s, double t_max, double s_max,
+KD_INLINE KD_FN(terms) KD_FN(vector_terms)(kd_vd t, kd_vd s, kd_vd t_max, kd_vd s_max,
+                                           double inv_T, const int moderate)
+{
+    KD_FN(terms) out;
+    kd_vd a = (t - t_max) * inv_T;
+    kd_vd b = (s - s_max) * inv_T;
+    kd_vd ea, eb, difference = a - b, total = a + b, ruled_out = kd_splat(0.0);
+    if (moderate) {
+        ea = kd_exp_moderate(a, KD_EXP_DEGREE);
+        eb = kd_exp_moderate(b, KD_EXP_DEGREE);
+    } else {
+        ea = kd_exp_nonpositive(a, KD_EXP_DEGREE);
+        eb = kd_exp_nonpositive(b, KD_EXP_DEGREE);
+        kd_vi in_support = ea > 0.0;
+        /* A student -inf where the teacher is finite makes KL +inf, even where e^a underflows. */
+        ruled_out = kd_keep((b == -INFINITY) & (a != -INFINITY), kd_splat(INFINITY));
+        difference = kd_keep(in_support, difference);
+        total = kd_keep(in_support, total);
+    }
+    kd_vi top_a = a == 0.0, top_b = b == 0.0; /* -1 where true */
+    out.top_t = -top_a;
+    out.top_s = -top_b;
+    out.rest_t = kd_keep(~top_a, ea);
+    out.rest_s = kd_keep(~top_b, eb);
+    out.gap = ea * difference + ruled_out;
+    out.scale = ea * total; /* a, b <= 0: this is -e^a (|a| + |b|) */
+    return out;
+}
+
+/* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise. The
+ * teacher and student vectors come loaded: t0 and s0 the first KD_LANES classes, t1, s1 the next. */
+KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, double t_max, double s_max,
                                double inv_T, const int moderate, kd_block_sums *block)
 {
-    enum { V = KD_STEP / KD_LANES };
-    kd_vd rest_t[V], rest_s[V], gap[V], scale[V];
-#pragma GCC unroll 8
-    for (int v = 0; v < V; v++) {
-        kd_vd a = (KD_LOAD(t + v * KD_LANES) - t_max) * inv_T;
-        kd_vd b = (KD_LOAD(s + v * KD_LANES) - s_max) * inv_T;
-        kd_vd ea, eb, difference = a - b, total = a + b, ruled_out = kd_splat(0.0);
-        if (moderate) {
-            ea = kd_exp_moderate(a, KD_EXP_DEGREE);
-            eb = kd_exp_moderate(b, KD_EXP_DEGREE);
-        } else {
-            ea = kd_exp_nonpositive(a, KD_EXP_DEGREE);
-            eb = kd_exp_nonpositive(b, KD_EXP_DEGREE);
-            kd_vi in_support = ea > 0.0;
-            /* A student -inf where the teacher is finite makes KL +inf, even where e^a
-             * underflows to 0. */
-            ruled_out = kd_keep((b == -INFINITY) & (a != -INFINITY), kd_splat(INFINITY));
-            difference = kd_keep(in_support, difference);
-            total = kd_keep(in_support, total);
-        }
-        kd_vi top_a = a == 0.0, top_b = b == 0.0;
-        block->top_t -= top_a; /* a comparison is -1 where true */
-        block->top_s -= top_b;
-        rest_t[v] = kd_keep(~top_a, ea);
-        rest_s[v] = kd_keep(~top_b, eb);
-        gap[v] = ea * difference + ruled_out;
-        scale[v] = ea * total; /* a, b <= 0: this is -e^a (|a| + |b|) */
-    }
-    /* Fixed-order trees, so the association never depends on the compiler. */
-#pragma GCC unroll 8
-    for (int width = V / 2; width >= 1; width /= 2) {
-#pragma GCC unroll 8
-        for (int v = 0; v < width; v++) {
-            rest_t[v] += rest_t[v + width];
-            rest_s[v] += rest_s[v + width];
-            gap[v] += gap[v + width];
-            scale[v] += scale[v + width];
-        }
-    }
-    block->rest_t += rest_t[0];
-    block->rest_s += rest_s[0];
-    block->gap += gap[0];
-    block->scale += scale[0];
+    const kd_vd t_top = kd_splat(t_max), s_top = kd_splat(s_max);
+    KD_FN(terms) x = KD_FN(vector_terms)(t0, s0, t_top, s_top, inv_T, moderate);
+    KD_FN(terms) y = KD_FN(vector_terms)(t1, s1, t_top, s_top, inv_T, moderate);
+    block->top_t += x.top_t + y.top_t;
+    block->top_s += x.top_s + y.top_s;
+    block->rest_t += x.rest_t + y.rest_t;
+    block->rest_s += x.rest_s + y.rest_s;
+    block->gap += x.gap + y.gap;
+    block->scale += x.scale + y.scale;
 }
 
 KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
@@ -107,27 +115,27 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
 {
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
-        kd_block_sums block;
-        memset(&block, 0, sizeof block);
+        const KD_REAL *bt = t + start, *bs = s + start;
+        const kd_vd zero = kd_splat(0.0);
+        kd_block_sums block = {(kd_vi)zero, (kd_vi)zero, zero, zero, zero, zero};
         ptrdiff_t i = 0;
         for (; i + KD_STEP <= len; i += KD_STEP)
-            KD_FN(add_step)(t + start + i, s + start + i, t_max, s_max, inv_T, moderate, &block);
+            KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
+                            KD_LOAD(bs + i + KD_LANES), t_max, s_max, inv_T, moderate, &block);
         if (i < len) {
             /* The last few classes, padded with classes that add 0: -inf in both rows, or in
-             * moderate rows (where -inf is out of range) copies of the maximum in the teacher
-             * and the student, whose terms are taken out again below. */
-            KD_REAL pad_t[KD_STEP], pad_s[KD_STEP];
-            for (int j = 0; j < KD_STEP; j++) {
-                int real = i + j < len;
-                pad_t[j] = real ? t[start + i + j] : moderate ? (KD_REAL)t_max : -(KD_REAL)INFINITY;
-                pad_s[j] = real ? s[start + i + j] : moderate ? (KD_REAL)s_max : -(KD_REAL)INFINITY;
-            }
-            KD_FN(add_step)(pad_t, pad_s, t_max, s_max, inv_T, moderate, &block);
-            /* A padding class in a moderate row has a = b = 0: it adds 1 to each top count and
-             * exactly 0 to every sum (e^0 * 0), so taking the counts out again is exact. */
+             * moderate rows (where -inf is out of range) the maximum of each, whose a = b = 0
+             * adds 1 to the top counts, taken out again below, and exactly 0 to every sum. */
+            const int count = (int)(len - i), count0 = count < KD_LANES ? count : KD_LANES;
+            const double fill_t = moderate ? t_max : -INFINITY, fill_s = moderate ? s_max : -INFINITY;
+            KD_FN(add_step)(KD_LOAD_PARTIAL(bt + i, count0, fill_t),
+                            KD_LOAD_PARTIAL(bs + i, count0, fill_s),
+                            KD_LOAD_PARTIAL(bt + i + count0, count - count0, fill_t),
+                            KD_LOAD_PARTIAL(bs + i + count0, count - count0, fill_s),
+                            t_max, s_max, inv_T, moderate, &block);
             if (moderate) {
-                block.top_t[0] -= KD_STEP - (len - i);
-                block.top_s[0] -= KD_STEP - (len - i);
+                block.top_t[0] -= KD_STEP - count;
+                block.top_s[0] -= KD_STEP - count;
             }
         }
         kd_add_block(out, &block);
@@ -143,4 +151,73 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
         KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out);
     else
         KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out);
+}
+
+/* Short rows (n <= KD_SHORT_ROW), one row per lane: no reduction across lanes, and no per-row
+ * call. Class j of row r is at t_base + r * t_row + j * t_col bytes (any strides). For each of the n_rows
+ * rows, writes its extrema and its sums (in class order, plain: n is small) as one chunk.
+ * A row's values do not depend on the rows beside it: the cheaper exp of moderate groups gives
+ * the same bits as the general one wherever both apply (scaling by a power of two is exact). */
+static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
+                              ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
+                              ptrdiff_t n, double inv_T, kd_row_range *ranges,
+                              kd_chunk_stats *stats)
+{
+    for (ptrdiff_t first = 0; first < n_rows; first += KD_LANES) {
+        const int rows = n_rows - first < KD_LANES ? (int)(n_rows - first) : KD_LANES;
+        const char *t[KD_LANES], *s[KD_LANES];
+        for (int lane = 0; lane < KD_LANES; lane++) { /* spare lanes repeat the first row */
+            ptrdiff_t row = first + (lane < rows ? lane : 0);
+            t[lane] = t_base + row * t_row;
+            s[lane] = s_base + row * s_row;
+        }
+        kd_vd columns_t[KD_SHORT_ROW], columns_s[KD_SHORT_ROW];
+        kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            kd_vd ct, cs;
+            for (int lane = 0; lane < KD_LANES; lane++) {
+                ct[lane] = *(const KD_REAL *)(t[lane] + j * t_col);
+                cs[lane] = *(const KD_REAL *)(s[lane] + j * s_col);
+            }
+            columns_t[j] = ct;
+            columns_s[j] = cs;
+            t_max = kd_select(ct > t_max, ct, t_max);
+            s_max = kd_select(cs > s_max, cs, s_max);
+            t_min = kd_select(ct < t_min, ct, t_min);
+            s_min = kd_select(cs < s_min, cs, s_min);
+        }
+        const kd_vi moderate_lanes = ((t_min - t_max) * inv_T >= -700.0)
+                                   & ((s_min - s_max) * inv_T >= -700.0);
+        int moderate = 1;
+        for (int lane = 0; lane < KD_LANES; lane++)
+            moderate &= moderate_lanes[lane] != 0;
+        const kd_vd zero = kd_splat(0.0);
+        KD_FN(terms) sum = {(kd_vi)zero, (kd_vi)zero, zero, zero, zero, zero};
+        for (ptrdiff_t j = 0; j < n; j++) {
+            KD_FN(terms) x = moderate
+                ? KD_FN(vector_terms)(columns_t[j], columns_s[j], t_max, s_max, inv_T, 1)
+                : KD_FN(vector_terms)(columns_t[j], columns_s[j], t_max, s_max, inv_T, 0);
+            sum.top_t += x.top_t;
+            sum.top_s += x.top_s;
+            sum.rest_t += x.rest_t;
+            sum.rest_s += x.rest_s;
+            sum.gap += x.gap;
+            sum.scale += x.scale;
+        }
+        for (int lane = 0; lane < rows; lane++) {
+            kd_row_range *range = &ranges[first + lane];
+            kd_chunk_stats *out = &stats[first + lane];
+            range->t_max = t_max[lane];
+            range->s_max = s_max[lane];
+            range->t_min = t_min[lane];
+            range->s_min = s_min[lane];
+            memset(out, 0, sizeof *out);
+            out->top_t = (double)sum.top_t[lane];
+            out->top_s = (double)sum.top_s[lane];
+            out->rest_t = sum.rest_t[lane];
+            out->rest_s = sum.rest_s[lane];
+            out->gap = sum.gap[lane];
+            out->gap_scale = -sum.scale[lane];
+        }
+    }
 }

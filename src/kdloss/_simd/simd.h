@@ -32,6 +32,9 @@
  * are split across threads at the same boundaries, so the split cannot change a bit. */
 #define KD_CHUNK 16384
 
+/* Rows of at most this many classes go through short_rows, one row per vector lane. */
+#define KD_SHORT_ROW 24
+
 /* Extrema of a row (NaN ignored). */
 typedef struct {
     double t_max, s_max, t_min, s_min;
@@ -56,14 +59,23 @@ typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
 typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
                                 const kd_row_range *range, double inv_T, kd_chunk_stats *out);
 
+typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
+                                 ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
+                                 ptrdiff_t n_rows, ptrdiff_t n, double inv_T,
+                                 kd_row_range *ranges, kd_chunk_stats *stats);
+
 /* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
- * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2). */
+ * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2).
+ * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
+ * strides (in bytes). */
 typedef struct {
     const char *name;
     kd_range_f32_fn range_f32;
     kd_range_f64_fn range_f64;
     kd_stats_f32_fn stats_f32;
     kd_stats_f64_fn stats_f64;
+    kd_short_rows_fn short_f32; /* rows of float */
+    kd_short_rows_fn short_f64; /* rows of double */
 } kd_target;
 
 /* The target in use; never NULL once the module is imported (kd_select_target ran). */

@@ -7,8 +7,8 @@
 #include "simd.h"
 #include "vector_math.h"
 
-#define KD_STEP 16   /* classes per inner step: 16 / KD_LANES independent vectors in flight */
-#define KD_BLOCK 256 /* classes per block: lane sums run over 16 steps, then fold into the chunk */
+#define KD_STEP (2 * KD_LANES) /* classes per inner step: two vectors */
+#define KD_BLOCK 256 /* classes per block: lane sums run over a block, then fold into the chunk */
 
 /* Lane sums over one block. Short runs of plain additions, then a compensated fold per block,
  * keep the relative error of every sum within a few tens of eps for any row length. */
@@ -58,23 +58,28 @@ static inline int kd_is_moderate(const kd_row_range *range, double inv_T)
 #define KD_REAL float
 #define KD_FN(name) KD_CAT(name, f32)
 #define KD_LOAD kd_load_f32
+#define KD_LOAD_PARTIAL kd_load_partial_f32
 #define KD_EXP_DEGREE 8
 #include "chunk_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
+#undef KD_LOAD_PARTIAL
 #undef KD_EXP_DEGREE
 
 #define KD_REAL double
 #define KD_FN(name) KD_CAT(name, f64)
 #define KD_LOAD kd_load_f64
+#define KD_LOAD_PARTIAL kd_load_partial_f64
 #define KD_EXP_DEGREE 11
 #include "chunk_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
+#undef KD_LOAD_PARTIAL
 #undef KD_EXP_DEGREE
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL, row_range_f32, row_range_f64, chunk_stats_f32, chunk_stats_f64,
+    short_rows_f32, short_rows_f64,
 };

@@ -31,19 +31,73 @@ KD_INLINE kd_vd kd_select(kd_vi mask, kd_vd yes, kd_vd no)
 KD_INLINE kd_vd kd_keep(kd_vi mask, kd_vd x) { return (kd_vd)(mask & (kd_vi)x); }
 
 /* KD_LANES elements from p, as doubles (unaligned loads; float -> double is exact). */
-KD_INLINE kd_vd kd_load_f64(const double *p)
-{
-    kd_vd v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+typedef double kd_vd_unaligned __attribute__((vector_size(8 * KD_LANES), aligned(1), may_alias));
+typedef float kd_vf_unaligned __attribute__((vector_size(4 * KD_LANES), aligned(1), may_alias));
+
+KD_INLINE kd_vd kd_load_f64(const double *p) { return *(const kd_vd_unaligned *)p; }
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__AVX512F__) || defined(__AVX__))
+/* GCC 12 splits a float -> double vector conversion into halves; the intrinsic is one
+ * instruction. (The target pragma of each file defines __AVX__ / __AVX512F__.) */
+#include <immintrin.h>
+#endif
 
 KD_INLINE kd_vd kd_load_f32(const float *p)
 {
-    kd_vf v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, kd_vd);
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    return (kd_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX__) && KD_LANES == 4
+    return (kd_vd)_mm256_cvtps_pd(_mm_loadu_ps(p));
+#else
+    return __builtin_convertvector(*(const kd_vf_unaligned *)p, kd_vd);
+#endif
 }
+
+/* The first `count` (0 to KD_LANES) elements of p as doubles, and `fill` in the other lanes.
+ * Reads nothing past p[count - 1]. AVX2 and AVX-512 use masked loads; the portable version goes
+ * through memory (and stalls store forwarding, which only the tail of a row pays). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+KD_INLINE kd_vd kd_load_partial_f32(const float *p, int count, double fill)
+{
+    __m256 v = _mm256_mask_loadu_ps(_mm256_set1_ps((float)fill), (__mmask8)((1u << count) - 1), p);
+    return (kd_vd)_mm512_cvtps_pd(v);
+}
+KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
+{
+    return (kd_vd)_mm512_mask_loadu_pd(_mm512_set1_pd(fill), (__mmask8)((1u << count) - 1), p);
+}
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && KD_LANES == 4
+KD_INLINE kd_vd kd_load_partial_f32(const float *p, int count, double fill)
+{
+    __m128i in = _mm_cmpgt_epi32(_mm_set1_epi32(count), _mm_setr_epi32(0, 1, 2, 3));
+    __m128 v = _mm_blendv_ps(_mm_set1_ps((float)fill), _mm_maskload_ps(p, in), _mm_castsi128_ps(in));
+    return (kd_vd)_mm256_cvtps_pd(v);
+}
+KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
+{
+    __m256i in = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+    return (kd_vd)_mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, in), _mm256_castsi256_pd(in));
+}
+#else
+KD_INLINE kd_vd kd_load_partial_f32(const float *p, int count, double fill)
+{
+    double lanes[KD_LANES];
+    for (int i = 0; i < KD_LANES; i++)
+        lanes[i] = i < count ? (double)p[i] : fill;
+    kd_vd v;
+    memcpy(&v, lanes, sizeof v);
+    return v;
+}
+KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
+{
+    double lanes[KD_LANES];
+    for (int i = 0; i < KD_LANES; i++)
+        lanes[i] = i < count ? p[i] : fill;
+    kd_vd v;
+    memcpy(&v, lanes, sizeof v);
+    return v;
+}
+#endif
 
 /* Sum of the lanes in a fixed order (a balanced tree). */
 KD_INLINE double kd_lane_sum(kd_vd v)
@@ -59,7 +113,7 @@ KD_INLINE double kd_lane_sum(kd_vd v)
 /* exp(x) for x <= 0: relative error about 1 ulp (2e-16 for degree 11; 5e-12 for degree 8, used
  * where results are rounded to float32).
  *
- * exp(x) = 2^k e^r with k = round(x / ln 2), |r| <= ln(2) / 2, and e^r = 1 + r (1 + r q(r)) with
+ * exp(x) = 2^k e^r with k = round(x / ln 2), r = x - k ln 2 (|r| <= ln(2) / 2), and e^r = 1 + r (1 + r q(r)) with
  * q a near-minimax polynomial (a Chebyshev fit with mpmath at 50 digits). Two ways to apply 2^k:
  *  - kd_exp_moderate, for -708 <= x <= 0: adds k to the exponent bits of e^r (cheapest; out of
  *    that range, or for NaN, the bits are garbage, so callers check the range first);
@@ -76,9 +130,13 @@ KD_INLINE kd_vd kd_exp_reduced(kd_vd x, const int degree, kd_vd *shifted)
 {
     *shifted = x * KD_LOG2E + KD_ROUND_MAGIC;
     kd_vd k = *shifted - KD_ROUND_MAGIC;
-    kd_vd r = x - k * KD_LN2_HI;
-    r = r - k * KD_LN2_LO;
-    kd_vd q;
+    kd_vd r, q;
+    if (degree >= 11) { /* Cody and Waite: r to full double precision */
+        r = x - k * KD_LN2_HI;
+        r = r - k * KD_LN2_LO;
+    } else { /* |k| <= 1076: r off by at most 1076 * 2.3e-17 = 2.5e-14, below degree 8's error */
+        r = x - k * 0x1.62e42fefa39efp-1;
+    }
     if (degree >= 11) {
         q = kd_splat(0x1.af389eea54156p-26);
         q = q * r + 0x1.28917c9f3a495p-22;
