@@ -1,13 +1,27 @@
-"""Shared test parameters: dtypes, memory layouts and thread counts."""
+"""Shared test parameters: dtypes, memory layouts, thread counts and kernel targets."""
 
 import numpy as np
 import pytest
+
+from kdloss import _kernel
 
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("C", "F", "strided", "negative_strides", "readonly_memmap")
 # 1 runs without a parallel region; 2 is this machine's cores; 3 and 7 oversubscribe and leave
 # uneven static chunks.
 THREAD_COUNTS = (1, 2, 3, 7)
+# Every kernel target this build and CPU can run: "scalar" (libm), "baseline" (portable vector
+# code), and "avx2" / "avx512" where the CPU has them. Modules that use the ``kernel_target``
+# fixture run once per target.
+KERNEL_TARGETS = tuple(_kernel.available_targets())
+
+
+@pytest.fixture(params=KERNEL_TARGETS, scope="module")
+def kernel_target(request):
+    """Runs the module's tests with each kernel target in turn, then restores the default."""
+    _kernel.select_target(request.param)
+    yield request.param
+    _kernel.select_target("auto")
 
 
 def in_layout(array, layout, tmp_path):

@@ -38,6 +38,9 @@ import kdloss
 from conftest import DTYPES, THREAD_COUNTS
 from exact_reference import DPS, exact_kd_loss, exact_kd_rows, exact_log_softmax, exact_softmax
 
+# Every test here runs once per kernel target (see conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_target")
+
 
 # ---------------------------------------------------------------------------------------------
 # Measuring errors

@@ -10,6 +10,9 @@ from conftest import DTYPES, LAYOUTS, THREAD_COUNTS
 import kdloss
 from kdloss import reference
 
+# Every test here runs once per kernel target (see conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_target")
+
 MODULES = (kdloss, reference)
 SHAPES = ((1025,), (13, 9), (3, 5, 17))  # one row; rows not a multiple of the thread counts; (B, L, V)
 

@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 import kdloss
 from kdloss import reference
 
+# Every test here runs once per kernel target (see conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_target")
+
 DTYPES = (np.float32, np.float64)
 SETTINGS = settings(max_examples=60, deadline=None)
 temperatures = st.sampled_from((0.3, 1.0, 2.0, 5.0))

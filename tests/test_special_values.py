@@ -13,6 +13,9 @@ from numpy.testing import assert_allclose
 import kdloss
 from kdloss import reference
 
+# Every test here runs once per kernel target (see conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_target")
+
 inf, nan = math.inf, math.nan
 DTYPES = (np.float32, np.float64)
 TEMPERATURES = (0.5, 1.0, 3.0)

@@ -39,19 +39,26 @@ def _row_losses(student, teacher, temperature, num_threads):
 def _summed_losses(student, teacher, temperature, num_threads):
     """The sum of T^2 KL over all rows, for validated arrays, without a per-row array.
 
-    Rows go through the kernel SUM_BLOCK_ROWS at a time; each block is summed pairwise and the
-    block sums are added exactly (``math.fsum``). The blocks depend on the shape alone, so the
-    result is the same for every thread count.
+    Rows are taken in C order, SUM_BLOCK_ROWS at a time, through one reused buffer; each block
+    is summed pairwise and the block sums are added exactly (``math.fsum``). The blocks depend
+    on the shape alone, so the result is the same for every layout and thread count.
     """
     n_threads = resolve_num_threads(num_threads)
     buffer = np.empty(min(SUM_BLOCK_ROWS, math.prod(teacher.shape[:-1])), dtype=np.float64)
-    block_sums = []
+    filled, block_sums = 0, []
     for student_rows, teacher_rows in row_blocks((student, teacher), (1, 1)):
-        for start in range(0, teacher_rows.shape[0], SUM_BLOCK_ROWS):
-            stop = min(start + SUM_BLOCK_ROWS, teacher_rows.shape[0])
-            out = buffer[: stop - start]
+        start = 0
+        while start < teacher_rows.shape[0]:
+            stop = min(start + buffer.size - filled, teacher_rows.shape[0])
+            out = buffer[filled : filled + stop - start]
             _kl_rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads)
-            block_sums.append(float(np.sum(out)))
+            filled += stop - start
+            start = stop
+            if filled == buffer.size:
+                block_sums.append(float(np.sum(buffer)))
+                filled = 0
+    if filled:
+        block_sums.append(float(np.sum(buffer[:filled])))
     return math.fsum(block_sums)
 
 
