@@ -74,7 +74,7 @@ class RowSource:
         self.fortran = fortran
         self.offset = offset
         self.rows = prod(self.shape[:-1])
-        self.classes = self.shape[-1]
+        self.classes = self.shape[-1] if self.shape else 0
         self._cache = None  # a loaded compressed member or an open Zarr array
 
     def __getstate__(self):
