@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import signal
 import subprocess
 import sys
 import tracemalloc
@@ -346,6 +347,28 @@ def test_a_failure_after_the_first_chunk_leaves_no_partial_output(
     assert sorted(os.listdir(tmp_path)) == before
     if existing_output:
         assert out.read_bytes() == b"the previous result"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_the_run_leaves_no_partial_output(tmp_path, capsys, monkeypatch):
+    import kdloss.scoring._score as score_module
+
+    student_spec, teacher_spec = store_pair(tmp_path, *logit_pair((40, 6)))
+    out = tmp_path / "result.npy"
+    calls = []
+
+    def terminated_kd_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return kdloss.kd_loss(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "kd_loss", terminated_kd_loss)
+    before = sorted(os.listdir(tmp_path))
+    assert main(["score", student_spec, teacher_spec, "--out", str(out), "--chunk-rows", "8"]) == 128 + signal.SIGTERM
+    assert sorted(os.listdir(tmp_path)) == before
+    assert "terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
 def test_an_existing_output_is_replaced_by_a_complete_one(tmp_path, capsys):

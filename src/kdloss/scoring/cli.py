@@ -9,7 +9,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections import namedtuple
 
 import numpy as np
@@ -52,7 +54,9 @@ Output:
 
 Progress goes to stderr (tqdm) when stderr is a terminal, unless --quiet.
 Exit status: 0 done; 2 bad arguments or inputs (one line on stderr, no output written);
-1 a failure while scoring (e.g. disk full; no output written); 130 interrupted.
+1 a failure while scoring (e.g. disk full; no output written); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); neither leaves output. "seconds" times the scoring itself (with
+--dask local, not the cluster's start).
 """
 
 EPILOG = """\
@@ -244,6 +248,26 @@ def score(job):
         return _score.run(chunks, writer, progress)
 
 
+class _Terminated(BaseException):
+    """SIGTERM while scoring: unwinds like Ctrl-C, so the temporary output is removed."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args):
     """``kdloss score``: validate, score, print the summary; the exit status."""
     prefix = "kdloss score: error:"
@@ -253,13 +277,17 @@ def run(args):
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
     try:
-        summary = score(job)
+        with _sigterm_unwinds():
+            summary = score(job)
     except InputError as error:  # e.g. an unreachable Dask scheduler
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdloss score: interrupted; no output written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("kdloss score: terminated; no output written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as error:  # noqa: BLE001 - any failure while scoring: one line, no partial output
         print(f"{prefix} {type(error).__name__}: {error}; no output written", file=sys.stderr)
         return 1
