@@ -6,6 +6,7 @@ import sys
 from . import _demo
 from ._config import show_config
 from ._version import __version__
+from .scoring import cli as score_cli
 
 
 def _positive_int(text):
@@ -33,11 +34,14 @@ def build_parser():
     demo.add_argument("--num-threads", type=int, default=None, help="threads (default: all usable CPUs)")
 
     commands.add_parser("config", help="show version, OpenMP state, threads and instruction set")
+    score_cli.add_parser(commands)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "score":
+        return score_cli.run(args)
     try:
         if args.command == "demo":
             _demo.run(args.rows, args.classes, args.temperature, args.num_threads)

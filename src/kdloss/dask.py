@@ -1,0 +1,122 @@
+"""``kd_loss`` for Dask arrays: the same losses, computed block by block on any Dask scheduler.
+
+Needs the ``[dask]`` extra (``pip install 'kdloss[dask]'``); ``import kdloss`` alone never
+imports Dask.
+
+How it maps onto Dask:
+
+- Every block of rows is one task that calls :func:`kdloss.kd_loss` on that block
+  (``dask.array.map_blocks``). A row needs all of its classes, so a class axis split into
+  several chunks is first rechunked into one; the teacher is rechunked to the student's row
+  chunks if they differ. Any row chunking works.
+- ``reduction="none"`` returns a lazy array of shape ``logits.shape[:-1]`` in the same dtype as
+  the in-memory ``kd_loss`` (float32 for float16/float32 inputs, float64 otherwise), bitwise
+  equal to it: the kernel computes each row from that row alone.
+- ``"sum"`` and ``"mean"`` (``"batchmean"``) return lazy 0-d float64 arrays. Each task returns
+  ``kd_loss(block, reduction="sum")`` (float64, pairwise within the block) and its row count;
+  the block sums are added with ``math.fsum`` (correctly rounded, in no particular order), so
+  the result does not depend on task scheduling and equals the in-memory value to within
+  summation rounding (bitwise when there is one block). NaN and inf follow ``kd_loss``: one NaN
+  row makes the sum and mean NaN.
+- Threads: a task runs the kernel with ``num_threads`` threads, and **``None`` means 1**. Dask
+  already runs one task per worker thread at the same time, and the kernel releases the GIL, so
+  one OpenMP thread per task fills the worker's cores without oversubscribing them (distributed's
+  nanny sets ``OMP_NUM_THREADS=1`` in its workers for the same reason). To use bigger tasks with
+  several threads each, start workers with fewer threads (``--nthreads 1``) and pass
+  ``num_threads=K``: each task then uses K threads. Negative values count back from the
+  worker's own default, as in :func:`kdloss.kd_loss`.
+"""
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as error:  # pragma: no cover - exercised by a test that hides dask
+    raise ImportError(
+        "kdloss.dask needs Dask; install the [dask] extra: pip install 'kdloss[dask]' "
+        "(dask[array], distributed, zarr)"
+    ) from error
+
+import math
+
+import numpy as np
+
+from . import kd_loss as _in_memory_kd_loss
+from ._threads import resolve_num_threads
+from ._validation import _compute_dtype, check_reduction, check_temperature
+
+__all__ = ["kd_loss"]
+
+
+def _block_losses(student, teacher, temperature, num_threads):
+    return _in_memory_kd_loss(student, teacher, temperature, reduction="none", num_threads=num_threads)
+
+
+def _block_sum(student, teacher, temperature, num_threads):
+    rows = math.prod(teacher.shape[:-1])
+    return _in_memory_kd_loss(student, teacher, temperature, reduction="sum", num_threads=num_threads), rows
+
+
+def _combine(partials, reduction):
+    total = math.fsum(block_sum for block_sum, _ in partials)
+    if reduction == "sum":
+        return np.float64(total)
+    rows = sum(block_rows for _, block_rows in partials)
+    return np.float64(total / rows if rows else 0.0)
+
+
+def _as_dask_logits(logits, name):
+    array = logits if isinstance(logits, da.Array) else da.asarray(logits)
+    _compute_dtype(array.dtype, name)  # TypeError for complex, object, string
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
+    classes = array.shape[-1]
+    if math.isnan(classes):
+        raise ValueError(
+            f"{name} has a class axis of unknown size, which cannot be rechunked into one chunk; "
+            "call .compute_chunk_sizes() on it first"
+        )
+    if classes == 0:
+        raise ValueError(f"{name} has zero classes (shape {array.shape}); the last axis holds classes")
+    if array.numblocks[-1] > 1:
+        array = array.rechunk({array.ndim - 1: -1})  # a row needs all of its classes
+    return array
+
+
+def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", num_threads=None):
+    """:func:`kdloss.kd_loss` for Dask arrays, lazily: one task per block of rows.
+
+    Parameters are those of :func:`kdloss.kd_loss`; ``student_logits`` and ``teacher_logits``
+    are ``dask.array.Array`` (anything else is wrapped as one chunk) of the same shape, with
+    any chunking. ``num_threads`` is the threads *per task* (None: 1; see the module notes).
+
+    Returns a lazy ``dask.array.Array``: per-row losses for ``"none"``, a 0-d float64 array
+    for ``"sum"`` and ``"mean"``. Errors in the arguments are raised here, before any task runs.
+    """
+    student = _as_dask_logits(student_logits, "student_logits")
+    teacher = _as_dask_logits(teacher_logits, "teacher_logits")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got student {student.shape} "
+            f"and teacher {teacher.shape}"
+        )
+    temperature = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    resolve_num_threads(num_threads)  # TypeError / ValueError now, not inside a task
+    threads = 1 if num_threads is None else num_threads
+    if teacher.chunks != student.chunks:
+        teacher = teacher.rechunk(student.chunks)
+    dtype = np.result_type(_compute_dtype(student.dtype, ""), _compute_dtype(teacher.dtype, ""))
+
+    if reduction == "none":
+        rows_ndim = student.ndim - 1
+        return da.map_blocks(
+            _block_losses, student, teacher, temperature, threads,
+            dtype=dtype, drop_axis=rows_ndim, meta=np.empty((0,) * rows_ndim, dtype),
+            token="kdloss-kd-loss",
+        )
+    partials = [
+        dask.delayed(_block_sum, pure=True)(s, t, temperature, threads)
+        for s, t in zip(student.to_delayed().ravel(), teacher.to_delayed().ravel())
+    ]
+    total = dask.delayed(_combine, pure=True)(partials, reduction)
+    return da.from_delayed(total, shape=(), dtype=np.float64)
