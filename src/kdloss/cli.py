@@ -6,6 +6,7 @@ import sys
 from . import _demo
 from ._config import show_config
 from ._version import __version__
+from .bench import cli as bench_cli
 
 
 def _positive_int(text):
@@ -33,6 +34,7 @@ def build_parser():
     demo.add_argument("--num-threads", type=int, default=None, help="threads (default: all usable CPUs)")
 
     commands.add_parser("config", help="show version, OpenMP state, threads and instruction set")
+    bench_cli.add_parser(commands)
     return parser
 
 
@@ -43,6 +45,8 @@ def main(argv=None):
             _demo.run(args.rows, args.classes, args.temperature, args.num_threads)
         elif args.command == "config":
             show_config()
+        elif args.command == "bench":
+            bench_cli.run(args)
     except (ValueError, TypeError) as error:
         print(f"kdloss {args.command}: error: {error}", file=sys.stderr)
         return 2
