@@ -39,8 +39,9 @@ def make_logits(shape, dtype, seed=SEED):
     rows, classes = shape
     rng = np.random.default_rng(seed)
     # Drawn in float32 so that float32 and float64 runs see the same values.
-    teacher = (rng.standard_normal((rows, classes), dtype=np.float32) * 3.0).astype(dtype)
-    student = (teacher + rng.standard_normal((rows, classes), dtype=np.float32)).astype(dtype)
+    teacher = rng.standard_normal((rows, classes), dtype=np.float32) * np.float32(3.0)
+    student = teacher + rng.standard_normal((rows, classes), dtype=np.float32)
+    teacher, student = teacher.astype(dtype, copy=False), student.astype(dtype, copy=False)
     if rows == 1:
         return student[0].copy(), teacher[0].copy()
     return student, teacher

@@ -31,8 +31,10 @@ def draw(sweep, path, title):
     figure, axes = plt.subplots(figsize=(8, 5))
     for peer in dict.fromkeys(point["peer"] for point in sweep):
         points = sorted((p["classes"], p["elements_per_s"]) for p in sweep if p["peer"] == peer)
-        axes.plot([c for c, _ in points], [e for _, e in points], marker="o",
-                  label=peer_registry.PEERS[peer].label, linewidth=2.5 if peer == "kdloss" else 1.2)
+        baseline = peer_registry.PEERS[peer].baseline  # yardsticks, not losses: dashed
+        axes.plot([c for c, _ in points], [e for _, e in points], marker="." if baseline else "o",
+                  linestyle="--" if baseline else "-", label=peer_registry.PEERS[peer].label,
+                  linewidth=2.5 if peer == "kdloss" else 1.2)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("classes per row (rows = total / classes)")
