@@ -28,7 +28,7 @@ def draw(sweep, path, title):
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(10, 5))
     for peer in dict.fromkeys(point["peer"] for point in sweep):
         points = sorted((p["classes"], p["elements_per_s"]) for p in sweep if p["peer"] == peer)
         baseline = peer_registry.PEERS[peer].baseline  # yardsticks, not losses: dashed
@@ -41,7 +41,7 @@ def draw(sweep, path, title):
     axes.set_ylabel("elements (rows x classes) per second")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: lines cross the whole plot
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

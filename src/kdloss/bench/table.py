@@ -108,14 +108,14 @@ def header_lines(machine, settings):
 
 def notes(cases):
     """One line per distinct reason a peer was not timed (the cells marked *)."""
-    seen = {}
+    counts = {}
     for case in cases:
         for cell in case.cells.values():
             if cell.stats is None and cell.note:
-                seen.setdefault((cell.peer, cell.status, cell.note), []).append(f"{format_shape(case.shape)} "
-                                                                             f"{case.dtype} {case.threads}t")
-    return [f"- * {peer_registry.PEERS[peer].label}, {status} ({'; '.join(where)}): {note}"
-            for (peer, status, note), where in seen.items()]
+                key = (cell.peer, cell.status, cell.note)
+                counts[key] = counts.get(key, 0) + 1
+    return [f"- * {peer_registry.PEERS[peer].label}, {status} in {n} row(s): {note}"
+            for (peer, status, note), n in counts.items()]
 
 
 def report(cases, machine, settings):
