@@ -61,7 +61,7 @@ def test_an_absent_library_is_reported_not_installed(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
     student, teacher = make_logits((4, 5), "float32")
-    with pytest.raises(peers.PeerSkipped, match="not installed"):
+    with pytest.raises(peers.NotInstalled, match="torch is not installed"):
         peers.prepare("torch", student, teacher, 4.0, 1)
     case = compare.run_case(student, teacher, "float32", 1, compare.Settings(repeat=1, peers=("kdloss", "torch")))
     assert case.cells["torch"].status == "not installed" and case.cells["torch"].stats is None

@@ -72,9 +72,11 @@ def _prepare_cells(student, teacher, settings, threads, names):
         peer = peer_registry.PEERS[name]
         try:
             call = peer_registry.prepare(name, student, teacher, settings.temperature, threads)
+        except peer_registry.NotInstalled:
+            cells[name] = Cell(name, "not installed")  # self-explanatory: no footnote
+            continue
         except peer_registry.PeerSkipped as why:
-            status = "not installed" if str(why) == "not installed" else "skipped"
-            cells[name] = Cell(name, status, "" if status == "not installed" else str(why))
+            cells[name] = Cell(name, why.status, str(why))
             continue
         loss = float(call())  # the one check before timing, and a warm-up
         if name == "kdloss":
@@ -89,6 +91,7 @@ def _prepare_cells(student, teacher, settings, threads, names):
 
 
 def run_case(student, teacher, dtype, threads, settings):
+    """One row of the table: every peer on these inputs at ``threads``, checked, then timed."""
     shape = (1, student.shape[-1]) if student.ndim == 1 else student.shape
     names = peers_for(settings.peers, one_call=student.ndim == 1)
     calls, cells = _prepare_cells(student, teacher, settings, threads, names)
@@ -131,9 +134,9 @@ def as_json(cases, machine, settings, plot=None):
             entry = {"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads,
                      "peer": cell.peer, "status": cell.status, "note": cell.note, "loss": cell.loss}
             if cell.stats is not None:
-                stats = asdict(cell.stats)
-                entry.update({f"{k}_s" if k not in ("calls_per_sample", "samples") else k: v
-                              for k, v in stats.items()})
+                stats = cell.stats
+                entry.update({"median_s": stats.median, "q1_s": stats.q1, "q3_s": stats.q3, "min_s": stats.min,
+                              "samples_s": list(stats.samples), "calls_per_sample": stats.calls_per_sample})
                 kd = case.median("kdloss")
                 entry["ratio_to_kdloss"] = cell.stats.median / kd if kd else None
             results.append(entry)

@@ -24,7 +24,15 @@ from .jax_threads import jax_threads
 
 
 class PeerSkipped(Exception):
-    """This peer cannot run this case (not installed, or not at this thread count); the message says why."""
+    """This peer cannot run this case (e.g. not at this thread count); the message says why."""
+
+    status = "skipped"
+
+
+class NotInstalled(PeerSkipped):
+    """The peer's library is absent."""
+
+    status = "not installed"
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ def prepare(name, student, teacher, temperature, threads):
     """The call to time for peer ``name``; raises PeerSkipped when it cannot run here."""
     peer = PEERS[name]
     if not peer.installed():
-        raise PeerSkipped("not installed")
+        raise NotInstalled(f"{peer.requires} is not installed")
     return peer.prepare(student, teacher, temperature, threads)
 
 
