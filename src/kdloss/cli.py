@@ -7,6 +7,7 @@ from . import _demo
 from ._config import show_config
 from ._version import __version__
 from .scoring import cli as score_cli
+from .bench import cli as bench_cli
 
 
 def _positive_int(text):
@@ -35,6 +36,7 @@ def build_parser():
 
     commands.add_parser("config", help="show version, OpenMP state, threads and instruction set")
     score_cli.add_parser(commands)
+    bench_cli.add_parser(commands)
     return parser
 
 
@@ -47,6 +49,8 @@ def main(argv=None):
             _demo.run(args.rows, args.classes, args.temperature, args.num_threads)
         elif args.command == "config":
             show_config()
+        elif args.command == "bench":
+            bench_cli.run(args)
     except (ValueError, TypeError) as error:
         print(f"kdloss {args.command}: error: {error}", file=sys.stderr)
         return 2
