@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import kdloss
+from kdloss import _kernel
 from kdloss.cli import main
 
 
@@ -45,8 +46,9 @@ def test_config_and_show_config(capsys):
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert f"kdloss {kdloss.__version__}" in out
-    for field in ("OpenMP:", "default threads:", "instruction set:"):
+    for field in ("OpenMP:", "default threads:", "kernel target:", "compiled for:"):
         assert field in out
+    assert f"kernel target:   {_kernel.active_target()} " in out
     kdloss.show_config()
     assert capsys.readouterr().out == out
 

@@ -17,9 +17,15 @@ from ._validation import as_logits, as_logits_pair, check_reduction, check_tempe
 SUM_BLOCK_ROWS = 1 << 15
 
 
+# Fewer elements than this per thread and a call runs on fewer threads: waking a thread costs
+# microseconds, and far more when another process holds its core. Results are the same.
+MIN_ELEMENTS_PER_THREAD = 1 << 14
+
+
 def _kl_rows(student_rows, teacher_rows, temperature, out, n_threads):
     """``out[i] = T^2 KL`` of row i of two 2-D views."""
     n_rows, n_classes = teacher_rows.shape
+    n_threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
     contiguous = student_rows.strides[1] == student_rows.itemsize and teacher_rows.strides[1] == teacher_rows.itemsize
     # Per-thread row buffers, needed only when a class axis is not contiguous.
     scratch_rows = 0 if contiguous else max(1, min(n_threads, n_rows))

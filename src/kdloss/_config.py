@@ -16,12 +16,19 @@ def openmp_enabled():
 
 
 def show_config(file=None):
-    """Print kdloss's version, OpenMP state, default thread count and instruction set."""
+    """Print kdloss's version, OpenMP state, default thread count and kernel target.
+
+    The kernel target is the instruction set the vectorised kernel runs with: the best one this
+    CPU supports among those compiled in (``avx512``, ``avx2`` with FMA, the portable
+    ``baseline``), or ``scalar`` (libm) where vector code was not compiled.
+    """
     lines = [
         f"kdloss {__version__}",
         f"  OpenMP:          {'enabled' if openmp_enabled() else 'disabled (serial build)'}",
         f"  default threads: {default_num_threads() if openmp_enabled() else 1} (usable CPUs: {available_cpus()})",
-        f"  instruction set: {_kernel.instruction_set()}",
+        f"  kernel target:   {_kernel.active_target()} (chosen at run time from: "
+        f"{' '.join(_kernel.available_targets())}; KDLOSS_TARGET overrides)",
+        f"  compiled for:    {_kernel.instruction_set()}",
         f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
         f"NumPy {np.__version__}",
     ]

@@ -87,6 +87,12 @@ cdef extern from *:
 cdef double EXACT_PATH_RATIO = 1.0 / 1024.0
 
 
+# The kernel's fixed partitions, for tests: classes per chunk of a long row, and the longest row
+# that the short-row pass takes (one row per vector lane).
+CHUNK_CLASSES = KD_CHUNK
+SHORT_ROW_CLASSES = KD_SHORT_ROW
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(KDLOSS_OPENMP)
