@@ -69,6 +69,7 @@ def _summed_losses(student, teacher, temperature, num_threads):
 
 
 Reduction = Literal["mean", "sum", "none", "batchmean"]
+_SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
 
 
 def kd_loss(
@@ -106,6 +107,12 @@ def kd_loss(
         NaN/+inf logits or all-masked teachers, +inf where the student rules out a class the
         teacher allows.
     """
+    if type(reduction) is str and reduction in _SCALAR_REDUCTIONS and (num_threads is None or type(num_threads) is int and num_threads == 1):
+        # One row already in the kernel's form (1-D float arrays, a float temperature): the
+        # kernel recognises it and returns the same value as below, without the conversions.
+        loss = _kernel.single_row_loss(student_logits, teacher_logits, temperature)
+        if loss is not None:
+            return loss
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)

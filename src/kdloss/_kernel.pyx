@@ -29,7 +29,10 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, exp, expm1, fabs, isfinite, log, log1p
 from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memset, strcmp
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release, PyObject_GetBuffer
+
+import numpy as np
 
 cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
@@ -617,6 +620,60 @@ cdef bint kl_long_rows(
     free(extrema)
     free(chunks)
     return True
+
+
+def single_row_loss(object student, object teacher, object temperature):
+    """T^2 KL of one row given as two 1-D C-contiguous float32 or float64 arrays of the same dtype
+    and at most KD_CHUNK classes, with a finite float temperature > 0; None for anything else.
+
+    The shortcut for the commonest small call, ``kd_loss(s, t, T)`` on one row: it recognises
+    input already in the kernel's form (no conversion, no validation needed) and computes the
+    row by the path ``kl_rows`` takes for it, so the result has the same bits. Everything else
+    returns None and goes through the general path, which validates.
+    """
+    if type(student) is not np.ndarray or type(teacher) is not np.ndarray or type(temperature) is not float:
+        return None
+    cdef double T = temperature
+    if not (T > 0.0 and isfinite(T)):
+        return None
+    cdef Py_buffer s_view, t_view
+    try:
+        PyObject_GetBuffer(student, &s_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except ValueError:  # not C-contiguous
+        return None
+    try:
+        PyObject_GetBuffer(teacher, &t_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except ValueError:
+        PyBuffer_Release(&s_view)
+        return None
+    cdef double loss = NAN
+    cdef bint done = False
+    cdef Py_ssize_t n = s_view.shape[0] if s_view.ndim == 1 else 0
+    if (s_view.ndim == 1 and t_view.ndim == 1 and t_view.shape[0] == n and 1 <= n <= KD_CHUNK
+            and strcmp(s_view.format, t_view.format) == 0):
+        if strcmp(s_view.format, "d") == 0:
+            with nogil:
+                loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T)
+            done = True
+        elif strcmp(s_view.format, "f") == 0:
+            with nogil:
+                loss = one_row_loss(<const float*> t_view.buf, <const float*> s_view.buf, n, T)
+            done = True
+    PyBuffer_Release(&s_view)
+    PyBuffer_Release(&t_view)
+    return loss if done else None
+
+
+cdef double one_row_loss(
+    const floating* t, const floating* s, Py_ssize_t n, double temperature
+) noexcept nogil:
+    """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as ``kl_rows`` computes it."""
+    cdef double out
+    if n <= KD_SHORT_ROW and kd_active_target != NULL:
+        kl_short_rows(<const char*> t, <const char*> s, 0, 0, sizeof(floating), sizeof(floating),
+                      0, 1, n, temperature, &out, <floating> 0)
+        return out
+    return temperature * (temperature * row_kl(t, s, n, 1.0 / temperature))
 
 
 def softmax_rows(

@@ -1,0 +1,56 @@
+"""The shortcut for one row (``kd_loss`` on two 1-D float arrays) changes nothing but speed."""
+
+import numpy as np
+import pytest
+from conftest import DTYPES
+
+import kdloss
+from kdloss import _kernel
+
+CLASSES = (1, 3, 10, _kernel.SHORT_ROW_CLASSES, _kernel.SHORT_ROW_CLASSES + 1, 1000, _kernel.CHUNK_CLASSES)
+
+
+@pytest.mark.parametrize("reduction", ("mean", "sum", "batchmean"))
+@pytest.mark.parametrize("classes", CLASSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_row_shortcut_gives_the_batch_result(dtype, classes, reduction):
+    rng = np.random.default_rng(classes)
+    teacher = rng.normal(0, 3, classes).astype(dtype)
+    student = (teacher + rng.normal(0, 1, classes)).astype(dtype)
+    assert _kernel.single_row_loss(student, teacher, 2.5) is not None  # the shortcut is taken
+    got = kdloss.kd_loss(student, teacher, 2.5, reduction=reduction)
+    as_batch = kdloss.kd_loss(student[None], teacher[None], 2.5, reduction=reduction)
+    assert type(got) is float and got == as_batch
+
+
+@pytest.mark.parametrize(
+    "student, teacher, temperature",
+    [
+        ([1.0, 2.0], [2.0, 1.0], 1.0),  # lists: converted by the general path
+        (np.array([1.0, 2.0]), np.array([2.0, 1.0], np.float32), 1.0),  # mixed dtypes
+        (np.array([1.0, 2.0, 3.0, 4.0])[::2], np.array([2.0, 1.0]), 1.0),  # not contiguous
+        (np.array([1, 2]), np.array([2, 1]), 1.0),  # integers
+        (np.array([1.0, 2.0]), np.array([2.0, 1.0]), 2),  # an int temperature
+        (np.array([1.0, 2.0]), np.array([2.0, 1.0]), np.float64(2.0)),  # a NumPy scalar temperature
+        (np.zeros((1, 2)), np.ones((1, 2)), 1.0),  # 2-D
+        (np.zeros(_kernel.CHUNK_CLASSES + 1), np.ones(_kernel.CHUNK_CLASSES + 1), 1.0),  # long: may split
+        (np.array([1.0, 2.0]).astype(">f8"), np.array([2.0, 1.0]).astype(">f8"), 1.0),  # big-endian
+    ],
+)
+def test_other_input_takes_the_general_path_with_the_same_result(student, teacher, temperature):
+    assert _kernel.single_row_loss(student, teacher, temperature) is None
+    want = kdloss.kd_loss(np.asarray(student, np.float64)[None], np.asarray(teacher, np.float64)[None], float(temperature))
+    got = kdloss.kd_loss(student, teacher, temperature)
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", (0.0, -1.0, float("nan"), float("inf")))
+def test_bad_temperature_still_raises(temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        kdloss.kd_loss(np.zeros(3), np.ones(3), temperature)
+
+
+@pytest.mark.parametrize("num_threads", (0, True, 1.0))
+def test_bad_thread_count_still_raises(num_threads):
+    with pytest.raises((ValueError, TypeError), match="num_threads"):
+        kdloss.kd_loss(np.zeros(3), np.ones(3), 1.0, num_threads=num_threads)
