@@ -37,6 +37,7 @@ import numpy as np
 cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
     enum: KD_SHORT_ROW
+    double KD_EXACT_PATH_RATIO
     ctypedef struct kd_chunk_stats:
         double top_t, top_s
         double rest_t, rest_t_err
@@ -54,9 +55,11 @@ cdef extern from "simd.h" nogil:
         void (*stats_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
                           kd_chunk_stats*) noexcept nogil
         void (*short_f32)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*) noexcept nogil
+                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
+                          double*) noexcept nogil
         void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*) noexcept nogil
+                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
+                          double*) noexcept nogil
     const kd_target* kd_active_target  # NULL: the scalar path
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -84,10 +87,9 @@ cdef extern from *:
     const char* KDLOSS_ISA
 
 
-# The fast KL evaluation subtracts terms of size `magnitude`; its relative error is about
-# eps * magnitude / KL. Rows whose KL is below magnitude * EXACT_PATH_RATIO take the
-# cancellation-free path, which keeps ~1e-15 relative accuracy all the way down to KL = 0.
-cdef double EXACT_PATH_RATIO = 1.0 / 1024.0
+# EXACT_PATH_RATIO (in simd.h): rows whose KL is below that share of the terms the fast
+# evaluation subtracts are recomputed by the cancellation-free path, row_kl_exact.
+cdef double EXACT_PATH_RATIO = KD_EXACT_PATH_RATIO
 
 
 # The kernel's fixed partitions, for tests: classes per chunk of a long row, and the longest row
@@ -563,15 +565,19 @@ cdef void kl_short_rows(
     cdef double inv_T = 1.0 / temperature
     cdef const char* t_first = t_base + first * t_row
     cdef const char* s_first = s_base + first * s_row
+    cdef double kl[SHORT_ROWS_BLOCK]
     cdef floating t_copy[KD_SHORT_ROW]
     cdef floating s_copy[KD_SHORT_ROW]
     if floating is float:
         kd_active_target.short_f32(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats)
+                                   n_classes, inv_T, ranges, stats, kl)
     else:
         kd_active_target.short_f64(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats)
+                                   n_classes, inv_T, ranges, stats, kl)
     for r in range(n_rows):
+        if kl[r] == kl[r]:  # settled by the vector code
+            out[first + r] = temperature * (temperature * kl[r])
+            continue
         memset(&sums, 0, sizeof(sums))
         merge_chunk(&sums, &stats[r])
         out[first + r] = temperature * (temperature * finish_row_kl(

@@ -157,11 +157,13 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
  * call. Class j of row r is at t_base + r * t_row + j * t_col bytes (any strides). For each of the n_rows
  * rows, writes its extrema and its sums (in class order, plain: n is small) as one chunk.
  * A row's values do not depend on the rows beside it: the cheaper exp of moderate groups gives
- * the same bits as the general one wherever both apply (scaling by a power of two is exact). */
+ * the same bits as the general one wherever both apply (scaling by a power of two is exact).
+ * kl[r] is the row's KL, or NaN where the scalar code must finish the row (special values, and
+ * rows close to zero KL, which take the exact path) from its extrema and sums. */
 static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                               ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
                               ptrdiff_t n, double inv_T, kd_row_range *ranges,
-                              kd_chunk_stats *stats)
+                              kd_chunk_stats *stats, double *kl)
 {
     for (ptrdiff_t first = 0; first < n_rows; first += KD_LANES) {
         const int rows = n_rows - first < KD_LANES ? (int)(n_rows - first) : KD_LANES;
@@ -174,7 +176,7 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
         kd_vd columns_t[KD_SHORT_ROW], columns_s[KD_SHORT_ROW];
         kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
         for (ptrdiff_t j = 0; j < n; j++) {
-            kd_vd ct, cs;
+            kd_vd ct, cs; /* built lane by lane: faster than a gather instruction on AMD Zen 4 */
             for (int lane = 0; lane < KD_LANES; lane++) {
                 ct[lane] = *(const KD_REAL *)(t[lane] + j * t_col);
                 cs[lane] = *(const KD_REAL *)(s[lane] + j * s_col);
@@ -204,7 +206,9 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             sum.gap += x.gap;
             sum.scale += x.scale;
         }
+        const kd_vd row_kl = kd_finish_kl(sum.top_t, sum.top_s, sum.rest_t, sum.rest_s, sum.gap, sum.scale);
         for (int lane = 0; lane < rows; lane++) {
+            kl[first + lane] = row_kl[lane];
             kd_row_range *range = &ranges[first + lane];
             kd_chunk_stats *out = &stats[first + lane];
             range->t_max = t_max[lane];

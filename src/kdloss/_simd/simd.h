@@ -32,6 +32,11 @@
  * are split across threads at the same boundaries, so the split cannot change a bit. */
 #define KD_CHUNK 16384
 
+/* The fast evaluation of KL subtracts terms of size `magnitude`; its relative error is about
+ * eps * magnitude / KL. Rows whose KL is below magnitude * KD_EXACT_PATH_RATIO take the
+ * cancellation-free (exact) path, which keeps ~1e-15 relative accuracy down to KL = 0. */
+#define KD_EXACT_PATH_RATIO (1.0 / 1024.0)
+
 /* Rows of at most this many classes go through short_rows, one row per vector lane. */
 #define KD_SHORT_ROW 24
 
@@ -62,12 +67,12 @@ typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
                                  ptrdiff_t n_rows, ptrdiff_t n, double inv_T,
-                                 kd_row_range *ranges, kd_chunk_stats *stats);
+                                 kd_row_range *ranges, kd_chunk_stats *stats, double *kl);
 
 /* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
  * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2).
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
- * strides (in bytes). */
+ * strides (in bytes), and each row's KL where the vector code can settle it (else NaN). */
 typedef struct {
     const char *name;
     kd_range_f32_fn range_f32;

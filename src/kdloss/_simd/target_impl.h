@@ -52,6 +52,24 @@ static inline int kd_is_moderate(const kd_row_range *range, double inv_T)
         && (range->s_min - range->s_max) * inv_T >= -700.0;
 }
 
+/* KL per lane from the sums of one row per lane, as the scalar kl_from_sums computes it, with
+ * the logs vectorised: NaN in the lanes that the scalar code must finish (any NaN, and KL below
+ * KD_EXACT_PATH_RATIO of the terms it subtracts). log(top + rest) is corrected for the rounding
+ * of top + rest, so it is as accurate as log1p(rest) where one class dominates. */
+static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd rest_s, kd_vd gap,
+                                 kd_vd scale)
+{
+    const kd_vd count_t = __builtin_convertvector(top_t, kd_vd), count_s = __builtin_convertvector(top_s, kd_vd);
+    const kd_vd z_t = count_t + rest_t, z_s = count_s + rest_s;
+    const kd_vd log_zt = kd_log_at_least_one(z_t) + (rest_t - (z_t - count_t)) / z_t;
+    const kd_vd log_zs = kd_log_at_least_one(z_s) + (rest_s - (z_s - count_s)) / z_s;
+    const kd_vd kl = gap / z_t - log_zt + log_zs;
+    const kd_vd magnitude = -scale / z_t + log_zt + log_zs;
+    const kd_vi settled = ((kl > magnitude * KD_EXACT_PATH_RATIO) | (kl == INFINITY))
+                        & (rest_t == rest_t) & (rest_s == rest_s);
+    return kd_select(settled, kl, kd_splat(NAN));
+}
+
 #define KD_CAT_(a, b) a##_##b
 #define KD_CAT(a, b) KD_CAT_(a, b)
 

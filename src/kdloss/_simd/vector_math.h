@@ -175,4 +175,28 @@ KD_INLINE kd_vd kd_exp_nonpositive(kd_vd x, const int degree)
     return p * (kd_vd)scale_bits * 0x1p-60;
 }
 
+/* log(x) for finite x >= 1, within 1 ulp: fdlibm's e_log.c algorithm, lane by lane.
+ * x = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f), and
+ * log(m) = f - (f^2 / 2 - s (f^2 / 2 + R(s^2))), R a minimax polynomial (fdlibm's Lg1..Lg7). */
+KD_INLINE kd_vd kd_log_at_least_one(kd_vd x)
+{
+    typedef uint64_t kd_vu __attribute__((vector_size(8 * KD_LANES)));
+    kd_vu bits = (kd_vu)x;
+    kd_vi exponent = (kd_vi)(bits >> 52) - 1023;
+    kd_vd m = (kd_vd)((bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL); /* [1, 2) */
+    kd_vi halve = m > 1.4142135623730951;
+    m = kd_select(halve, m * 0.5, m);
+    exponent -= halve; /* -1 where halved */
+    kd_vd k = __builtin_convertvector(exponent, kd_vd);
+    kd_vd f = m - 1.0;
+    kd_vd s = f / (2.0 + f);
+    kd_vd z = s * s, w = z * z;
+    kd_vd r_even = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    kd_vd r_odd = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01
+                       + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    kd_vd r = r_odd + r_even;
+    kd_vd half_f2 = 0.5 * f * f;
+    return k * 6.93147180369123816490e-01 - ((half_f2 - (s * (half_f2 + r) + k * 1.90821492927058770002e-10)) - f);
+}
+
 #endif
