@@ -86,4 +86,4 @@ def test_report_puts_the_machine_first():
     text = report([_case(kdloss=0.01)], describe(), Settings(repeat=3))
     first = text.splitlines()[0]
     assert first.startswith("- CPU: ") and "logical CPUs" in first
-    assert "instruction set" in text and "3 interleaved samples" in text and "| 8192 x 1000 |" in text
+    assert "kernel target" in text and "3 interleaved samples" in text and "| 8192 x 1000 |" in text

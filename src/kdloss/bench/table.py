@@ -83,7 +83,7 @@ LEGEND = (
 
 
 def _config_field(machine, key):
-    """A field of ``kdloss.show_config()``'s text, e.g. "instruction set"."""
+    """A field of ``kdloss.show_config()``'s text, e.g. "kernel target"."""
     for line in machine["kdloss_config"].splitlines():
         if line.strip().startswith(key + ":"):
             return line.split(":", 1)[1].strip()
@@ -96,7 +96,7 @@ def header_lines(machine, settings):
     return [
         (f"- CPU: {machine['cpu']} ({', '.join(machine['cpu_flags']) or 'no SIMD flags read'}), "
          f"{machine['logical_cpus']} logical CPUs, {threads['usable CPUs']} usable; {machine['platform']}"),
-        (f"- kdloss {machine['versions']['kdloss']}: instruction set {_config_field(machine, 'instruction set')}, "
+        (f"- kdloss {machine['versions']['kdloss']}: kernel target {_config_field(machine, 'kernel target')}, "
          f"OpenMP {_config_field(machine, 'OpenMP')}"),
         f"- versions: {versions}",
         (f"- threads: kdloss num_threads=threads; PyTorch torch.set_num_threads(threads); "
