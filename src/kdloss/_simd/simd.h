@@ -38,7 +38,7 @@
 #define KD_EXACT_PATH_RATIO (1.0 / 1024.0)
 
 /* Rows of at most this many classes go through short_rows, one row per vector lane. */
-#define KD_SHORT_ROW 24
+#define KD_SHORT_ROW 64
 
 /* Extrema of a row (NaN ignored). */
 typedef struct {
