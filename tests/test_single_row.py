@@ -18,9 +18,10 @@ def test_one_row_shortcut_gives_the_batch_result(dtype, classes, reduction):
     teacher = rng.normal(0, 3, classes).astype(dtype)
     student = (teacher + rng.normal(0, 1, classes)).astype(dtype)
     assert _kernel.single_row_loss(student, teacher, 2.5) is not None  # the shortcut is taken
-    got = kdloss.kd_loss(student, teacher, 2.5, reduction=reduction)
     as_batch = kdloss.kd_loss(student[None], teacher[None], 2.5, reduction=reduction)
-    assert type(got) is float and got == as_batch
+    for num_threads in (None, 1, 2, -1):
+        got = kdloss.kd_loss(student, teacher, 2.5, reduction=reduction, num_threads=num_threads)
+        assert type(got) is float and got == as_batch
 
 
 @pytest.mark.parametrize(

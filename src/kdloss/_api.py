@@ -107,9 +107,14 @@ def kd_loss(
         NaN/+inf logits or all-masked teachers, +inf where the student rules out a class the
         teacher allows.
     """
-    if type(reduction) is str and reduction in _SCALAR_REDUCTIONS and (num_threads is None or type(num_threads) is int and num_threads == 1):
+    if (
+        type(reduction) is str
+        and reduction in _SCALAR_REDUCTIONS
+        and (num_threads is None or (type(num_threads) is int and num_threads != 0))
+    ):
         # One row already in the kernel's form (1-D float arrays, a float temperature): the
         # kernel recognises it and returns the same value as below, without the conversions.
+        # (One row of at most 16,384 classes runs on one thread whatever num_threads says.)
         loss = _kernel.single_row_loss(student_logits, teacher_logits, temperature)
         if loss is not None:
             return loss
