@@ -125,6 +125,28 @@ KD_INLINE double kd_lane_sum(kd_vd v)
 #define KD_LN2_LO 1.42860682030941723212e-6 /* ln 2 - KD_LN2_HI */
 #define KD_ROUND_MAGIC 6755399441055744.0   /* 1.5 * 2^52: adding it rounds to an integer */
 
+/* q(r) = (e^r - 1 - r) / r^2 for |r| <= ln(2) / 2, highest degree first: degree 9 (e^r to
+ * 2e-16, for float64 inputs) and degree 6 (e^r to 5e-12, for float32 inputs). */
+static const double KD_EXP_Q_DOUBLE[] = {
+    0x1.af389eea54156p-26, 0x1.28917c9f3a495p-22, 0x1.71de0db2eb873p-19, 0x1.a019b914881bap-16,
+    0x1.a01a01a7c2f2cp-13, 0x1.6c16c17889f3cp-10, 0x1.11111111109b5p-7, 0x1.5555555553d68p-5,
+    0x1.5555555555556p-3, 0x1.0000000000001p-1,
+};
+static const double KD_EXP_Q_SINGLE[] = {
+    0x1.a11313706b54dp-16, 0x1.a1516a0790f9dp-13, 0x1.6c1685918e3cfp-10, 0x1.1110c63a3c331p-7,
+    0x1.5555555c85fc4p-5, 0x1.55555567506dep-3, 0x1.0000000000000p-1,
+};
+
+/* Horner's rule over `count` coefficients, highest degree first (unrolled: count is constant). */
+KD_INLINE kd_vd kd_horner(kd_vd r, const double *coefficients, const int count)
+{
+    kd_vd q = kd_splat(coefficients[0]);
+#pragma GCC unroll 16
+    for (int i = 1; i < count; i++)
+        q = q * r + coefficients[i];
+    return q;
+}
+
 /* e^r for |r| <= ln(2) / 2, and in *shifted a value whose low bits hold k. */
 KD_INLINE kd_vd kd_exp_reduced(kd_vd x, const int degree, kd_vd *shifted)
 {
@@ -134,28 +156,10 @@ KD_INLINE kd_vd kd_exp_reduced(kd_vd x, const int degree, kd_vd *shifted)
     if (degree >= 11) { /* Cody and Waite: r to full double precision */
         r = x - k * KD_LN2_HI;
         r = r - k * KD_LN2_LO;
+        q = kd_horner(r, KD_EXP_Q_DOUBLE, sizeof KD_EXP_Q_DOUBLE / sizeof(double));
     } else { /* |k| <= 1076: r off by at most 1076 * 2.3e-17 = 2.5e-14, below degree 8's error */
         r = x - k * 0x1.62e42fefa39efp-1;
-    }
-    if (degree >= 11) {
-        q = kd_splat(0x1.af389eea54156p-26);
-        q = q * r + 0x1.28917c9f3a495p-22;
-        q = q * r + 0x1.71de0db2eb873p-19;
-        q = q * r + 0x1.a019b914881bap-16;
-        q = q * r + 0x1.a01a01a7c2f2cp-13;
-        q = q * r + 0x1.6c16c17889f3cp-10;
-        q = q * r + 0x1.11111111109b5p-7;
-        q = q * r + 0x1.5555555553d68p-5;
-        q = q * r + 0x1.5555555555556p-3;
-        q = q * r + 0x1.0000000000001p-1;
-    } else {
-        q = kd_splat(0x1.a11313706b54dp-16);
-        q = q * r + 0x1.a1516a0790f9dp-13;
-        q = q * r + 0x1.6c1685918e3cfp-10;
-        q = q * r + 0x1.1110c63a3c331p-7;
-        q = q * r + 0x1.5555555c85fc4p-5;
-        q = q * r + 0x1.55555567506dep-3;
-        q = q * r + 0x1.0000000000000p-1;
+        q = kd_horner(r, KD_EXP_Q_SINGLE, sizeof KD_EXP_Q_SINGLE / sizeof(double));
     }
     return r * (r * q + 1.0) + 1.0;
 }
