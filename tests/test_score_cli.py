@@ -1,5 +1,7 @@
 """``kdloss score``: per-row losses of stored logits equal the in-memory ``kd_loss``, bit for bit."""
 
+import builtins
+import errno
 import io
 import math
 import os
@@ -21,6 +23,7 @@ from stored_logits import (
 
 import kdloss
 from kdloss.cli import main
+from kdloss.scoring import _inputs as scoring_inputs
 
 
 def expected_losses(student, teacher, temperature):
@@ -293,9 +296,17 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, case, exis
         assert out.read_bytes() == b"the previous result"
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path, capsys):
+def test_unreadable_file(tmp_path, capsys, monkeypatch):
     student_spec, teacher_spec = store_pair(tmp_path, *logit_pair((4, 3)))
+    # Permissions stop a user; root reads any file, so the open itself refuses too.
+    real_open = builtins.open
+
+    def refusing_open(path, *args, **kwargs):
+        if os.path.abspath(os.fspath(path)) == os.path.abspath(student_spec):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(scoring_inputs, "open", refusing_open, raising=False)
     os.chmod(student_spec, 0)
     try:
         assert main(["score", student_spec, teacher_spec]) == 2
