@@ -1,8 +1,8 @@
 /* The two passes over one chunk of a row, for one input type.
  *
  * Included twice by target_impl.h, with KD_REAL (float or double), KD_FN(name) (a name with the
- * type in it), KD_LOAD (KD_LANES elements as doubles) and KD_EXP_DEGREE (8 for float, whose
- * results are rounded to float32; 11 for double). */
+ * type in it), KD_LOAD (KD_LANES elements as doubles) and KD_EXP_FOR_DOUBLE (1: exp to full
+ * double precision; 0 for float inputs, whose results are rounded to float32). */
 
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
 
@@ -72,11 +72,11 @@ KD_INLINE KD_FN(terms) KD_FN(vector_terms)(kd_vd t, kd_vd s, kd_vd t_max, kd_vd 
     kd_vd b = (s - s_max) * inv_T;
     kd_vd ea, eb, difference = a - b, total = a + b, ruled_out = kd_splat(0.0);
     if (moderate) {
-        ea = kd_exp_moderate(a, KD_EXP_DEGREE);
-        eb = kd_exp_moderate(b, KD_EXP_DEGREE);
+        ea = kd_exp_moderate(a, KD_EXP_FOR_DOUBLE);
+        eb = kd_exp_moderate(b, KD_EXP_FOR_DOUBLE);
     } else {
-        ea = kd_exp_nonpositive(a, KD_EXP_DEGREE);
-        eb = kd_exp_nonpositive(b, KD_EXP_DEGREE);
+        ea = kd_exp_nonpositive(a, KD_EXP_FOR_DOUBLE);
+        eb = kd_exp_nonpositive(b, KD_EXP_FOR_DOUBLE);
         kd_vi in_support = ea > 0.0;
         /* A student -inf where the teacher is finite makes KL +inf, even where e^a underflows. */
         ruled_out = kd_keep((b == -INFINITY) & (a != -INFINITY), kd_splat(INFINITY));

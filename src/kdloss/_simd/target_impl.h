@@ -77,25 +77,25 @@ static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd r
 #define KD_FN(name) KD_CAT(name, f32)
 #define KD_LOAD kd_load_f32
 #define KD_LOAD_PARTIAL kd_load_partial_f32
-#define KD_EXP_DEGREE 8
+#define KD_EXP_FOR_DOUBLE 0
 #include "chunk_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
-#undef KD_EXP_DEGREE
+#undef KD_EXP_FOR_DOUBLE
 
 #define KD_REAL double
 #define KD_FN(name) KD_CAT(name, f64)
 #define KD_LOAD kd_load_f64
 #define KD_LOAD_PARTIAL kd_load_partial_f64
-#define KD_EXP_DEGREE 11
+#define KD_EXP_FOR_DOUBLE 1
 #include "chunk_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
-#undef KD_EXP_DEGREE
+#undef KD_EXP_FOR_DOUBLE
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL, row_range_f32, row_range_f64, chunk_stats_f32, chunk_stats_f64,
