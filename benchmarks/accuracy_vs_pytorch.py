@@ -16,7 +16,7 @@ import numpy as np
 import kdloss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from exact_reference import exact_kd_loss  # noqa: E402
+from exact_reference import exact_kd_loss
 
 
 def pytorch_kd_rows(student, teacher):

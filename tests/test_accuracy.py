@@ -33,10 +33,16 @@ import zlib
 import mpmath
 import numpy as np
 import pytest
+from conftest import DTYPES, THREAD_COUNTS
+from exact_reference import (
+    DPS,
+    exact_kd_loss,
+    exact_kd_rows,
+    exact_log_softmax,
+    exact_softmax,
+)
 
 import kdloss
-from conftest import DTYPES, THREAD_COUNTS
-from exact_reference import DPS, exact_kd_loss, exact_kd_rows, exact_log_softmax, exact_softmax
 
 # Every test here runs once per kernel target (see conftest.py).
 pytestmark = pytest.mark.usefixtures("kernel_target")
@@ -145,7 +151,7 @@ def make_pair(student_kind, dtype, n_classes, temperature=1.0, rows=None):
     return student.astype(dtype), teacher
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kl_case(student_kind, dtype, n_classes, temperature=1.0):
     """``make_pair(...)`` and the exact per-row losses, computed once."""
     student, teacher = make_pair(student_kind, dtype, n_classes, temperature)
@@ -219,7 +225,7 @@ def test_pure_offset_is_tiny_and_not_negative(construction, offset, n_classes, d
     assert max(distance) <= 1e-12, (got, [mpmath.nstr(w, 17) for w in want])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def offset_case(construction, offset, dtype, n_classes):
     _, teacher = make_pair(("independent",), dtype, n_classes)
     if construction == "exact":
@@ -263,7 +269,7 @@ def test_temperatures(student_kind, temperature, n_classes, dtype, num_threads):
     assert_rows_accurate(got, want, rtol, f"temperatures 1e-6..1e5, {np.dtype(dtype).name}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def masked_case(student_kind, dtype, n_classes):
     """Teacher -inf on about a third of the classes; the student stays finite there (or is
     -inf on some of them). With a close student, its masked classes sit 20..45 below the
@@ -388,7 +394,7 @@ def as_double_double(values):
     return np.array(hi), np.array(lo)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def softmax_case(row_kind, dtype, n_classes, temperature):
     """Rows of logits, and their exact log_softmax and softmax as double-double arrays.
 

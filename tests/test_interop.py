@@ -45,9 +45,9 @@ def test_accepts_pytorch_cpu_tensors(dtype):
 
 
 def test_readme_tour_runs():
-    tour = re.search(r"## A short tour\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    tour = re.search(r"## A short tour\n\n```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     namespace = {}
-    exec(compile(tour, str(README), "exec"), namespace)
+    exec(compile(tour, str(README), "exec"), namespace)  # noqa: S102 - the README's own example
     # The tour's commented results are what the code returns.
-    for call, value in re.findall(r"^(kdloss\.distillation_loss\(.*\))\s+# ([-\d.]+)", tour, re.M):
+    for call, value in re.findall(r"^(kdloss\.distillation_loss\(.*\))\s+# ([-\d.]+)", tour, re.MULTILINE):
         assert eval(call, namespace) == float(value), call

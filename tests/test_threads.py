@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import DTYPES, THREAD_COUNTS
 
 import kdloss
 from kdloss import _threads
-from conftest import DTYPES, THREAD_COUNTS
 
 
 def random_pair(rows, classes, dtype, seed=0):
@@ -152,7 +152,7 @@ def run_script(script, timeout=120):
     """Run ``script`` in a fresh interpreter; a hang fails the test instead of blocking the run."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child process hung for {timeout} s (fork after OpenMP deadlock?)")

@@ -11,7 +11,6 @@ from ._rows import row_blocks
 from ._threads import resolve_num_threads
 from ._validation import as_logits, as_logits_pair, check_reduction, check_temperature
 
-
 # Rows per kernel call when only the sum is wanted: the per-row losses go through a 256 KiB
 # buffer that is reused, instead of an array with one entry per row.
 SUM_BLOCK_ROWS = 1 << 15

@@ -26,10 +26,14 @@ def show_config(file=None):
         f"kdloss {__version__}",
         f"  OpenMP:          {'enabled' if openmp_enabled() else 'disabled (serial build)'}",
         f"  default threads: {default_num_threads() if openmp_enabled() else 1} (usable CPUs: {available_cpus()})",
-        f"  kernel target:   {_kernel.active_target()} (chosen at run time from: "
-        f"{' '.join(_kernel.available_targets())}; KDLOSS_TARGET overrides)",
+        (
+            f"  kernel target:   {_kernel.active_target()} (chosen at run time from: "
+            f"{' '.join(_kernel.available_targets())}; KDLOSS_TARGET overrides)"
+        ),
         f"  compiled for:    {_kernel.instruction_set()}",
-        f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
-        f"NumPy {np.__version__}",
+        (
+            f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
+            f"NumPy {np.__version__}"
+        ),
     ]
     print("\n".join(lines), file=file or sys.stdout)

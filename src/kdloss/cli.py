@@ -6,8 +6,8 @@ import sys
 from . import _demo
 from ._config import show_config
 from ._version import __version__
-from .scoring import cli as score_cli
 from .bench import cli as bench_cli
+from .scoring import cli as score_cli
 
 
 def _positive_int(text):
