@@ -6,8 +6,10 @@ Three layers, as in scikit-learn's ``sklearn/_loss``:
 1. Row helpers (``noexcept nogil``) work on one contiguous row of ``n`` classes. They return
    special values (inf, NaN) rather than raising.
 2. Row loops (``*_rows``) run a helper over every row of a 2-D view under ``prange`` with a
-   static schedule and an explicit thread count. Each row's result depends on that row alone,
-   so results are bitwise identical for every thread count.
+   static schedule and an explicit thread count; short rows go in blocks, one row per vector
+   lane, and a few long rows are split into chunks shared among the threads. Each row's result
+   depends on that row alone, and chunks merge in a fixed order, so results are bitwise
+   identical for every thread count.
 3. The Python layer (``kdloss._api``) validates and converts inputs, allocates outputs and
    resolves the thread count. The loops below assume its contract:
 
@@ -324,7 +326,7 @@ cdef double row_kl(
 ) noexcept nogil:
     """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor).
 
-    The vectorised passes: the row maxima, then the sums chunk by chunk, merged in order (a
+    The vectorised passes: the row's extrema, then its sums chunk by chunk, merged in order (a
     long row split across threads, in ``kl_long_rows``, merges the same chunks in the same
     order). Special values (documented in README "Semantics"): NaN anywhere, +inf anywhere, or a
     teacher row that is all -inf gives NaN; a student -inf where the teacher is finite gives
