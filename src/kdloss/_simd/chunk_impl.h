@@ -159,7 +159,8 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
  * A row's values do not depend on the rows beside it: the cheaper exp of moderate groups gives
  * the same bits as the general one wherever both apply (scaling by a power of two is exact).
  * kl[r] is the row's KL, or NaN where the scalar code must finish the row (special values, and
- * rows close to zero KL, which take the exact path) from its extrema and sums. */
+ * rows close to zero KL, which take the exact path) from its extrema and sums, which are
+ * written for those rows only. */
 static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                               ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
                               ptrdiff_t n, double inv_T, kd_row_range *ranges,
@@ -209,6 +210,8 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
         const kd_vd row_kl = kd_finish_kl(sum.top_t, sum.top_s, sum.rest_t, sum.rest_s, sum.gap, sum.scale);
         for (int lane = 0; lane < rows; lane++) {
             kl[first + lane] = row_kl[lane];
+            if (row_kl[lane] == row_kl[lane])
+                continue; /* settled: the scalar code needs no extrema or sums */
             kd_row_range *range = &ranges[first + lane];
             kd_chunk_stats *out = &stats[first + lane];
             range->t_max = t_max[lane];

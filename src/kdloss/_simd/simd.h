@@ -72,7 +72,8 @@ typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff
 /* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
  * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2).
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
- * strides (in bytes), and each row's KL where the vector code can settle it (else NaN). */
+ * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
+ * row's extrema and sums for the scalar code to finish it). */
 typedef struct {
     const char *name;
     kd_range_f32_fn range_f32;
