@@ -16,8 +16,9 @@
 
 #include <stddef.h>
 
-/* The vector code is written in GCC/Clang vector extensions; other compilers get the scalar path. */
-#if defined(__GNUC__)
+/* The vector code is written in GCC/Clang vector extensions (with __builtin_convertvector:
+ * GCC 9, Clang 3.7); other compilers get the scalar path. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
 #define KD_VECTOR_EXTENSIONS 1
 #else
 #define KD_VECTOR_EXTENSIONS 0
