@@ -39,7 +39,7 @@ import numpy as np
 cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
     enum: KD_SHORT_ROW
-    double KD_EXACT_PATH_RATIO
+    const double KD_EXACT_PATH_RATIO
     ctypedef struct kd_chunk_stats:
         double top_t, top_s
         double rest_t, rest_t_err
@@ -89,9 +89,8 @@ cdef extern from *:
     const char* KDLOSS_ISA
 
 
-# EXACT_PATH_RATIO (in simd.h): rows whose KL is below that share of the terms the fast
+# KD_EXACT_PATH_RATIO (simd.h): rows whose KL is below that share of the terms the fast
 # evaluation subtracts are recomputed by the cancellation-free path, row_kl_exact.
-cdef double EXACT_PATH_RATIO = KD_EXACT_PATH_RATIO
 
 
 # The kernel's fixed partitions, for tests: classes per chunk of a long row, and the longest row
@@ -321,6 +320,12 @@ cdef inline void chunk_stats(
         kd_active_target.stats_f64(t + start, s + start, length, extremes, inv_T, out)
 
 
+cdef inline bint takes_short_row_pass(Py_ssize_t n) noexcept nogil:
+    """Whether rows of n classes go through the short-row pass (one row per lane). kl_rows and
+    one_row_loss both ask this, so a row gets the same bits alone as in a batch."""
+    return n <= KD_SHORT_ROW and kd_active_target != NULL
+
+
 cdef double row_kl(
     const floating* t, const floating* s, Py_ssize_t n, double inv_T
 ) noexcept nogil:
@@ -358,7 +363,7 @@ cdef double finish_row_kl(
     cdef double kl = kl_from_sums(sums, &mean_gap, &z_teacher, &magnitude)
     if kl != kl:  # a NaN or +inf logit, or a row all -inf: the scalar path sorts out which
         return row_kl_scalar(t, s, n, inv_T)
-    if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
+    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
         return kl  # inf: the student rules out a class the teacher allows
     return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
 
@@ -405,7 +410,7 @@ cdef double row_kl_scalar(
             sums.gap_scale += ea * (fabs(a) + fabs(b))
     cdef double mean_gap, z_teacher, magnitude
     cdef double kl = kl_from_sums(&sums, &mean_gap, &z_teacher, &magnitude)
-    if kl > magnitude * EXACT_PATH_RATIO or kl == INFINITY:
+    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
         return kl  # inf: a logit gap over T beyond the double range
     return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
 
@@ -519,7 +524,7 @@ def kl_rows(
         return
     num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
     cdef Py_ssize_t n_blocks = (n_rows + SHORT_ROWS_BLOCK - 1) // SHORT_ROWS_BLOCK
-    if n_classes <= KD_SHORT_ROW and kd_active_target != NULL:
+    if takes_short_row_pass(n_classes):
         # Blocks of rows, fixed by row index: which thread takes a block changes no bit.
         num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
         for i in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads,
@@ -677,7 +682,7 @@ cdef double one_row_loss(
 ) noexcept nogil:
     """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as ``kl_rows`` computes it."""
     cdef double out
-    if n <= KD_SHORT_ROW and kd_active_target != NULL:
+    if takes_short_row_pass(n):
         kl_short_rows(<const char*> t, <const char*> s, 0, 0, sizeof(floating), sizeof(floating),
                       0, 1, n, temperature, &out, <floating> 0)
         return out

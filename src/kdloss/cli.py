@@ -34,7 +34,7 @@ def build_parser():
     demo.add_argument("-T", "--temperature", type=float, default=4.0, help="temperature (default 4.0)")
     demo.add_argument("--num-threads", type=int, default=None, help="threads (default: all usable CPUs)")
 
-    commands.add_parser("config", help="show version, OpenMP state, threads and instruction set")
+    commands.add_parser("config", help="show version, OpenMP state, threads and kernel target")
     score_cli.add_parser(commands)
     bench_cli.add_parser(commands)
     return parser
