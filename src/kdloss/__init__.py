@@ -7,12 +7,16 @@ kernel over the last axis of NumPy arrays. See README.md for semantics and accur
 from . import reference
 from ._api import distillation_loss, kd_loss, log_softmax, softmax
 from ._config import openmp_enabled, show_config
+from ._training import hinton_loss, hinton_loss_and_grad, kd_loss_and_grad
 from ._version import __version__
 
 __all__ = [
     "__version__",
     "distillation_loss",
+    "hinton_loss",
+    "hinton_loss_and_grad",
     "kd_loss",
+    "kd_loss_and_grad",
     "log_softmax",
     "openmp_enabled",
     "reference",

@@ -9,7 +9,13 @@ from numpy.typing import ArrayLike
 from . import _kernel
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
-from ._validation import as_logits, as_logits_pair, check_reduction, check_temperature
+from ._validation import (
+    as_logits,
+    as_logits_pair,
+    check_reduction,
+    check_temperature,
+    check_weights,
+)
 
 # Rows per kernel call when only the sum is wanted: the per-row losses go through a 256 KiB
 # buffer that is reused, instead of an array with one entry per row.
@@ -67,6 +73,19 @@ def _summed_losses(student, teacher, temperature, num_threads):
     return math.fsum(block_sums)
 
 
+def blockwise_sum(values):
+    """The sum of a float64 array of per-row values in C order, as ``_summed_losses`` adds its
+    rows: pairwise within blocks of SUM_BLOCK_ROWS, the block sums exactly."""
+    values = np.ravel(values)
+    return math.fsum(float(np.sum(values[i : i + SUM_BLOCK_ROWS])) for i in range(0, values.size, SUM_BLOCK_ROWS))
+
+
+def weighted_losses(losses, weights):
+    """``weights * losses``, and exactly 0 where a weight is 0 (even if that row's loss is NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(weights != 0.0, weights * losses, 0.0)
+
+
 Reduction = Literal["mean", "sum", "none", "batchmean"]
 _SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
 
@@ -77,6 +96,7 @@ def kd_loss(
     temperature: float = 1.0,
     *,
     reduction: Reduction = "mean",
+    weights: ArrayLike | None = None,
     num_threads: int | None = None,
 ) -> float | np.ndarray:
     """Knowledge-distillation loss ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
@@ -95,6 +115,11 @@ def kd_loss(
         dtype. ``"sum"``: their sum. ``"mean"``: their mean over all rows (``"batchmean"`` is
         the same, for PyTorch users). Sums are in float64: pairwise over blocks of 32768 rows,
         and the block sums added exactly, so the order is fixed by the shape alone.
+    weights : array_like, optional
+        One weight per row (shape ``logits.shape[:-1]``, or anything that broadcasts to it; a
+        bool padding mask works), finite and >= 0. ``"none"`` gives ``w * loss`` per row,
+        ``"sum"`` is ``sum(w * loss)``, ``"mean"`` is ``sum(w * loss) / sum(w)`` (0.0 when
+        every weight is 0). A row of weight 0 is left out: even a NaN there changes nothing.
     num_threads : int, optional
         OpenMP threads. None: ``OMP_NUM_THREADS`` or all usable CPUs; negative counts back
         (-1 = all). Results are bitwise identical for every thread count.
@@ -107,7 +132,8 @@ def kd_loss(
         teacher allows.
     """
     if (
-        type(reduction) is str
+        weights is None
+        and type(reduction) is str
         and reduction in _SCALAR_REDUCTIONS
         and (num_threads is None or (type(num_threads) is int and num_threads != 0))
     ):
@@ -120,6 +146,17 @@ def kd_loss(
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
+    weights = check_weights(weights, teacher.shape[:-1])
+    if weights is not None:
+        losses = weighted_losses(_row_losses(student, teacher, temperature, num_threads), weights)
+        if reduction == "none":
+            with np.errstate(over="ignore"):
+                return losses.astype(teacher.dtype, copy=False)
+        total = blockwise_sum(losses)
+        if reduction == "sum":
+            return total
+        weight_total = float(np.sum(weights))
+        return total / weight_total if weight_total else 0.0
     if reduction == "none":
         losses = _row_losses(student, teacher, temperature, num_threads)
         with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented

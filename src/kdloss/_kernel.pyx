@@ -30,6 +30,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, exp, expm1, fabs, isfinite, log, log1p
 from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset, strcmp
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release, PyObject_GetBuffer
@@ -48,6 +49,18 @@ cdef extern from "simd.h" nogil:
         double gap_scale
     ctypedef struct kd_row_range:
         double t_max, s_max, t_min, s_min
+    enum: KD_CE_NONE
+    enum: KD_CE_FROM_Q
+    enum: KD_CE_OWN_EXP
+    ctypedef struct kd_grad_row:
+        kd_row_range range
+        double inv_T
+        double inv_zt, inv_zs
+        double mean_gap
+        double kl_coef, teacher_coef, ce_coef
+        double inv_z1
+        int with_kl
+        int ce_mode
     ctypedef struct kd_target:
         const char* name
         void (*range_f32)(const float*, const float*, ptrdiff_t, kd_row_range*) noexcept nogil
@@ -62,6 +75,12 @@ cdef extern from "simd.h" nogil:
         void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
                           double*) noexcept nogil
+        void (*grad_f32)(const float*, const float*, ptrdiff_t, const kd_grad_row*, float*,
+                         float*) noexcept nogil
+        void (*grad_f64)(const double*, const double*, ptrdiff_t, const kd_grad_row*, double*,
+                         double*) noexcept nogil
+        void (*normaliser_f32)(const float*, ptrdiff_t, double, double*, double*) noexcept nogil
+        void (*normaliser_f64)(const double*, ptrdiff_t, double, double*, double*) noexcept nogil
     const kd_target* kd_active_target  # NULL: the scalar path
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -374,7 +393,7 @@ cdef double row_kl_scalar(
     """The same KL in scalar code with libm's exp: where the vectorised passes are not
     compiled (the "scalar" target), and for rows with special values, which it decides."""
     cdef Py_ssize_t i
-    cdef double ti, si, a, b, ea, eb
+    cdef double ti, si
     cdef double t_max = -INFINITY, s_max = -INFINITY
     cdef bint has_nan = False, student_gap = False
 
@@ -395,7 +414,22 @@ cdef double row_kl_scalar(
 
     # Pass 2: the sums of RowSums.
     cdef RowSums sums
-    memset(&sums, 0, sizeof(sums))
+    scalar_row_sums(t, s, n, inv_T, t_max, s_max, &sums)
+    cdef double mean_gap, z_teacher, magnitude
+    cdef double kl = kl_from_sums(&sums, &mean_gap, &z_teacher, &magnitude)
+    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
+        return kl  # inf: a logit gap over T beyond the double range
+    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
+
+
+cdef void scalar_row_sums(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T, double t_max, double s_max,
+    RowSums* sums,
+) noexcept nogil:
+    """The sums of RowSums for a row with these maxima, in scalar code with libm's exp."""
+    cdef Py_ssize_t i
+    cdef double a, b, ea, eb
+    memset(sums, 0, sizeof(RowSums))
     for i in range(n):
         a = (t[i] - t_max) * inv_T
         b = (s[i] - s_max) * inv_T
@@ -408,11 +442,6 @@ cdef double row_kl_scalar(
         if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
             add_to(&sums.gap, ea * (a - b))
             sums.gap_scale += ea * (fabs(a) + fabs(b))
-    cdef double mean_gap, z_teacher, magnitude
-    cdef double kl = kl_from_sums(&sums, &mean_gap, &z_teacher, &magnitude)
-    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
-        return kl  # inf: a logit gap over T beyond the double range
-    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
 
 
 cdef double row_kl_exact(
@@ -717,3 +746,6 @@ def softmax_rows(
             &out[i, 0],
             take_log,
         )
+
+
+include "_gradient.pxi"

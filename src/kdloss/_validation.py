@@ -82,3 +82,93 @@ def check_reduction(reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
     return "mean" if reduction == "batchmean" else reduction
+
+
+def _first_bad(mask):
+    """The index of the first True in ``mask``, as a tuple (for error messages)."""
+    return tuple(int(i) for i in np.unravel_index(np.argmax(mask), mask.shape))
+
+
+def _real_array(values, name):
+    array = np.asarray(values)
+    if not (array.dtype.kind in "biuf"):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def check_weights(weights, rows_shape):
+    """Per-row weights as a C-contiguous float64 array of ``rows_shape``, or None.
+
+    Anything that broadcasts to ``rows_shape`` (the logits' shape without the class axis) is
+    accepted, bool masks included; every weight must be finite and >= 0.
+    """
+    if weights is None:
+        return None
+    array = _real_array(weights, "weights")
+    try:
+        array = np.broadcast_to(array, rows_shape)
+    except ValueError:
+        raise ValueError(
+            f"weights must have shape {rows_shape} (the logits' shape without the class axis), "
+            f"got {array.shape}"
+        ) from None
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    bad = ~(np.isfinite(array) & (array >= 0.0))
+    if bad.any():
+        index = _first_bad(bad)
+        raise ValueError(f"weights must be finite and >= 0; got {array[index]!r} at index {index}")
+    return array
+
+
+def check_labels(labels, rows_shape, n_classes, ignore_index):
+    """Class labels as a C-contiguous int64 array of ``rows_shape``, with -1 where a row is
+    ignored (its label is ``ignore_index``); any other label outside [0, n_classes) raises."""
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"labels must hold integers (class indices), got dtype {array.dtype}")
+    if array.shape != tuple(rows_shape):
+        raise ValueError(
+            f"labels must have shape {tuple(rows_shape)} (the logits' shape without the class "
+            f"axis), got {array.shape}"
+        )
+    ignored = array == ignore_index
+    bad = ~ignored & ((array < 0) | (array >= n_classes))
+    if bad.any():
+        index = _first_bad(bad)
+        raise ValueError(
+            f"labels must be in [0, {n_classes}) or equal ignore_index={ignore_index}; "
+            f"got {array[index]} at index {index}"
+        )
+    return np.ascontiguousarray(np.where(ignored, -1, array), dtype=np.int64)
+
+
+def check_alpha(alpha):
+    """The mixing weight of Hinton's loss as a float in [0, 1]."""
+    if isinstance(alpha, (bool, np.bool_, str, bytes, complex)) or np.ndim(alpha) != 0:
+        raise TypeError(f"alpha must be a real number, got {alpha!r}")
+    value = float(alpha)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    return value
+
+
+def check_grad_output(grad_output, reduction, rows_shape):
+    """The upstream gradient: a float for "sum" and "mean" (default 1.0); for "none", a
+    C-contiguous float64 array of ``rows_shape`` (anything that broadcasts to it), or None
+    (all ones: each row's gradient of its own loss)."""
+    if grad_output is None:
+        return 1.0 if reduction != "none" else None
+    array = _real_array(grad_output, "grad_output")
+    if reduction != "none":
+        if array.ndim != 0:
+            raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {array.shape}")
+        return float(array)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(array, rows_shape), dtype=np.float64)
+    except ValueError:
+        raise ValueError(
+            f"grad_output must have shape {tuple(rows_shape)} (one value per row) for "
+            f"reduction='none', got {array.shape}"
+        ) from None

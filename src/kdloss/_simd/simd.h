@@ -58,6 +58,23 @@ typedef struct {
     double gap_scale;              /* sum of e^a (|a| + |b|): bounds the rounding in gap */
 } kd_chunk_stats;
 
+/* What the gradient pass needs to know of a row (see gradient_impl.h), with a = (t - t_max) / T,
+ * b = (s - s_max) / T, P = softmax(a), Q = softmax(b) and R = softmax(s) (the student at T = 1,
+ * for the cross-entropy of Hinton's loss). */
+enum { KD_CE_NONE = 0, KD_CE_FROM_Q = 1, KD_CE_OWN_EXP = 2 };
+typedef struct {
+    kd_row_range range;    /* the row's extrema */
+    double inv_T;
+    double inv_zt, inv_zs; /* 1 / sum e^a, 1 / sum e^b */
+    double mean_gap;       /* E_P[a - b] */
+    double kl_coef;        /* d_s = kl_coef (Q - P) + ... */
+    double teacher_coef;   /* d_t = teacher_coef P (a - b - mean_gap) */
+    double ce_coef;        /* ... + ce_coef R */
+    double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
+    int with_kl;           /* 0: no KL term, and t is not read */
+    int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
+} kd_grad_row;
+
 typedef void (*kd_range_f32_fn)(const float *t, const float *s, ptrdiff_t n, kd_row_range *out);
 typedef void (*kd_range_f64_fn)(const double *t, const double *s, ptrdiff_t n, kd_row_range *out);
 typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
@@ -70,11 +87,22 @@ typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff
                                  ptrdiff_t n_rows, ptrdiff_t n, double inv_T,
                                  kd_row_range *ranges, kd_chunk_stats *stats, double *kl);
 
+typedef void (*kd_grad_f32_fn)(const float *t, const float *s, ptrdiff_t n, const kd_grad_row *row,
+                               float *d_s, float *d_t);
+typedef void (*kd_grad_f64_fn)(const double *t, const double *s, ptrdiff_t n,
+                               const kd_grad_row *row, double *d_s, double *d_t);
+typedef void (*kd_normaliser_f32_fn)(const float *s, ptrdiff_t n, double s_max, double *top,
+                                     double *rest);
+typedef void (*kd_normaliser_f64_fn)(const double *s, ptrdiff_t n, double s_max, double *top,
+                                     double *rest);
+
 /* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
  * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2).
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
  * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
- * row's extrema and sums for the scalar code to finish it). */
+ * row's extrema and sums for the scalar code to finish it).
+ * grad_*: the gradient of one row of any length (d_t may be NULL: no teacher gradient).
+ * normaliser_*: sum_j e^(s_j - s_max) of one row of any length, as top + rest. */
 typedef struct {
     const char *name;
     kd_range_f32_fn range_f32;
@@ -83,6 +111,10 @@ typedef struct {
     kd_stats_f64_fn stats_f64;
     kd_short_rows_fn short_f32; /* rows of float */
     kd_short_rows_fn short_f64; /* rows of double */
+    kd_grad_f32_fn grad_f32;
+    kd_grad_f64_fn grad_f64;
+    kd_normaliser_f32_fn normaliser_f32;
+    kd_normaliser_f64_fn normaliser_f64;
 } kd_target;
 
 /* The target in use; never NULL once the module is imported (kd_select_target ran). */

@@ -1,4 +1,5 @@
-/* One instruction-set target: the passes for float32 and float64 rows, and their kd_target.
+/* One instruction-set target: the passes for float32 and float64 rows (chunk_impl.h: the loss;
+ * gradient_impl.h: the gradient), and their kd_target.
  *
  * Included by target_<name>.c after it sets KD_LANES (doubles per vector), KD_TARGET_ID (a C
  * identifier) and KD_TARGET_LABEL (its name in show_config). */
@@ -79,6 +80,7 @@ static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd r
 #define KD_LOAD_PARTIAL kd_load_partial_f32
 #define KD_EXP_FOR_DOUBLE 0
 #include "chunk_impl.h"
+#include "gradient_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
@@ -91,6 +93,7 @@ static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd r
 #define KD_LOAD_PARTIAL kd_load_partial_f64
 #define KD_EXP_FOR_DOUBLE 1
 #include "chunk_impl.h"
+#include "gradient_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
@@ -99,5 +102,6 @@ static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd r
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL, row_range_f32, row_range_f64, chunk_stats_f32, chunk_stats_f64,
-    short_rows_f32, short_rows_f64,
+    short_rows_f32, short_rows_f64, row_gradient_f32, row_gradient_f64, student_normaliser_f32,
+    student_normaliser_f64,
 };

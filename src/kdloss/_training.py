@@ -1,0 +1,228 @@
+"""What training needs: losses with their gradients, and Hinton's loss with hard labels.
+
+The same layers as ``_api``: validate and convert here, allocate the outputs, resolve threads,
+then one fused kernel pass per row (``_kernel.loss_grad_rows``) gives the loss and its gradient.
+"""
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _kernel
+from ._api import MIN_ELEMENTS_PER_THREAD, Reduction, blockwise_sum
+from ._rows import row_blocks
+from ._threads import resolve_num_threads
+from ._validation import (
+    as_logits_pair,
+    check_alpha,
+    check_grad_output,
+    check_labels,
+    check_reduction,
+    check_temperature,
+    check_weights,
+)
+
+
+def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_weight, weights,
+                        grad_output, grad_scale, want_grad, want_teacher_grad, num_threads):
+    """Per-row weighted losses (float64, shape ``teacher.shape[:-1]``) and the gradients (C-order
+    arrays of the logits' shape and dtype, or None), for validated inputs."""
+    dtype, n_classes = teacher.dtype, teacher.shape[-1]
+    n_threads = resolve_num_threads(num_threads)
+    losses = np.empty(teacher.shape[:-1], dtype=np.float64)
+    d_student = np.empty(teacher.shape, dtype=dtype) if want_grad else None
+    d_teacher = np.empty(teacher.shape, dtype=dtype) if want_teacher_grad else None
+    no_rows = np.empty((0, n_classes), dtype=dtype)
+
+    # The optional per-row arrays travel through row_blocks beside the logits.
+    arrays = {"student": student, "teacher": teacher, "losses": losses, "labels": labels,
+              "weights": weights, "grad_output": grad_output, "d_student": d_student,
+              "d_teacher": d_teacher}
+    names = [name for name, array in arrays.items() if array is not None]
+    trailing = [1 if name in ("student", "teacher", "d_student", "d_teacher") else 0 for name in names]
+    for views in row_blocks(tuple(arrays[name] for name in names), trailing):
+        block = dict(zip(names, views))
+        s_rows, t_rows = block["student"], block["teacher"]
+        n_rows = t_rows.shape[0]
+        threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
+        contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
+        scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
+        _kernel.loss_grad_rows(
+            s_rows, t_rows,
+            block.get("labels", np.empty(0, dtype=np.int64)),
+            temperature, kl_weight, ce_weight,
+            block.get("weights", np.empty(0)),
+            block.get("grad_output", np.empty(0)),
+            grad_scale,
+            block["losses"],
+            block.get("d_student", no_rows),
+            block.get("d_teacher", no_rows),
+            scratch,
+            threads,
+        )
+    return losses, d_student, d_teacher
+
+
+def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_weight, ce_weight,
+             grad_output, want_grad, teacher_grad, num_threads):
+    """The reduced loss and, when ``want_grad``, its gradients (see ``kd_loss_and_grad``)."""
+    rows_shape = teacher.shape[:-1]
+    # The rows that count: weight > 0 and (with labels) a label that is not ignored.
+    if reduction == "mean":
+        kept = np.ones(rows_shape, dtype=np.float64) if weights is None else weights
+        if labels is not None:
+            kept = np.where(labels >= 0, kept, 0.0)
+        denominator = float(np.sum(kept))
+    else:
+        denominator = 1.0
+    grad_output = check_grad_output(grad_output if want_grad else None, reduction, rows_shape)
+    grad_scale = 1.0
+    if reduction != "none":
+        grad_scale = grad_output / denominator if denominator else 0.0
+        grad_output = None
+    losses, d_student, d_teacher = _rows_loss_and_grad(
+        student, teacher, temperature, labels=labels, kl_weight=kl_weight, ce_weight=ce_weight,
+        weights=weights, grad_output=grad_output, grad_scale=grad_scale, want_grad=want_grad,
+        want_teacher_grad=want_grad and teacher_grad, num_threads=num_threads,
+    )
+    if reduction == "none":
+        with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
+            loss = losses.astype(teacher.dtype, copy=False)
+    else:
+        total = blockwise_sum(losses)
+        loss = total if reduction == "sum" else (total / denominator if denominator else 0.0)
+    if not want_grad:
+        return loss
+    return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
+
+
+def kd_loss_and_grad(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    temperature: float = 1.0,
+    *,
+    reduction: Reduction = "mean",
+    weights: ArrayLike | None = None,
+    grad_output: ArrayLike | None = None,
+    teacher_grad: bool = False,
+    num_threads: int | None = None,
+):
+    """:func:`kd_loss` and its gradient, in one fused pass.
+
+    Parameters are those of :func:`kd_loss`, and:
+
+    grad_output : float or array_like, optional
+        The upstream gradient. For ``"sum"`` and ``"mean"``, a scalar (default 1.0: the
+        gradient of the loss itself). For ``"none"``, one value per row (shape
+        ``logits.shape[:-1]``, or anything that broadcasts to it); the default, all ones,
+        gives each row the gradient of its own loss (rows do not interact).
+    teacher_grad : bool
+        Also return the gradient with respect to the teacher's logits (mutual learning).
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
+        ``loss`` exactly as :func:`kd_loss` returns it (the same bits). The gradients are
+        arrays of the logits' shape and compute dtype, C-ordered, of
+        ``grad_output * loss``: per row, ``dL/ds = T (Q - P)`` and
+        ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher masks a class), times
+        ``w / sum(w)`` for ``"mean"`` (``1 / rows`` without weights), ``w`` for ``"sum"``.
+        Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss
+        is NaN has NaN gradients; a row whose loss is +inf (the student rules out a class the
+        teacher allows) has the finite ``d_student`` autograd gives and a NaN ``d_teacher``.
+    """
+    student, teacher = as_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    weights = check_weights(weights, teacher.shape[:-1])
+    return _reduced(
+        student, teacher, temperature, reduction=reduction, weights=weights, labels=None,
+        kl_weight=1.0, ce_weight=0.0, grad_output=grad_output, want_grad=True,
+        teacher_grad=bool(teacher_grad), num_threads=num_threads,
+    )
+
+
+def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction,
+            weights, grad_output, want_grad, teacher_grad, num_threads):
+    student, teacher = as_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    alpha = check_alpha(alpha)
+    reduction = check_reduction(reduction)
+    rows_shape = teacher.shape[:-1]
+    labels = check_labels(labels, rows_shape, teacher.shape[-1], ignore_index)
+    weights = check_weights(weights, rows_shape)
+    return _reduced(
+        student, teacher, temperature, reduction=reduction, weights=weights,
+        labels=labels,
+        kl_weight=alpha, ce_weight=1.0 - alpha, grad_output=grad_output, want_grad=want_grad,
+        teacher_grad=bool(teacher_grad), num_threads=num_threads,
+    )
+
+
+def hinton_loss(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    *,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    weights: ArrayLike | None = None,
+    num_threads: int | None = None,
+) -> float | np.ndarray:
+    """Hinton's distillation objective with hard labels, per row:
+
+    ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(softmax(s), label)``
+
+    where ``CE(softmax(s), y) = logsumexp(s) - s_y`` is the cross-entropy at temperature 1.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : array_like ``(..., classes)``
+        As in :func:`kd_loss`.
+    labels : array_like of int, shape ``logits.shape[:-1]``
+        The true class of each row, in ``[0, classes)``, or ``ignore_index``. Anything else
+        raises ValueError.
+    temperature : float
+        ``T`` of the KL term (the cross-entropy is at T = 1).
+    alpha : float in [0, 1]
+        The weight of the KL term. A term whose weight is 0 is not computed: with
+        ``alpha=0`` the teacher is not read (a NaN there changes nothing); with ``alpha=1``
+        labels are still checked.
+    ignore_index : int
+        Rows with this label (padding tokens) are left out of both terms and of the mean.
+    reduction, weights, num_threads
+        As in :func:`kd_loss`; ``"mean"`` divides by the total weight of the rows not ignored
+        (their number without weights), and is 0.0 when there are none.
+
+    Special values: the KL term as :func:`kd_loss`; the cross-entropy is NaN for a row with a
+    NaN or +inf student logit, or all -inf, and +inf when the label's logit is -inf.
+    """
+    return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index,
+                   reduction, weights, None, False, False, num_threads)
+
+
+def hinton_loss_and_grad(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    *,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    weights: ArrayLike | None = None,
+    grad_output: ArrayLike | None = None,
+    teacher_grad: bool = False,
+    num_threads: int | None = None,
+):
+    """:func:`hinton_loss` and its gradient in one fused pass; returns ``(loss, d_student)`` or
+    ``(loss, d_student, d_teacher)``, as :func:`kd_loss_and_grad`.
+
+    Per row, ``dL/ds = alpha T (Q - P) + (1 - alpha) (softmax(s) - onehot(label))`` and
+    ``dL/dt = alpha T P (log P - log Q - KL)``, scaled by the reduction as in
+    :func:`kd_loss_and_grad`; ignored rows and rows of weight 0 get 0. A NaN cross-entropy
+    makes that row's ``d_student`` NaN.
+    """
+    return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index,
+                   reduction, weights, grad_output, True, teacher_grad, num_threads)
