@@ -43,3 +43,26 @@ def test_softmax_allocates_its_output_only():
     logits = np.asfortranarray(np.random.default_rng(0).standard_normal((2000, 1000)).astype(np.float32))
     peak = traced_peak(lambda: kdloss.softmax(logits, 2.0))
     assert peak < logits.nbytes + 256 * 1024, peak
+
+
+@pytest.mark.parametrize("teacher_grad", [False, True])
+@pytest.mark.parametrize("layout", ["C", "F", "sequence_first"])
+@pytest.mark.parametrize("function", ["kd_loss_and_grad", "hinton_loss_and_grad"])
+def test_gradients_allocate_only_what_they_return(function, layout, teacher_grad):
+    rows, classes = 4000, 500
+    rng = np.random.default_rng(1)
+    teacher = rng.standard_normal((rows, classes)).astype(np.float32)
+    student = teacher + rng.standard_normal((rows, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, rows)
+    if layout == "F":
+        teacher, student = np.asfortranarray(teacher), np.asfortranarray(student)
+    elif layout == "sequence_first":
+        teacher = teacher.reshape(40, 100, classes).transpose(1, 0, 2)
+        student = student.reshape(40, 100, classes).transpose(1, 0, 2)
+        labels = labels.reshape(40, 100).T
+    args = (student, teacher, labels) if function == "hinton_loss_and_grad" else (student, teacher)
+    call = getattr(kdloss, function)
+    peak = traced_peak(lambda: call(*args, 2.0, teacher_grad=teacher_grad, num_threads=2))
+    returned = student.nbytes * (2 if teacher_grad else 1)
+    per_row = rows * 8 * 3  # row losses, and weights or labels of one value per row
+    assert peak < returned + per_row + 256 * 1024, peak

@@ -48,17 +48,27 @@ cdef void row_extrema(const floating* t, const floating* s, Py_ssize_t n, kd_row
 
 cdef void row_sums(
     const floating* t, const floating* s, Py_ssize_t n, double inv_T, const kd_row_range* extremes,
-    RowSums* sums,
+    RowSums* sums, double* keep_exp,
 ) noexcept nogil:
-    """The RowSums of a row whose extrema are known: the chunks of row_kl, merged in its order."""
+    """The RowSums of a row whose extrema are known: the chunks of row_kl, merged in its order.
+    With keep_exp (vector targets only), e^a and e^b are kept there for the gradient pass, at
+    keep_exp and keep_exp + n + KD_MAX_STEP."""
     cdef Py_ssize_t c
     cdef kd_chunk_stats chunk
+    cdef double* exp_b = keep_exp + n + KD_MAX_STEP
     if kd_active_target == NULL:
         scalar_row_sums(t, s, n, inv_T, extremes.t_max, extremes.s_max, sums)
         return
     memset(sums, 0, sizeof(RowSums))
     for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
-        chunk_stats(t, s, c * KD_CHUNK, n, extremes, inv_T, &chunk)
+        if keep_exp == NULL:
+            chunk_stats(t, s, c * KD_CHUNK, n, extremes, inv_T, &chunk)
+        elif floating is float:
+            kd_active_target.stats_keep_f32(t + c * KD_CHUNK, s + c * KD_CHUNK, min(<Py_ssize_t> KD_CHUNK, n - c * KD_CHUNK),
+                                            extremes, inv_T, &chunk, keep_exp + c * KD_CHUNK, exp_b + c * KD_CHUNK)
+        else:
+            kd_active_target.stats_keep_f64(t + c * KD_CHUNK, s + c * KD_CHUNK, min(<Py_ssize_t> KD_CHUNK, n - c * KD_CHUNK),
+                                            extremes, inv_T, &chunk, keep_exp + c * KD_CHUNK, exp_b + c * KD_CHUNK)
         merge_chunk(sums, &chunk)
 
 
@@ -89,7 +99,7 @@ cdef void row_gradient(
 ) noexcept nogil:
     """d_s and (unless NULL) d_t of one row, as gradient_impl.h computes them."""
     cdef Py_ssize_t j
-    cdef double a, b, ea, p, q, grad
+    cdef double a, b, ea, eb, p, q, grad, gap
     if kd_active_target != NULL:
         if floating is float:
             kd_active_target.grad_f32(t, s, n, row, d_s, d_t)
@@ -103,11 +113,13 @@ cdef void row_gradient(
             a = (t[j] - row.range.t_max) * row.inv_T
             b = (s[j] - row.range.s_max) * row.inv_T
             ea = exp(a)
+            eb = exp(b)
             p = ea * row.inv_zt
-            q = exp(b) * row.inv_zs
-            grad = (q - p) * row.kl_coef
+            q = eb * row.inv_zs
+            grad = ((eb - ea) * row.inv_zs if row.same_normaliser else q - p) * row.kl_coef
             if d_t != NULL:
-                d_t[j] = <floating> ((p * ((a - b) - row.mean_gap)) * row.teacher_coef if ea > 0.0 else 0.0)
+                gap = ((t[j] - row.range.t_max) - (s[j] - row.range.s_max)) * row.inv_T  # as the vector pass
+                d_t[j] = <floating> ((p * (gap - row.mean_gap)) * row.teacher_coef if ea > 0.0 else 0.0)
         if row.ce_mode == KD_CE_FROM_Q:
             grad = grad + q * row.ce_coef
         elif row.ce_mode == KD_CE_OWN_EXP:
@@ -130,10 +142,13 @@ cdef double label_gradient(
 
 cdef double row_loss_and_grad(
     const floating* t, const floating* s, Py_ssize_t n, const LossTerms* terms, Py_ssize_t label,
-    double grad_scale, floating* d_s, floating* d_t,
+    double short_kd, double grad_scale, floating* d_s, floating* d_t, double* exp_scratch,
 ) noexcept nogil:
     """The loss of one row; and, unless d_s is NULL, grad_scale times its gradient into d_s and
-    (unless NULL) d_t. Special values, for the KL term as kl_rows: a NaN KL makes d_s and d_t
+    (unless NULL) d_t. exp_scratch: 2 * (n + KD_MAX_STEP) doubles, where the exponentials of the
+    sums' pass are kept for the gradient pass (vector targets; ignored by the scalar one).
+    short_kd: T^2 KL of a row that takes the short-row pass, as that pass computed it (so that
+    the loss has the bits kl_rows gives the row); ignored for other rows. Special values, for the KL term as kl_rows: a NaN KL makes d_s and d_t
     NaN; an infinite KL (the student rules out a class the teacher allows) leaves d_s finite
     (T (Q - P), as autograd gives) and makes d_t NaN. A NaN cross-entropy makes d_s NaN."""
     cdef kd_grad_row row
@@ -142,29 +157,31 @@ cdef double row_loss_and_grad(
     cdef double T = terms.temperature
     cdef bint with_ce = terms.ce_weight != 0.0
     cdef bint want_grad = d_s != NULL
+    cdef double* keep_exp = NULL
     memset(&row, 0, sizeof(row))
     row.inv_T = terms.inv_T
     row.with_kl = terms.kl_weight != 0.0
     row.ce_mode = KD_CE_NONE
     if row.with_kl:
         if takes_short_row_pass(n):
-            kd_value = one_row_loss(t, s, n, T)  # the bits kl_rows gives this row
+            kd_value = short_kd
         if want_grad or not takes_short_row_pass(n):
             row_extrema(t, s, n, &row.range)
-            row_sums(t, s, n, row.inv_T, &row.range, &sums)
+            keep_exp = exp_scratch if want_grad and kd_active_target != NULL else NULL
+            row_sums(t, s, n, row.inv_T, &row.range, &sums, keep_exp)
+            if keep_exp != NULL:
+                row.exp_a = keep_exp
+                row.exp_b = keep_exp + n + KD_MAX_STEP
         if not takes_short_row_pass(n):
             kd_value = T * (T * (finish_row_kl(t, s, n, row.inv_T, row.range.t_max, row.range.s_max, &sums)
                                  if kd_active_target != NULL else row_kl_scalar(t, s, n, row.inv_T)))
     if with_ce:
-        if row.with_kl and want_grad and row.inv_T == 1.0:  # R = Q: its normaliser is known
-            top1 = sums.top_s
-            rest1 = value_of(sums.rest_s)
-            row.ce_mode = KD_CE_FROM_Q
-        else:
-            if not (row.with_kl and want_grad):
-                row_extrema(s, s, n, &row.range)  # the student's extrema in both halves
-            student_normaliser(s, n, row.range.s_max, &top1, &rest1)
-            row.ce_mode = KD_CE_OWN_EXP
+        if not (row.with_kl and want_grad):
+            row_extrema(s, s, n, &row.range)  # the student's extrema in both halves
+        # Its own pass also at T = 1, where the KL's sums hold it too: the loss must not depend
+        # on whether a gradient is asked for. The gradient pass then takes R = Q.
+        student_normaliser(s, n, row.range.s_max, &top1, &rest1)
+        row.ce_mode = KD_CE_FROM_Q if row.with_kl and row.inv_T == 1.0 else KD_CE_OWN_EXP
         # CE = log Z1 - (s_y - s_max); NaN, +inf, or a row all -inf make Z1 NaN.
         ce = log_sum(top1, rest1) - (s[label] - row.range.s_max)
     cdef double loss = (terms.kl_weight * kd_value if row.with_kl else 0.0) + (terms.ce_weight * ce if with_ce else 0.0)
@@ -176,6 +193,7 @@ cdef double row_loss_and_grad(
         z_s = sums.top_s + value_of(sums.rest_s)
         row.inv_zt = 1.0 / z_t
         row.inv_zs = 1.0 / z_s
+        row.same_normaliser = row.inv_zt == row.inv_zs
         row.mean_gap = value_of(sums.gap) / z_t
         row.kl_coef = row.teacher_coef = grad_scale * terms.kl_weight * T
     if with_ce:
@@ -202,6 +220,67 @@ cdef double row_loss_and_grad(
 # Layer 2: the loop over rows
 # ---------------------------------------------------------------------------------------------
 
+cdef struct RowsJob:
+    # One call of loss_grad_rows, as the block helper below needs it.
+    const char* t_base
+    const char* s_base
+    Py_ssize_t t_row, t_col, s_row, s_col, n_classes
+    LossTerms terms
+    const int64_t* labels        # NULL: no labels
+    const double* row_weights    # NULL: all 1
+    const double* grad_output    # NULL: all 1
+    double grad_scale
+    double* out
+    char* d_student              # NULL: no gradient; else C-contiguous rows
+    char* d_teacher              # NULL: no teacher gradient
+
+
+cdef void loss_grad_block(
+    const RowsJob* job, Py_ssize_t first, Py_ssize_t count, floating* scratch, double* exp_scratch,
+) noexcept nogil:
+    """loss_grad_rows for rows [first, first + count). Short rows come in blocks of
+    SHORT_ROWS_BLOCK: the short-row pass gives their KL terms, one row per lane, as in kl_rows;
+    other rows come one at a time."""
+    cdef Py_ssize_t n = job.n_classes, r, i, label
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef double short_kd[SHORT_ROWS_BLOCK]
+    cdef double weight
+    cdef floating* d_s
+    cdef floating* d_t
+    cdef floating* s_scratch = NULL  # scratch: NULL when both rows are contiguous
+    if scratch != NULL:
+        s_scratch = scratch + n
+    if job.terms.kl_weight != 0.0 and takes_short_row_pass(n):
+        kl_short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row, job.t_row,
+                      job.s_row, job.t_col, job.s_col, 0, count, n, job.terms.temperature,
+                      short_kd, <floating> 0)
+    for r in range(count):
+        i = first + r
+        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
+        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+        weight = job.row_weights[i] if job.row_weights != NULL else 1.0
+        label = job.labels[i] if job.labels != NULL else 0
+        if weight == 0.0 or label < 0:  # left out: never read
+            job.out[i] = 0.0
+            if d_s != NULL:
+                fill_row(d_s, n, 0.0)
+            if d_t != NULL:
+                fill_row(d_t, n, 0.0)
+            continue
+        job.out[i] = weight * row_loss_and_grad(
+            contiguous_row(job.t_base + i * job.t_row, job.t_col, n, scratch),
+            contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_scratch),
+            n,
+            &job.terms,
+            label,
+            short_kd[r],
+            job.grad_scale * weight * (job.grad_output[i] if job.grad_output != NULL else 1.0),
+            d_s,
+            d_t,
+            exp_scratch,
+        )
+
+
 def loss_grad_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
@@ -216,6 +295,7 @@ def loss_grad_rows(
     floating[:, ::1] d_student,
     floating[:, ::1] d_teacher,
     floating[:, ::1] scratch,
+    double[:, ::1] exp_scratch,
     int num_threads,
 ):
     """For every row i: ``out[i] = w_i * loss_i``, and ``d_student[i]`` (``d_teacher[i]``) =
@@ -225,53 +305,44 @@ def loss_grad_rows(
     ``row_weights`` (w, finite and >= 0; a weight of 0 leaves the row out) and ``grad_output``
     (g) have one entry per row, or none (no cross-entropy term; all weights 1; all g 1).
     ``d_student`` and ``d_teacher`` have the inputs' shape, or no rows: no gradient (no teacher
-    gradient). A row left out gets ``out[i] = 0`` and zero gradients, and is never read.
+    gradient). ``exp_scratch`` has ``min(num_threads, rows)`` rows of
+    ``2 * (classes + EXP_SCRATCH_PADDING)`` doubles when there is a gradient. A row left out
+    gets ``out[i] = 0`` and zero gradients, and is never read.
     """
-    cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], i
+    cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], b
     if n_rows == 0:
         return
-    cdef LossTerms terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight)
-    cdef const char* t_base = <const char*> &teacher[0, 0]
-    cdef const char* s_base = <const char*> &student[0, 0]
-    cdef Py_ssize_t t_row = teacher.strides[0], t_col = teacher.strides[1]
-    cdef Py_ssize_t s_row = student.strides[0], s_col = student.strides[1]
-    cdef bint contiguous = (t_col == <Py_ssize_t> sizeof(floating)
-                            and s_col == <Py_ssize_t> sizeof(floating))
-    cdef bint want_grad = d_student.shape[0] > 0, want_teacher_grad = d_teacher.shape[0] > 0
-    cdef bint with_labels = labels.shape[0] > 0, with_weights = row_weights.shape[0] > 0
-    cdef bint with_grad_output = grad_output.shape[0] > 0
-    cdef floating* t_scratch
-    cdef floating* s_scratch
-    cdef floating* d_s
-    cdef floating* d_t
-    cdef double weight
-    cdef Py_ssize_t label
-    num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
+    cdef RowsJob job
+    job.t_base = <const char*> &teacher[0, 0]
+    job.s_base = <const char*> &student[0, 0]
+    job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
+    job.s_row, job.s_col = student.strides[0], student.strides[1]
+    job.n_classes = n_classes
+    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight)
+    job.labels = &labels[0] if labels.shape[0] > 0 else NULL
+    job.row_weights = &row_weights[0] if row_weights.shape[0] > 0 else NULL
+    job.grad_output = &grad_output[0] if grad_output.shape[0] > 0 else NULL
+    job.grad_scale = grad_scale
+    job.out = &out[0]
+    job.d_student = <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL
+    job.d_teacher = <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL
+    cdef bint contiguous = (job.t_col == <Py_ssize_t> sizeof(floating)
+                            and job.s_col == <Py_ssize_t> sizeof(floating))
+    # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; others go alone.
+    cdef Py_ssize_t block = SHORT_ROWS_BLOCK if takes_short_row_pass(n_classes) else 1
+    cdef Py_ssize_t n_blocks = (n_rows + block - 1) // block
+    cdef floating* row_scratch
+    cdef double* exp_row_scratch
+    # Rows are independent, so any schedule gives the same bits; a dynamic one keeps both
+    # threads busy when another process takes a core for a while.
+    cdef int dynamic_chunk = <int> max(1, min(16, n_blocks // (8 * num_threads)))
+    num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
+    for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=dynamic_chunk, num_threads=num_threads,
                     use_threads_if=num_threads > 1):
-        d_s = &d_student[i, 0] if want_grad else NULL
-        d_t = &d_teacher[i, 0] if want_teacher_grad else NULL
-        weight = row_weights[i] if with_weights else 1.0
-        label = labels[i] if with_labels else 0
-        if weight == 0.0 or label < 0:
-            out[i] = 0.0
-            if d_s != NULL:
-                fill_row(d_s, n_classes, 0.0)
-            if d_t != NULL:
-                fill_row(d_t, n_classes, 0.0)
-            continue
-        t_scratch = NULL
-        s_scratch = NULL
+        row_scratch = NULL
+        exp_row_scratch = NULL
         if not contiguous:
-            t_scratch = &scratch[threadid(), 0]
-            s_scratch = t_scratch + n_classes
-        out[i] = weight * row_loss_and_grad(
-            contiguous_row(t_base + i * t_row, t_col, n_classes, t_scratch),
-            contiguous_row(s_base + i * s_row, s_col, n_classes, s_scratch),
-            n_classes,
-            &terms,
-            label,
-            grad_scale * weight * (grad_output[i] if with_grad_output else 1.0),
-            d_s,
-            d_t,
-        )
+            row_scratch = &scratch[threadid(), 0]
+        if job.d_student != NULL:
+            exp_row_scratch = &exp_scratch[threadid(), 0]
+        loss_grad_block(&job, b * block, min(block, n_rows - b * block), row_scratch, exp_row_scratch)

@@ -40,6 +40,7 @@ import numpy as np
 cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
     enum: KD_SHORT_ROW
+    enum: KD_MAX_STEP
     const double KD_EXACT_PATH_RATIO
     ctypedef struct kd_chunk_stats:
         double top_t, top_s
@@ -59,7 +60,10 @@ cdef extern from "simd.h" nogil:
         double mean_gap
         double kl_coef, teacher_coef, ce_coef
         double inv_z1
+        const double* exp_a
+        const double* exp_b
         int with_kl
+        int same_normaliser
         int ce_mode
     ctypedef struct kd_target:
         const char* name
@@ -75,6 +79,10 @@ cdef extern from "simd.h" nogil:
         void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
                           double*) noexcept nogil
+        void (*stats_keep_f32)(const float*, const float*, ptrdiff_t, const kd_row_range*, double,
+                               kd_chunk_stats*, double*, double*) noexcept nogil
+        void (*stats_keep_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
+                               kd_chunk_stats*, double*, double*) noexcept nogil
         void (*grad_f32)(const float*, const float*, ptrdiff_t, const kd_grad_row*, float*,
                          float*) noexcept nogil
         void (*grad_f64)(const double*, const double*, ptrdiff_t, const kd_grad_row*, double*,
@@ -116,6 +124,8 @@ cdef extern from *:
 # that the short-row pass takes (one row per vector lane).
 CHUNK_CLASSES = KD_CHUNK
 SHORT_ROW_CLASSES = KD_SHORT_ROW
+# Doubles of per-thread scratch the gradient pass uses for a row of n classes: 2 * (n + this).
+EXP_SCRATCH_PADDING = KD_MAX_STEP
 
 
 def openmp_enabled():

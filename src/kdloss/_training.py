@@ -46,6 +46,8 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
         threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
         contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
         scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
+        # Where each thread keeps a row's exponentials between the sums and the gradient pass.
+        exp_scratch = np.empty((min(threads, n_rows) if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
         _kernel.loss_grad_rows(
             s_rows, t_rows,
             block.get("labels", np.empty(0, dtype=np.int64)),
@@ -57,6 +59,7 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
             block.get("d_student", no_rows),
             block.get("d_teacher", no_rows),
             scratch,
+            exp_scratch,
             threads,
         )
     return losses, d_student, d_teacher

@@ -112,7 +112,7 @@ def check_weights(weights, rows_shape):
             f"weights must have shape {rows_shape} (the logits' shape without the class axis), "
             f"got {array.shape}"
         ) from None
-    array = np.ascontiguousarray(array, dtype=np.float64)
+    array = np.array(array, dtype=np.float64, order="C")
     bad = ~(np.isfinite(array) & (array >= 0.0))
     if bad.any():
         index = _first_bad(bad)
@@ -141,7 +141,8 @@ def check_labels(labels, rows_shape, n_classes, ignore_index):
             f"labels must be in [0, {n_classes}) or equal ignore_index={ignore_index}; "
             f"got {array[index]} at index {index}"
         )
-    return np.ascontiguousarray(np.where(ignored, -1, array), dtype=np.int64)
+    # int64 before -1 goes in: an unsigned dtype would wrap it round to a huge class index.
+    return np.array(np.where(ignored, -1, array.astype(np.int64, copy=False)), dtype=np.int64, order="C")
 
 
 def check_alpha(alpha):
@@ -166,7 +167,7 @@ def check_grad_output(grad_output, reduction, rows_shape):
             raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}, got shape {array.shape}")
         return float(array)
     try:
-        return np.ascontiguousarray(np.broadcast_to(array, rows_shape), dtype=np.float64)
+        return np.array(np.broadcast_to(array, rows_shape), dtype=np.float64, order="C")
     except ValueError:
         raise ValueError(
             f"grad_output must have shape {tuple(rows_shape)} (one value per row) for "

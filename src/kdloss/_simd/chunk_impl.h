@@ -56,6 +56,7 @@ static void KD_FN(row_range)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd
 typedef struct {
     kd_vi top_t, top_s;
     kd_vd rest_t, rest_s, gap, scale;
+    kd_vd ea, eb; /* e^a and e^b themselves, kept for the gradient pass */
 } KD_FN(terms);
 
 /* Pass 2, the terms of KD_LANES classes.
@@ -90,13 +91,17 @@ KD_INLINE KD_FN(terms) KD_FN(vector_terms)(kd_vd t, kd_vd s, kd_vd t_max, kd_vd 
     out.rest_s = kd_keep(~top_b, eb);
     out.gap = ea * difference + ruled_out;
     out.scale = ea * total; /* a, b <= 0: this is -e^a (|a| + |b|) */
+    out.ea = ea;
+    out.eb = eb;
     return out;
 }
 
 /* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise. The
- * teacher and student vectors come loaded: t0 and s0 the first KD_LANES classes, t1, s1 the next. */
+ * teacher and student vectors come loaded: t0 and s0 the first KD_LANES classes, t1, s1 the next.
+ * With `keeping`, e^a and e^b of these classes are also stored at keep_a and keep_b. */
 KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, double t_max, double s_max,
-                               double inv_T, const int moderate, kd_block_sums *block)
+                               double inv_T, const int moderate, kd_block_sums *block,
+                               const int keeping, double *keep_a, double *keep_b)
 {
     const kd_vd t_top = kd_splat(t_max), s_top = kd_splat(s_max);
     KD_FN(terms) x = KD_FN(vector_terms)(t0, s0, t_top, s_top, inv_T, moderate);
@@ -107,11 +112,18 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, double t_
     block->rest_s += x.rest_s + y.rest_s;
     block->gap += x.gap + y.gap;
     block->scale += x.scale + y.scale;
+    if (keeping) {
+        memcpy(keep_a, &x.ea, sizeof x.ea);
+        memcpy(keep_a + KD_LANES, &y.ea, sizeof y.ea);
+        memcpy(keep_b, &x.eb, sizeof x.eb);
+        memcpy(keep_b + KD_LANES, &y.eb, sizeof y.eb);
+    }
 }
 
 KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
                                 double s_max, double inv_T, const int moderate,
-                                kd_chunk_stats *out)
+                                kd_chunk_stats *out, const int keeping, double *keep_a,
+                                double *keep_b)
 {
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
@@ -121,7 +133,8 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
         ptrdiff_t i = 0;
         for (; i + KD_STEP <= len; i += KD_STEP)
             KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
-                            KD_LOAD(bs + i + KD_LANES), t_max, s_max, inv_T, moderate, &block);
+                            KD_LOAD(bs + i + KD_LANES), t_max, s_max, inv_T, moderate, &block,
+                            keeping, keep_a + start + i, keep_b + start + i);
         if (i < len) {
             /* The last few classes, padded with classes that add 0: -inf in both rows, or in
              * moderate rows (where -inf is out of range) the maximum of each, whose a = b = 0
@@ -132,7 +145,8 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                             KD_LOAD_PARTIAL(bs + i, count0, fill_s),
                             KD_LOAD_PARTIAL(bt + i + count0, count - count0, fill_t),
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, fill_s),
-                            t_max, s_max, inv_T, moderate, &block);
+                            t_max, s_max, inv_T, moderate, &block, keeping, keep_a + start + i,
+                            keep_b + start + i);
             if (moderate) {
                 block.top_t[0] -= KD_STEP - count;
                 block.top_s[0] -= KD_STEP - count;
@@ -148,9 +162,22 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
 {
     memset(out, 0, sizeof *out);
     if (kd_is_moderate(range, inv_T))
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out);
+        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out, 0, NULL, NULL);
     else
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out);
+        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out, 0, NULL, NULL);
+}
+
+/* chunk_stats, keeping e^a and e^b of every class in exp_a[0, n) and exp_b[0, n) for the
+ * gradient pass; both must have room for n + KD_STEP values (the tail's padding is stored too). */
+static void KD_FN(chunk_stats_keep)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
+                                    const kd_row_range *range, double inv_T, kd_chunk_stats *out,
+                                    double *exp_a, double *exp_b)
+{
+    memset(out, 0, sizeof *out);
+    if (kd_is_moderate(range, inv_T))
+        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out, 1, exp_a, exp_b);
+    else
+        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out, 1, exp_a, exp_b);
 }
 
 /* Short rows (n <= KD_SHORT_ROW), one row per lane: no reduction across lanes, and no per-row

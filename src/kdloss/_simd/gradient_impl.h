@@ -18,19 +18,33 @@ KD_INLINE void KD_FN(store)(KD_REAL *p, kd_vd x, int count)
 /* The gradient of KD_LANES classes: d_s = kl_coef (Q - P) + ce_coef R and
  * d_t = teacher_coef P (a - b - E_P[a - b]), where a class the teacher masks (P = 0) gets
  * exactly 0 in d_t. The flags are constants, so each combination compiles to its own loop. */
-KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row, const int with_kl,
-                                     const int ce_mode, const int moderate, kd_vd *d_s, kd_vd *d_t)
+KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row, ptrdiff_t i,
+                                     const int with_kl, const int ce_mode, const int moderate,
+                                     const int stored, kd_vd *d_s, kd_vd *d_t)
 {
-    kd_vd grad = kd_splat(0.0), q = grad;
+    kd_vd grad = kd_splat(0.0), q = grad, ea, eb;
     if (with_kl) {
         kd_vd a = (t - row->range.t_max) * row->inv_T;
         kd_vd b = (s - row->range.s_max) * row->inv_T;
-        kd_vd ea = moderate ? kd_exp_moderate(a, KD_EXP_FOR_DOUBLE) : kd_exp_nonpositive(a, KD_EXP_FOR_DOUBLE);
-        kd_vd eb = moderate ? kd_exp_moderate(b, KD_EXP_FOR_DOUBLE) : kd_exp_nonpositive(b, KD_EXP_FOR_DOUBLE);
+        if (stored) { /* kept by the sums' pass: the same values */
+            ea = kd_load_f64(row->exp_a + i);
+            eb = kd_load_f64(row->exp_b + i);
+        } else if (moderate) {
+            ea = kd_exp_moderate(a, KD_EXP_FOR_DOUBLE);
+            eb = kd_exp_moderate(b, KD_EXP_FOR_DOUBLE);
+        } else {
+            ea = kd_exp_nonpositive(a, KD_EXP_FOR_DOUBLE);
+            eb = kd_exp_nonpositive(b, KD_EXP_FOR_DOUBLE);
+        }
         kd_vd p = ea * row->inv_zt;
         q = eb * row->inv_zs;
-        grad = (q - p) * row->kl_coef;
-        *d_t = kd_keep(ea > 0.0, p * ((a - b) - row->mean_gap)) * row->teacher_coef;
+        /* With one normaliser, (e^b - e^a) / Z: exactly 0 where the rows agree, whatever
+         * multiply-adds the compiler fuses (q - p could become fma(e^b, 1/Z, -p) otherwise). */
+        grad = (row->same_normaliser ? (eb - ea) * row->inv_zs : q - p) * row->kl_coef;
+        /* a - b from the unscaled differences: exactly 0 where the rows agree (a - b itself
+         * could become fma(t - t_max, 1/T, -b), which is not). */
+        kd_vd gap = ((t - row->range.t_max) - (s - row->range.s_max)) * row->inv_T;
+        *d_t = kd_keep(ea > 0.0, p * (gap - row->mean_gap)) * row->teacher_coef;
     }
     if (ce_mode == KD_CE_FROM_Q)
         grad += q * row->ce_coef;
@@ -41,13 +55,15 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row, c
 
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                     const kd_grad_row *row, KD_REAL *d_s, KD_REAL *d_t,
-                                    const int with_kl, const int ce_mode, const int moderate)
+                                    const int with_kl, const int ce_mode, const int moderate,
+                                    const int stored)
 {
     kd_vd grad_s, grad_t = kd_splat(0.0);
     ptrdiff_t i = 0;
     for (; i + KD_LANES <= n; i += KD_LANES) {
         kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
-        KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, with_kl, ce_mode, moderate, &grad_s, &grad_t);
+        KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, i, with_kl, ce_mode, moderate, stored,
+                              &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, KD_LANES);
         if (d_t)
             KD_FN(store)(d_t + i, grad_t, KD_LANES);
@@ -55,8 +71,8 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
     if (i < n) { /* the tail, padded with the maxima (harmless, and not stored) */
         const int count = (int)(n - i);
         kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
-        KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, with_kl,
-                              ce_mode, moderate, &grad_s, &grad_t);
+        KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, i, with_kl,
+                              ce_mode, moderate, stored, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, count);
         if (d_t)
             KD_FN(store)(d_t + i, grad_t, count);
@@ -68,17 +84,25 @@ static void KD_FN(row_gradient)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                 const kd_grad_row *row, KD_REAL *d_s, KD_REAL *d_t)
 {
     if (!row->with_kl) {
-        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0);
+        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0, 0);
+        return;
+    }
+    if (row->exp_a != NULL) {
+        switch (row->ce_mode) {
+        case KD_CE_NONE: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0, 1); break;
+        case KD_CE_FROM_Q: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0, 1); break;
+        default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0, 1); break;
+        }
         return;
     }
     const int moderate = kd_is_moderate(&row->range, row->inv_T);
     switch (row->ce_mode * 2 + moderate) {
-    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0); break;
-    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1); break;
-    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0); break;
-    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1); break;
-    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0); break;
-    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1); break;
+    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0, 0); break;
+    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1, 0); break;
+    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0, 0); break;
+    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1, 0); break;
+    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0, 0); break;
+    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1, 0); break;
     }
 }
 

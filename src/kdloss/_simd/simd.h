@@ -38,6 +38,10 @@
  * cancellation-free (exact) path, which keeps ~1e-15 relative accuracy down to KL = 0. */
 #define KD_EXACT_PATH_RATIO (1.0 / 1024.0)
 
+/* The most classes a vector step takes (two vectors of 8 doubles, AVX-512): padding a row's
+ * kept exponentials by this much leaves room for the step that takes its last classes. */
+#define KD_MAX_STEP 16
+
 /* Rows of at most this many classes go through short_rows, one row per vector lane. */
 #define KD_SHORT_ROW 64
 
@@ -71,7 +75,10 @@ typedef struct {
     double teacher_coef;   /* d_t = teacher_coef P (a - b - mean_gap) */
     double ce_coef;        /* ... + ce_coef R */
     double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
+    const double *exp_a;   /* e^a and e^b of every class, kept by stats_keep; NULL: recompute */
+    const double *exp_b;
     int with_kl;           /* 0: no KL term, and t is not read */
+    int same_normaliser;   /* inv_zt == inv_zs */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
 } kd_grad_row;
 
@@ -81,6 +88,13 @@ typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
                                 const kd_row_range *range, double inv_T, kd_chunk_stats *out);
 typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
                                 const kd_row_range *range, double inv_T, kd_chunk_stats *out);
+
+typedef void (*kd_stats_keep_f32_fn)(const float *t, const float *s, ptrdiff_t n,
+                                     const kd_row_range *range, double inv_T,
+                                     kd_chunk_stats *out, double *exp_a, double *exp_b);
+typedef void (*kd_stats_keep_f64_fn)(const double *t, const double *s, ptrdiff_t n,
+                                     const kd_row_range *range, double inv_T,
+                                     kd_chunk_stats *out, double *exp_a, double *exp_b);
 
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
@@ -101,6 +115,8 @@ typedef void (*kd_normaliser_f64_fn)(const double *s, ptrdiff_t n, double s_max,
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
  * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
  * row's extrema and sums for the scalar code to finish it).
+ * stats_keep_*: stats_*, also keeping e^a and e^b of each class for the gradient pass (room
+ * for n + KD_MAX_STEP values each).
  * grad_*: the gradient of one row of any length (d_t may be NULL: no teacher gradient).
  * normaliser_*: sum_j e^(s_j - s_max) of one row of any length, as top + rest. */
 typedef struct {
@@ -111,6 +127,8 @@ typedef struct {
     kd_stats_f64_fn stats_f64;
     kd_short_rows_fn short_f32; /* rows of float */
     kd_short_rows_fn short_f64; /* rows of double */
+    kd_stats_keep_f32_fn stats_keep_f32;
+    kd_stats_keep_f64_fn stats_keep_f64;
     kd_grad_f32_fn grad_f32;
     kd_grad_f64_fn grad_f64;
     kd_normaliser_f32_fn normaliser_f32;

@@ -1,0 +1,158 @@
+"""Training speed: the loss and its gradient, beside pure PyTorch.
+
+    python benchmarks/training.py [--shapes 8192x1000,1024x32000] [--dtype float32] [--threads 2] [--repeat 9]
+
+For each shape, one table of medians of interleaved samples (one process, same inputs):
+
+- ``kd_loss``: the loss alone (NumPy API), the yardstick of the ratios below;
+- ``kd_loss_and_grad`` (and with ``teacher_grad=True``): the loss and its gradient, one pass;
+- ``kdloss.torch.kd_loss`` forward + backward, against pure PyTorch
+  ``F.kl_div(F.log_softmax(s/T), F.log_softmax(t/T), log_target=True) * T*T`` with ``.backward()``;
+- the same for Hinton's loss (KL + cross-entropy with labels), against PyTorch's
+  ``alpha * kl_div(...) * T*T + (1 - alpha) * cross_entropy(s, y)``.
+
+Both libraries get the same thread count (kdloss ``num_threads`` via ``torch.set_num_threads``,
+which ``kdloss.torch`` follows). Every body is checked against the pure-PyTorch result once,
+untimed. Then the traced peak memory of ``kd_loss_and_grad`` beyond the gradient it returns.
+"""
+
+import argparse
+import time
+import tracemalloc
+
+import numpy as np
+
+import kdloss
+
+TEMPERATURE = 4.0
+ALPHA = 0.5
+
+
+def parse_shape(text):
+    rows, classes = text.lower().split("x")
+    return int(rows), int(classes)
+
+
+def make_inputs(shape, dtype, seed=0):
+    """Teacher 3 N(0, 1), student = teacher + N(0, 1), random labels (as kdloss bench)."""
+    rng = np.random.default_rng(seed)
+    teacher = (3 * rng.standard_normal(shape)).astype(dtype)
+    student = (teacher + rng.standard_normal(shape)).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    return student, teacher, labels
+
+
+def median_ms(functions, repeat):
+    """Median milliseconds per call of each function, sampled round-robin (after one warm-up)."""
+    for function in functions.values():
+        function()
+    samples = {name: [] for name in functions}
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(times)) for name, times in samples.items()}
+
+
+def numpy_bodies(student, teacher, threads):
+    return {
+        "kdloss.kd_loss (loss only)": lambda: kdloss.kd_loss(student, teacher, TEMPERATURE, num_threads=threads),
+        "kdloss.kd_loss_and_grad": lambda: kdloss.kd_loss_and_grad(student, teacher, TEMPERATURE, num_threads=threads),
+        "kdloss.kd_loss_and_grad, teacher_grad": lambda: kdloss.kd_loss_and_grad(
+            student, teacher, TEMPERATURE, teacher_grad=True, num_threads=threads),
+    }
+
+
+def torch_bodies(student, teacher, labels):
+    """Forward + backward bodies, each returning (loss, student gradient) for the check."""
+    import torch
+    import torch.nn.functional as F
+
+    import kdloss.torch as kdtorch
+
+    s0, t, y = torch.from_numpy(student), torch.from_numpy(teacher), torch.from_numpy(labels)
+    T = TEMPERATURE
+
+    def run(loss_of):
+        def body():
+            s = s0.detach().requires_grad_()
+            loss = loss_of(s)
+            loss.backward()
+            return loss.item(), s.grad
+        return body
+
+    def torch_kd(s):
+        return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                        reduction="batchmean") * T * T
+
+    def torch_hinton(s):
+        return ALPHA * torch_kd(s) + (1 - ALPHA) * F.cross_entropy(s, y)
+
+    return {
+        "kdloss.torch.kd_loss fwd+bwd": run(lambda s: kdtorch.kd_loss(s, t, T)),
+        "PyTorch kl_div fwd+bwd": run(torch_kd),
+        "kdloss.torch.hinton_loss fwd+bwd": run(lambda s: kdtorch.hinton_loss(s, t, y, T, ALPHA)),
+        "PyTorch kl_div + cross_entropy fwd+bwd": run(torch_hinton),
+    }
+
+
+def check_agreement(bodies, dtype):
+    """Each kdloss body against its PyTorch twin (listed right after it): loss and gradient."""
+    names = list(bodies)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for ours, theirs in zip(names[::2], names[1::2]):
+        (loss_a, grad_a), (loss_b, grad_b) = bodies[ours](), bodies[theirs]()
+        scale = float(grad_b.abs().max())
+        if abs(loss_a - loss_b) > tolerance * max(1.0, abs(loss_b)) or float((grad_a - grad_b).abs().max()) > tolerance * scale:
+            raise SystemExit(f"{ours} disagrees with {theirs}: loss {loss_a!r} against {loss_b!r}")
+
+
+def peak_beyond_gradient(student, teacher, threads):
+    """Traced peak bytes of kd_loss_and_grad, less the gradient it returns."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        kdloss.kd_loss_and_grad(student, teacher, TEMPERATURE, num_threads=threads)
+        return tracemalloc.get_traced_memory()[1] - student.nbytes
+    finally:
+        tracemalloc.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="8192x1000,1024x32000")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dtype = np.dtype(args.dtype).type
+    print(f"T = {TEMPERATURE}, alpha = {ALPHA}, mean over rows, {args.dtype}, {args.threads} thread(s), "
+          f"medians of {args.repeat} interleaved samples; kernel target {kdloss._kernel.active_target()}\n")
+    for text in args.shapes.split(","):
+        shape = parse_shape(text)
+        student, teacher, labels = make_inputs(shape, dtype)
+        trained = torch_bodies(student, teacher, labels)
+        check_agreement(trained, dtype)
+        times = median_ms({**numpy_bodies(student, teacher, args.threads), **trained}, args.repeat)
+        loss_only = times["kdloss.kd_loss (loss only)"]
+        print(f"### {shape[0]} x {shape[1]}\n\n| call | median | ratio |\n|---|---|---|")
+        kdloss_torch_ms = None  # the kdloss.torch row just above each PyTorch row
+        for name, ms in times.items():
+            if name.startswith("PyTorch"):
+                ratio = f"{ms / kdloss_torch_ms:.2f}x the kdloss.torch time above"
+            elif name.startswith("kdloss.torch"):
+                ratio, kdloss_torch_ms = "", ms
+            else:
+                ratio = f"{ms / loss_only:.2f}x kd_loss"
+            print(f"| {name} | {ms:.2f} ms | {ratio} |")
+        peak = peak_beyond_gradient(student, teacher, args.threads)
+        print(f"\nkd_loss_and_grad: traced peak {peak / 1024:.0f} KiB beyond the {student.nbytes / 2**20:.0f} MiB gradient\n")
+
+
+if __name__ == "__main__":
+    main()

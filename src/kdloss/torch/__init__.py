@@ -1,0 +1,40 @@
+"""PyTorch autograd for kdloss's losses: ``kd_loss``, ``hinton_loss``, ``KDLoss``, ``HintonLoss``.
+
+    import kdloss.torch as kdt
+    loss = kdt.kd_loss(student_logits, teacher_logits, temperature=2.0)
+    loss.backward()
+
+The losses are custom operators (``torch.ops.kdloss.kd_loss``, ``torch.ops.kdloss.hinton_loss``)
+with fake (meta) implementations and autograd formulas, so they work in eager mode and under
+``torch.compile(fullgraph=True)``. The forward pass runs kdloss's fused kernel once, on the
+tensors' memory (no copies, any strides), and computes the loss together with the gradients
+that will be needed: the student's when it requires grad, the teacher's too when the teacher
+requires grad (mutual learning). The backward pass scales those saved gradients, or hands them
+over as they are after ``loss.backward()``. Gradients are first order only (no
+``create_graph=True``). Weights, labels and the temperature are constants: no gradient flows
+to them.
+
+Supported: CPU tensors of float32 or float64 (student and teacher of the same dtype), any shape
+``(..., classes)``. Other devices and dtypes raise TypeError.
+
+Threads: each call uses ``torch.get_num_threads()`` OpenMP threads, so ``torch.set_num_threads``
+sets kdloss's threads too (results are the same for every thread count).
+
+Needs PyTorch (>= 2.4): ``pip install "kdloss[torch]"``, or a CPU build (``pip install torch
+--index-url https://download.pytorch.org/whl/cpu``). ``import kdloss`` alone never imports torch.
+"""
+
+try:
+    import torch  # noqa: F401  (absolute: the top-level PyTorch, not this package)
+except ModuleNotFoundError as error:
+    if error.name != "torch":
+        raise  # PyTorch is there but broken: show why
+    raise ImportError(
+        "kdloss.torch needs PyTorch: pip install 'kdloss[torch]', or for the CPU build "
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    ) from error
+
+from ._modules import HintonLoss, KDLoss
+from ._ops import hinton_loss, kd_loss
+
+__all__ = ["HintonLoss", "KDLoss", "hinton_loss", "kd_loss"]

@@ -1,0 +1,125 @@
+"""Shared by the gradient tests: finite differences, tolerances, and errors against mpmath.
+
+Tolerances are derived from what the kernel computes (see ``_gradient.pxi``): per row, in
+double, ``a = (t - t_max) / T`` and ``b = (s - s_max) / T``, ``P = e^a / Z_t``,
+``Q = e^b / Z_s``, then ``d_s = c T (Q - P)`` and ``d_t = c T P (a - b - E_P[a - b])``, with
+``c`` the row's factor from the reduction. Each of ``P_j``, ``Q_j`` is off by a few eps64
+relative to itself, times ``1 + |a_j|`` (the rounding of ``a_j`` moves ``e^a_j`` by
+``eps |a_j|`` relative) and ``log C`` (the normaliser's sum). That gives the per-element scales
+below: an error of a few eps64 times the scale is all a double computation of these formulas
+can promise, whatever the precision of the reference. float32 results are the double values
+rounded once: half an ulp more. For float32 inputs the vector targets compute ``e^x`` to 5e-12
+relative only (``vector_math.h``: enough for a float32 result), so the intermediate accuracy
+is 5e-12 there instead of eps64: it shows where ``Q - P`` cancels (``|Q - P| << P``).
+"""
+
+import math
+
+import mpmath
+import numpy as np
+
+EPS64 = float(np.finfo(np.float64).eps)
+# The relative accuracy of the double intermediates, by input dtype (see the docstring).
+INTERMEDIATE_EPS = {np.dtype(np.float64): EPS64, np.dtype(np.float32): 5e-12}
+
+
+def intermediate_eps(dtype):
+    return INTERMEDIATE_EPS[np.dtype(dtype)]
+
+
+def kd_error_scales(student, teacher, temperature):
+    """Per element (float64, the logits' shape): the scales of the rounding error of ``d_s``
+    and of ``d_t`` (for a factor of 1), as described in the module docstring."""
+    s = np.asarray(student, np.float64)
+    t = np.asarray(teacher, np.float64)
+    T = temperature
+    n_classes = t.shape[-1]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        a = (t - np.max(t, axis=-1, keepdims=True)) / T
+        b = (s - np.max(s, axis=-1, keepdims=True)) / T
+        p = np.exp(a) / np.sum(np.exp(a), axis=-1, keepdims=True)
+        q = np.exp(b) / np.sum(np.exp(b), axis=-1, keepdims=True)
+        a = np.where(p > 0, a, 0.0)  # 0 * inf: a class of probability 0 adds no error
+        b = np.where(q > 0, b, 0.0)
+        gap = np.where(p > 0, a - b, 0.0)
+        mean_gap = np.sum(p * gap, axis=-1, keepdims=True)
+    log_c = 1.0 + math.log(n_classes)
+    scale_s = T * (p * (log_c + np.abs(a)) + q * (log_c + np.abs(b)))
+    spread = log_c + np.abs(a) + np.abs(b) + np.abs(mean_gap)
+    scale_t = T * p * (spread + (log_c + np.abs(a)) * np.abs(gap - mean_gap))
+    # Rows that are NaN (or have no error to speak of) are compared for NaN elsewhere.
+    return np.nan_to_num(scale_s), np.nan_to_num(scale_t)
+
+
+def row_factors_like(factors, shape):
+    """The per-row factors broadcast over the class axis, as absolute values."""
+    return np.abs(np.broadcast_to(np.asarray(factors, np.float64)[..., None], shape))
+
+
+def assert_grad_close(got, want, atol, dtype, what=""):
+    """``|got - want| <= atol + (an ulp of the output dtype)`` element by element, and
+    NaN exactly where ``want`` is NaN. ``want`` is a float64 value (or array) of better
+    accuracy than ``atol``."""
+    got = np.asarray(got, np.float64)
+    want = np.broadcast_to(np.asarray(want, np.float64), got.shape)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN where not expected\n{got}\n{want}"
+    ok = ~np.isnan(want)
+    # Both results are rounded at the end (an ulp of the value between them), and float32 once more.
+    rounding = (2 * EPS64 + (0.0 if dtype == np.float64 else float(np.finfo(dtype).eps))) * np.abs(want[ok])
+    error = np.abs(got[ok] - want[ok])
+    bound = np.broadcast_to(atol, got.shape)[ok] + rounding
+    bad = ~(error <= bound)
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} of {bad.size} elements off; worst error {error.max():.3g} "
+        f"(bound there {bound[np.argmax(error - bound)]:.3g})\n got  {got[ok][bad][:5]}\n want {want[ok][bad][:5]}"
+    )
+
+
+def central_differences(objective, arrays, index, temperature):
+    """The central finite-difference gradient of ``objective(*arrays)`` with respect to
+    ``arrays[index]`` (float64).
+
+    The step is ``h = 2^-17 T`` (about eps^(1/3) T): the loss is a function of ``x / T`` of
+    size T^2, so its third derivative is ~1/T and the truncation error ~h^2 / T ~ 1e-10 T; the
+    rounding error of the two evaluations is ~eps |f| / h ~ 3e-11 |f| / T. The step actually
+    taken, ``(x + h) - (x - h)`` after rounding, is the divisor.
+    """
+    x = np.array(arrays[index], dtype=np.float64)
+    grad = np.empty_like(x)
+    h = temperature * 2.0**-17
+    for i in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[i] += h
+        minus[i] -= h
+        args_plus = list(arrays)
+        args_minus = list(arrays)
+        args_plus[index], args_minus[index] = plus, minus
+        grad[i] = (objective(*args_plus) - objective(*args_minus)) / (plus[i] - minus[i])
+    return grad
+
+
+def finite_difference_atol(value, temperature):
+    """A sound bound on the central-difference error above, with a margin of ~30."""
+    return 3e-9 * max(temperature, 1.0) + 1e-9 * (1.0 + abs(value)) / temperature
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors against mpmath
+# ---------------------------------------------------------------------------------------------
+
+
+def double_double(values):
+    """mpf values as two float64 arrays ``hi + lo`` (106 bits: enough to measure float64
+    errors down to 1e-32 relative)."""
+    hi = np.array([float(v) for v in values])
+    with mpmath.workdps(60):
+        lo = np.array([float(v - mpmath.mpf(h)) if math.isfinite(h) else 0.0 for v, h in zip(values, hi)])
+    return hi, lo
+
+
+def errors_against_exact(got, exact):
+    """``|got - exact|`` per element (float64), with ``exact = (hi, lo)`` from double_double;
+    ``got - hi`` is exact when they are close (Sterbenz), so the difference is accurate."""
+    hi, lo = exact
+    got = np.asarray(got, np.float64).ravel()
+    return np.abs((got - hi) - lo)
