@@ -328,16 +328,17 @@ def loss_grad_rows(
     job.d_teacher = <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL
     cdef bint contiguous = (job.t_col == <Py_ssize_t> sizeof(floating)
                             and job.s_col == <Py_ssize_t> sizeof(floating))
-    # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; others go alone.
-    cdef Py_ssize_t block = SHORT_ROWS_BLOCK if takes_short_row_pass(n_classes) else 1
+    # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
+    # at a time, leaving every thread several blocks.
+    cdef Py_ssize_t block = SHORT_ROWS_BLOCK if takes_short_row_pass(n_classes) else max(
+        1, min(16, n_rows // (4 * num_threads)))
     cdef Py_ssize_t n_blocks = (n_rows + block - 1) // block
     cdef floating* row_scratch
     cdef double* exp_row_scratch
-    # Rows are independent, so any schedule gives the same bits; a dynamic one keeps both
-    # threads busy when another process takes a core for a while.
-    cdef int dynamic_chunk = <int> max(1, min(16, n_blocks // (8 * num_threads)))
     num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
-    for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=dynamic_chunk, num_threads=num_threads,
+    # Rows are independent, so any schedule gives the same bits; a dynamic one keeps every
+    # thread busy when another process takes a core for a while.
+    for b in prange(n_blocks, nogil=True, schedule="dynamic", num_threads=num_threads,
                     use_threads_if=num_threads > 1):
         row_scratch = NULL
         exp_row_scratch = NULL
