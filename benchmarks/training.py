@@ -11,12 +11,14 @@ For each shape, one table of medians of interleaved samples (one process, same i
 - the same for Hinton's loss (KL + cross-entropy with labels), against PyTorch's
   ``alpha * kl_div(...) * T*T + (1 - alpha) * cross_entropy(s, y)``.
 
-Both libraries get the same thread count (kdloss ``num_threads`` via ``torch.set_num_threads``,
+Samples are interleaved (every body once per round), so that a slow minute of this shared
+machine hits every body alike. Both libraries get the same thread count (kdloss ``num_threads`` via ``torch.set_num_threads``,
 which ``kdloss.torch`` follows). Every body is checked against the pure-PyTorch result once,
 untimed. Then the traced peak memory of ``kd_loss_and_grad`` beyond the gradient it returns.
 """
 
 import argparse
+import gc
 import time
 import tracemalloc
 
@@ -43,15 +45,24 @@ def make_inputs(shape, dtype, seed=0):
 
 
 def median_ms(functions, repeat):
-    """Median milliseconds per call of each function, sampled round-robin (after one warm-up)."""
+    """Median milliseconds per call of each function, sampled round-robin (after one warm-up).
+
+    The garbage collector is off while timing, as in ``timeit``: autograd makes many objects,
+    and a collection would land on whichever body happens to trigger it.
+    """
     for function in functions.values():
         function()
     samples = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            samples[name].append(time.perf_counter() - start)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, function in functions.items():
+                start = time.perf_counter()
+                function()
+                samples[name].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
     return {name: 1e3 * float(np.median(times)) for name, times in samples.items()}
 
 

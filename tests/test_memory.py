@@ -66,3 +66,18 @@ def test_gradients_allocate_only_what_they_return(function, layout, teacher_grad
     returned = student.nbytes * (2 if teacher_grad else 1)
     per_row = rows * 8 * 3  # row losses, and weights or labels of one value per row
     assert peak < returned + per_row + 256 * 1024, peak
+
+
+def test_teacher_gradient_alone_allocates_no_student_gradient():
+    # kdloss.torch asks for this when only the teacher requires grad.
+    from kdloss import _training
+
+    rng = np.random.default_rng(2)
+    teacher = rng.standard_normal((4000, 500)).astype(np.float32)
+    student = teacher + rng.standard_normal((4000, 500)).astype(np.float32)
+    result = []
+    peak = traced_peak(lambda: result.append(
+        _training.kd_loss_and_grads(student, teacher, 2.0, student_grad=False, teacher_grad=True, num_threads=2)))
+    _, d_student, d_teacher = result[0]
+    assert d_student is None and d_teacher.shape == teacher.shape
+    assert peak < teacher.nbytes + 4000 * 8 * 3 + 256 * 1024, peak

@@ -259,7 +259,7 @@ def test_operator_called_without_the_gradient_autograd_needs():
 def record_numpy_calls(monkeypatch):
     """Replace the NumPy functions the operators call by wrappers that record their arguments."""
     calls = []
-    for module, name in [(kdloss._api, "kd_loss"), (kdloss._training, "kd_loss_and_grad")]:
+    for module, name in [(kdloss._api, "kd_loss"), (kdloss._training, "kd_loss_and_grads")]:
         original = getattr(module, name)
 
         def recorder(*args, _original=original, _name=name, **kwargs):
@@ -273,11 +273,11 @@ def record_numpy_calls(monkeypatch):
 @pytest.mark.parametrize(
     "student_grad, teacher_grad, grad_mode, expected",
     [
-        (False, False, True, ("kd_loss", None)),
-        (True, False, False, ("kd_loss", None)),
-        (True, False, True, ("kd_loss_and_grad", False)),
-        (True, True, True, ("kd_loss_and_grad", True)),
-        (False, True, True, ("kd_loss_and_grad", True)),
+        (False, False, True, ("kd_loss", None, None)),
+        (True, False, False, ("kd_loss", None, None)),
+        (True, False, True, ("kd_loss_and_grads", True, False)),
+        (True, True, True, ("kd_loss_and_grads", True, True)),
+        (False, True, True, ("kd_loss_and_grads", False, True)),  # the teacher's alone
     ],
 )
 def test_one_numpy_call_computes_only_what_autograd_needs(monkeypatch, student_grad, teacher_grad, grad_mode, expected):
@@ -286,7 +286,7 @@ def test_one_numpy_call_computes_only_what_autograd_needs(monkeypatch, student_g
     teacher = logits((4, 6), seed=2).requires_grad_(teacher_grad)
     with torch.set_grad_enabled(grad_mode):
         loss = kdt.kd_loss(student, teacher, 2.0)
-    assert [(name, kwargs.get("teacher_grad")) for name, _, kwargs in calls] == [expected]
+    assert [(name, kwargs.get("student_grad"), kwargs.get("teacher_grad")) for name, _, kwargs in calls] == [expected]
     assert loss.requires_grad == (grad_mode and (student_grad or teacher_grad))
     if loss.requires_grad:
         loss.backward()

@@ -148,9 +148,11 @@ cdef double row_loss_and_grad(
     (unless NULL) d_t. exp_scratch: 2 * (n + KD_MAX_STEP) doubles, where the exponentials of the
     sums' pass are kept for the gradient pass (vector targets; ignored by the scalar one).
     short_kd: T^2 KL of a row that takes the short-row pass, as that pass computed it (so that
-    the loss has the bits kl_rows gives the row); ignored for other rows. Special values, for the KL term as kl_rows: a NaN KL makes d_s and d_t
-    NaN; an infinite KL (the student rules out a class the teacher allows) leaves d_s finite
-    (T (Q - P), as autograd gives) and makes d_t NaN. A NaN cross-entropy makes d_s NaN."""
+    the loss has the bits kl_rows gives the row); ignored for other rows.
+
+    Special values, for the KL term as kl_rows: a NaN KL makes d_s and d_t NaN; an infinite KL
+    (the student rules out a class the teacher allows) leaves d_s finite (T (Q - P), as
+    autograd gives) and makes d_t NaN. A NaN cross-entropy makes d_s NaN."""
     cdef kd_grad_row row
     cdef RowSums sums
     cdef double kd_value = 0.0, ce = 0.0, top1 = 1.0, rest1 = 0.0, z_t, z_s
@@ -158,6 +160,7 @@ cdef double row_loss_and_grad(
     cdef bint with_ce = terms.ce_weight != 0.0
     cdef bint want_grad = d_s != NULL
     cdef double* keep_exp = NULL
+    cdef bint have_extrema = False
     memset(&row, 0, sizeof(row))
     row.inv_T = terms.inv_T
     row.with_kl = terms.kl_weight != 0.0
@@ -167,6 +170,7 @@ cdef double row_loss_and_grad(
             kd_value = short_kd
         if want_grad or not takes_short_row_pass(n):
             row_extrema(t, s, n, &row.range)
+            have_extrema = True
             keep_exp = exp_scratch if want_grad and kd_active_target != NULL else NULL
             row_sums(t, s, n, row.inv_T, &row.range, &sums, keep_exp)
             if keep_exp != NULL:
@@ -176,15 +180,16 @@ cdef double row_loss_and_grad(
             kd_value = T * (T * (finish_row_kl(t, s, n, row.inv_T, row.range.t_max, row.range.s_max, &sums)
                                  if kd_active_target != NULL else row_kl_scalar(t, s, n, row.inv_T)))
     if with_ce:
-        if not (row.with_kl and want_grad):
-            row_extrema(s, s, n, &row.range)  # the student's extrema in both halves
+        if not have_extrema:
+            row_extrema(s, s, n, &row.range)  # the student's extrema (in both halves)
         # Its own pass also at T = 1, where the KL's sums hold it too: the loss must not depend
         # on whether a gradient is asked for. The gradient pass then takes R = Q.
         student_normaliser(s, n, row.range.s_max, &top1, &rest1)
         row.ce_mode = KD_CE_FROM_Q if row.with_kl and row.inv_T == 1.0 else KD_CE_OWN_EXP
         # CE = log Z1 - (s_y - s_max); NaN, +inf, or a row all -inf make Z1 NaN.
         ce = log_sum(top1, rest1) - (s[label] - row.range.s_max)
-    cdef double loss = (terms.kl_weight * kd_value if row.with_kl else 0.0) + (terms.ce_weight * ce if with_ce else 0.0)
+    cdef double loss = ((terms.kl_weight * kd_value if row.with_kl else 0.0)
+                        + (terms.ce_weight * ce if with_ce else 0.0))
     if not want_grad:
         return loss
 
@@ -237,10 +242,12 @@ cdef struct RowsJob:
 
 cdef void loss_grad_block(
     const RowsJob* job, Py_ssize_t first, Py_ssize_t count, floating* scratch, double* exp_scratch,
+    floating* student_sink,
 ) noexcept nogil:
     """loss_grad_rows for rows [first, first + count). Short rows come in blocks of
     SHORT_ROWS_BLOCK: the short-row pass gives their KL terms, one row per lane, as in kl_rows;
-    other rows come one at a time."""
+    other rows come one at a time. student_sink: a row that takes the student's gradient when
+    only the teacher's is wanted (NULL otherwise)."""
     cdef Py_ssize_t n = job.n_classes, r, i, label
     cdef size_t row_bytes = n * sizeof(floating)
     cdef double short_kd[SHORT_ROWS_BLOCK]
@@ -256,7 +263,7 @@ cdef void loss_grad_block(
                       short_kd, <floating> 0)
     for r in range(count):
         i = first + r
-        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
+        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else student_sink
         d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
         weight = job.row_weights[i] if job.row_weights != NULL else 1.0
         label = job.labels[i] if job.labels != NULL else 0
@@ -296,6 +303,7 @@ def loss_grad_rows(
     floating[:, ::1] d_teacher,
     floating[:, ::1] scratch,
     double[:, ::1] exp_scratch,
+    floating[:, ::1] student_sink,
     int num_threads,
 ):
     """For every row i: ``out[i] = w_i * loss_i``, and ``d_student[i]`` (``d_teacher[i]``) =
@@ -306,7 +314,9 @@ def loss_grad_rows(
     (g) have one entry per row, or none (no cross-entropy term; all weights 1; all g 1).
     ``d_student`` and ``d_teacher`` have the inputs' shape, or no rows: no gradient (no teacher
     gradient). ``exp_scratch`` has ``min(num_threads, rows)`` rows of
-    ``2 * (classes + EXP_SCRATCH_PADDING)`` doubles when there is a gradient. A row left out
+    ``2 * (classes + EXP_SCRATCH_PADDING)`` doubles when there is a gradient, and
+    ``student_sink`` as many rows of ``classes`` elements when only the teacher's gradient is
+    wanted (the student's is computed beside it, into the sink, and dropped). A row left out
     gets ``out[i] = 0`` and zero gradients, and is never read.
     """
     cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], b
@@ -334,7 +344,9 @@ def loss_grad_rows(
         1, min(16, n_rows // (4 * num_threads)))
     cdef Py_ssize_t n_blocks = (n_rows + block - 1) // block
     cdef floating* row_scratch
+    cdef floating* sink_row
     cdef double* exp_row_scratch
+    cdef bint want_grad = job.d_student != NULL or job.d_teacher != NULL
     num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
     # Rows are independent, so any schedule gives the same bits; a dynamic one keeps every
     # thread busy when another process takes a core for a while.
@@ -344,6 +356,10 @@ def loss_grad_rows(
         exp_row_scratch = NULL
         if not contiguous:
             row_scratch = &scratch[threadid(), 0]
-        if job.d_student != NULL:
+        sink_row = NULL
+        if want_grad:
             exp_row_scratch = &exp_scratch[threadid(), 0]
-        loss_grad_block(&job, b * block, min(block, n_rows - b * block), row_scratch, exp_row_scratch)
+        if job.d_student == NULL and job.d_teacher != NULL:
+            sink_row = &student_sink[threadid(), 0]
+        loss_grad_block(&job, b * block, min(block, n_rows - b * block), row_scratch,
+                        exp_row_scratch, sink_row)

@@ -23,14 +23,15 @@ from ._validation import (
 
 
 def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_weight, weights,
-                        grad_output, grad_scale, want_grad, want_teacher_grad, num_threads):
+                        grad_output, grad_scale, want_student_grad, want_teacher_grad, num_threads):
     """Per-row weighted losses (float64, shape ``teacher.shape[:-1]``) and the gradients (C-order
     arrays of the logits' shape and dtype, or None), for validated inputs."""
     dtype, n_classes = teacher.dtype, teacher.shape[-1]
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
-    d_student = np.empty(teacher.shape, dtype=dtype) if want_grad else None
+    d_student = np.empty(teacher.shape, dtype=dtype) if want_student_grad else None
     d_teacher = np.empty(teacher.shape, dtype=dtype) if want_teacher_grad else None
+    want_grad = want_student_grad or want_teacher_grad
     no_rows = np.empty((0, n_classes), dtype=dtype)
 
     # The optional per-row arrays travel through row_blocks beside the logits.
@@ -46,8 +47,10 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
         threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
         contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
         scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
-        # Where each thread keeps a row's exponentials between the sums and the gradient pass.
+        # Where each thread keeps a row's exponentials between the sums and the gradient pass,
+        # and, when only the teacher's gradient is wanted, the student's row it must discard.
         exp_scratch = np.empty((min(threads, n_rows) if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
+        student_sink = np.empty((min(threads, n_rows) if want_teacher_grad and not want_student_grad else 0, n_classes), dtype=dtype)
         _kernel.loss_grad_rows(
             s_rows, t_rows,
             block.get("labels", np.empty(0, dtype=np.int64)),
@@ -60,14 +63,16 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
             block.get("d_teacher", no_rows),
             scratch,
             exp_scratch,
+            student_sink,
             threads,
         )
     return losses, d_student, d_teacher
 
 
 def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_weight, ce_weight,
-             grad_output, want_grad, teacher_grad, num_threads):
-    """The reduced loss and, when ``want_grad``, its gradients (see ``kd_loss_and_grad``)."""
+             grad_output, student_grad, teacher_grad, num_threads):
+    """``(loss, d_student, d_teacher)`` for validated inputs: the reduced loss and the gradients
+    asked for (None for the others; see ``kd_loss_and_grad``)."""
     rows_shape = teacher.shape[:-1]
     # The rows that count: weight > 0 and (with labels) a label that is not ignored.
     if reduction == "mean":
@@ -77,6 +82,7 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
         denominator = float(np.sum(kept))
     else:
         denominator = 1.0
+    want_grad = student_grad or teacher_grad
     grad_output = check_grad_output(grad_output if want_grad else None, reduction, rows_shape)
     grad_scale = 1.0
     if reduction != "none":
@@ -84,8 +90,8 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
         grad_output = None
     losses, d_student, d_teacher = _rows_loss_and_grad(
         student, teacher, temperature, labels=labels, kl_weight=kl_weight, ce_weight=ce_weight,
-        weights=weights, grad_output=grad_output, grad_scale=grad_scale, want_grad=want_grad,
-        want_teacher_grad=want_grad and teacher_grad, num_threads=num_threads,
+        weights=weights, grad_output=grad_output, grad_scale=grad_scale,
+        want_student_grad=student_grad, want_teacher_grad=teacher_grad, num_threads=num_threads,
     )
     if reduction == "none":
         with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
@@ -93,9 +99,42 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
     else:
         total = blockwise_sum(losses)
         loss = total if reduction == "sum" else (total / denominator if denominator else 0.0)
-    if not want_grad:
-        return loss
-    return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
+    return loss, d_student, d_teacher
+
+
+def kd_loss_and_grads(student_logits, teacher_logits, temperature=1.0, *, reduction="mean",
+                      weights=None, grad_output=None, student_grad=True, teacher_grad=False,
+                      num_threads=None):
+    """``(loss, d_student, d_teacher)``, each gradient only if asked for (else None): what
+    ``kd_loss_and_grad`` returns, for callers (``kdloss.torch``) that may want the teacher's
+    gradient alone."""
+    student, teacher = as_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    weights = check_weights(weights, teacher.shape[:-1])
+    return _reduced(
+        student, teacher, temperature, reduction=reduction, weights=weights, labels=None,
+        kl_weight=1.0, ce_weight=0.0, grad_output=grad_output, student_grad=bool(student_grad),
+        teacher_grad=bool(teacher_grad), num_threads=num_threads,
+    )
+
+
+def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *,
+                          ignore_index=-100, reduction="mean", weights=None, grad_output=None,
+                          student_grad=True, teacher_grad=False, num_threads=None):
+    """As ``kd_loss_and_grads``, for Hinton's loss (``hinton_loss_and_grad``)."""
+    student, teacher = as_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    alpha = check_alpha(alpha)
+    reduction = check_reduction(reduction)
+    rows_shape = teacher.shape[:-1]
+    labels = check_labels(labels, rows_shape, teacher.shape[-1], ignore_index)
+    weights = check_weights(weights, rows_shape)
+    return _reduced(
+        student, teacher, temperature, reduction=reduction, weights=weights, labels=labels,
+        kl_weight=alpha, ce_weight=1.0 - alpha, grad_output=grad_output,
+        student_grad=bool(student_grad), teacher_grad=bool(teacher_grad), num_threads=num_threads,
+    )
 
 
 def kd_loss_and_grad(
@@ -133,32 +172,11 @@ def kd_loss_and_grad(
         is NaN has NaN gradients; a row whose loss is +inf (the student rules out a class the
         teacher allows) has the finite ``d_student`` autograd gives and a NaN ``d_teacher``.
     """
-    student, teacher = as_logits_pair(student_logits, teacher_logits)
-    temperature = check_temperature(temperature)
-    reduction = check_reduction(reduction)
-    weights = check_weights(weights, teacher.shape[:-1])
-    return _reduced(
-        student, teacher, temperature, reduction=reduction, weights=weights, labels=None,
-        kl_weight=1.0, ce_weight=0.0, grad_output=grad_output, want_grad=True,
-        teacher_grad=bool(teacher_grad), num_threads=num_threads,
+    loss, d_student, d_teacher = kd_loss_and_grads(
+        student_logits, teacher_logits, temperature, reduction=reduction, weights=weights,
+        grad_output=grad_output, teacher_grad=teacher_grad, num_threads=num_threads,
     )
-
-
-def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction,
-            weights, grad_output, want_grad, teacher_grad, num_threads):
-    student, teacher = as_logits_pair(student_logits, teacher_logits)
-    temperature = check_temperature(temperature)
-    alpha = check_alpha(alpha)
-    reduction = check_reduction(reduction)
-    rows_shape = teacher.shape[:-1]
-    labels = check_labels(labels, rows_shape, teacher.shape[-1], ignore_index)
-    weights = check_weights(weights, rows_shape)
-    return _reduced(
-        student, teacher, temperature, reduction=reduction, weights=weights,
-        labels=labels,
-        kl_weight=alpha, ce_weight=1.0 - alpha, grad_output=grad_output, want_grad=want_grad,
-        teacher_grad=bool(teacher_grad), num_threads=num_threads,
-    )
+    return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
 
 
 def hinton_loss(
@@ -201,8 +219,11 @@ def hinton_loss(
     Special values: the KL term as :func:`kd_loss`; the cross-entropy is NaN for a row with a
     NaN or +inf student logit, or all -inf, and +inf when the label's logit is -inf.
     """
-    return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index,
-                   reduction, weights, None, False, False, num_threads)
+    loss, _, _ = hinton_loss_and_grads(
+        student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
+        reduction=reduction, weights=weights, student_grad=False, num_threads=num_threads,
+    )
+    return loss
 
 
 def hinton_loss_and_grad(
@@ -227,5 +248,9 @@ def hinton_loss_and_grad(
     :func:`kd_loss_and_grad`; ignored rows and rows of weight 0 get 0. A NaN cross-entropy
     makes that row's ``d_student`` NaN.
     """
-    return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index,
-                   reduction, weights, grad_output, True, teacher_grad, num_threads)
+    loss, d_student, d_teacher = hinton_loss_and_grads(
+        student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
+        reduction=reduction, weights=weights, grad_output=grad_output, teacher_grad=teacher_grad,
+        num_threads=num_threads,
+    )
+    return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)

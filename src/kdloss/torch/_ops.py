@@ -36,19 +36,17 @@ def _gradient_tensor(gradient, like):
     return like.new_empty(0) if gradient is None else torch.from_numpy(gradient)
 
 
-def _call_numpy(loss_fn, loss_and_grad_fn, student, teacher, student_grad, teacher_grad, **arguments):
+def _call_numpy(loss_fn, loss_and_grads_fn, student, teacher, student_grad, teacher_grad, **arguments):
     """``(loss, d_student, d_teacher)`` from one call of the NumPy layer."""
     # torch.set_num_threads governs kdloss too: one setting, and no second pool of a different size.
     arguments["num_threads"] = torch.get_num_threads()
     student_logits, teacher_logits = _as_numpy(student), _as_numpy(teacher)
     d_student = d_teacher = None
     if student_grad or teacher_grad:
-        # The kernel computes d_teacher only beside d_student; an unwanted d_student is dropped.
-        loss, d_student, *rest = loss_and_grad_fn(
-            student_logits, teacher_logits, teacher_grad=teacher_grad, **arguments
+        loss, d_student, d_teacher = loss_and_grads_fn(
+            student_logits, teacher_logits, student_grad=student_grad, teacher_grad=teacher_grad,
+            **arguments,
         )
-        d_student = d_student if student_grad else None
-        d_teacher = rest[0] if teacher_grad else None
     else:
         loss = loss_fn(student_logits, teacher_logits, **arguments)
     return (
@@ -85,7 +83,7 @@ def kd_loss_op(
     """``(loss, d_student, d_teacher)``: the loss and its gradients for a unit upstream
     gradient, each an empty tensor unless ``student_grad`` / ``teacher_grad``."""
     return _call_numpy(
-        _api.kd_loss, _training.kd_loss_and_grad, student, teacher, student_grad, teacher_grad,
+        _api.kd_loss, _training.kd_loss_and_grads, student, teacher, student_grad, teacher_grad,
         temperature=temperature, reduction=reduction, weights=_optional_numpy(weights),
     )
 
@@ -110,7 +108,7 @@ def hinton_loss_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``kdloss::kd_loss``, for Hinton's loss with hard labels."""
     return _call_numpy(
-        _training.hinton_loss, _training.hinton_loss_and_grad, student, teacher, student_grad, teacher_grad,
+        _training.hinton_loss, _training.hinton_loss_and_grads, student, teacher, student_grad, teacher_grad,
         labels=_as_numpy(labels), temperature=temperature, alpha=alpha, ignore_index=ignore_index,
         reduction=reduction, weights=_optional_numpy(weights),
     )
