@@ -77,6 +77,8 @@ def blockwise_sum(values):
     """The sum of a float64 array of per-row values in C order, as ``_summed_losses`` adds its
     rows: pairwise within blocks of SUM_BLOCK_ROWS, the block sums exactly."""
     values = np.ravel(values)
+    if values.size <= SUM_BLOCK_ROWS:  # one block: fsum of one value is that value
+        return float(np.sum(values))
     return math.fsum(float(np.sum(values[i : i + SUM_BLOCK_ROWS])) for i in range(0, values.size, SUM_BLOCK_ROWS))
 
 

@@ -4,6 +4,8 @@ The same layers as ``_api``: validate and convert here, allocate the outputs, re
 then one fused kernel pass per row (``_kernel.loss_grad_rows``) gives the loss and its gradient.
 """
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -75,13 +77,14 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
     asked for (None for the others; see ``kd_loss_and_grad``)."""
     rows_shape = teacher.shape[:-1]
     # The rows that count: weight > 0 and (with labels) a label that is not ignored.
-    if reduction == "mean":
+    denominator = 1.0
+    if reduction == "mean" and weights is None and labels is None:
+        denominator = float(math.prod(rows_shape))
+    elif reduction == "mean":
         kept = np.ones(rows_shape, dtype=np.float64) if weights is None else weights
         if labels is not None:
             kept = np.where(labels >= 0, kept, 0.0)
         denominator = float(np.sum(kept))
-    else:
-        denominator = 1.0
     want_grad = student_grad or teacher_grad
     grad_output = check_grad_output(grad_output if want_grad else None, reduction, rows_shape)
     grad_scale = 1.0
