@@ -239,6 +239,30 @@ def test_student_used_twice_sums_its_gradients():
     torch.testing.assert_close(student.grad, torch.from_numpy(2 * d_student + 1))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("loss_name", ["kd_loss", "hinton_loss"])
+def test_eager_twin_and_operator_give_the_same_bits(loss_name, reduction):
+    # Plain eager calls go by _EagerLoss; traced code and direct calls by the registered operator.
+    student, teacher = logits((3, 4, 9), seed=3), logits((3, 4, 9), seed=4)
+    labels = torch.randint(0, 9, (3, 4), generator=torch.Generator().manual_seed(0))
+    upstream = torch.rand(3, 4, dtype=torch.float64) if reduction == "none" else torch.tensor(0.7, dtype=torch.float64)
+    results = []
+    for via_operator in (False, True):
+        s, t = student.clone().requires_grad_(), teacher.clone().requires_grad_()
+        if loss_name == "kd_loss":
+            args = (2.0, reduction, None)
+            loss = (torch.ops.kdloss.kd_loss(s, t, *args, True, True)[0] if via_operator
+                    else kdt.kd_loss(s, t, *args))
+        else:
+            args = (2.0, 0.3, -100, reduction, None)
+            loss = (torch.ops.kdloss.hinton_loss(s, t, labels, *args, True, True)[0] if via_operator
+                    else kdt.hinton_loss(s, t, labels, *args))
+        loss.backward(upstream)
+        results.append((loss.detach(), s.grad, t.grad))
+    for eager, operator in zip(*results):
+        assert torch.equal(eager, operator)
+
+
 def test_second_derivatives_are_refused():
     student = logits((3, 4), seed=1).requires_grad_()
     loss = kdt.kd_loss(student, logits((3, 4), seed=2))

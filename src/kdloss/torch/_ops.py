@@ -27,7 +27,7 @@ def _loss_tensor(loss, logits):
     """The NumPy layer's loss (a float, or an array of per-row losses) as a tensor of the
     logits' dtype, and for per-row losses of shape ``logits.shape[:-1]``, as the fake promises."""
     if isinstance(loss, float):
-        return torch.tensor(loss, dtype=logits.dtype)
+        return torch.scalar_tensor(loss, dtype=logits.dtype)
     return torch.from_numpy(np.asarray(loss)).to(logits.dtype).reshape(logits.shape[:-1])
 
 
@@ -82,6 +82,10 @@ def kd_loss_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, d_student, d_teacher)``: the loss and its gradients for a unit upstream
     gradient, each an empty tensor unless ``student_grad`` / ``teacher_grad``."""
+    return _kd_loss_numpy(student, teacher, temperature, reduction, weights, student_grad, teacher_grad)
+
+
+def _kd_loss_numpy(student, teacher, temperature, reduction, weights, student_grad, teacher_grad):
     return _call_numpy(
         _api.kd_loss, _training.kd_loss_and_grads, student, teacher, student_grad, teacher_grad,
         temperature=temperature, reduction=reduction, weights=_optional_numpy(weights),
@@ -107,6 +111,12 @@ def hinton_loss_op(
     teacher_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``kdloss::kd_loss``, for Hinton's loss with hard labels."""
+    return _hinton_loss_numpy(student, teacher, labels, temperature, alpha, ignore_index, reduction,
+                              weights, student_grad, teacher_grad)
+
+
+def _hinton_loss_numpy(student, teacher, labels, temperature, alpha, ignore_index, reduction, weights,
+                       student_grad, teacher_grad):
     return _call_numpy(
         _training.hinton_loss, _training.hinton_loss_and_grads, student, teacher, student_grad, teacher_grad,
         labels=_as_numpy(labels), temperature=temperature, alpha=alpha, ignore_index=ignore_index,
@@ -140,11 +150,9 @@ def _eager(tensor):
     )
 
 
-def _backward(ctx, grad_loss, _grad_d_student, _grad_d_teacher):
-    """``grad_loss * d_student`` and ``grad_loss * d_teacher``; None for every other input."""
-    grads = [None] * len(ctx.needs_input_grad)
-    if grad_loss is None:  # no gradient reached the loss (grads are not materialized: see above)
-        return tuple(grads)
+def _scaled_gradients(ctx, grad_loss, needs_student, needs_teacher):
+    """``grad_loss * d_student`` and ``grad_loss * d_teacher`` from the saved gradients (None for
+    an input that needs none)."""
     eager = _eager(grad_loss)
     if eager and torch.is_grad_enabled():
         # The saved gradients are constants: a second derivative through them would be wrong.
@@ -153,19 +161,62 @@ def _backward(ctx, grad_loss, _grad_d_student, _grad_d_teacher):
     # multiplication saves a pass over the logits (a third of the time at 8192 x 1000). Handing
     # out a saved tensor is safe: autograd reuses a gradient's memory only when nothing else
     # holds it. A traced graph cannot branch on values, so traced code always multiplies.
-    unit = eager and bool(torch.all(grad_loss == 1))
+    if eager and grad_loss.dim() == 0:
+        unit = grad_loss.item() == 1.0
+    else:
+        unit = eager and bool(torch.all(grad_loss == 1))
     # A per-row upstream gradient (reduction "none") scales its row; a 0-d one scales every row.
-    grad_rows = grad_loss.unsqueeze(-1)
-    for index, (name, saved) in enumerate(zip(("student", "teacher"), ctx.saved_tensors)):
-        if ctx.needs_input_grad[index]:
-            if not ctx.computed[index]:
-                raise RuntimeError(f"{name} requires grad, but the operator was called with {name}_grad=False")
-            grads[index] = saved if unit else grad_rows * saved
+    grad_rows = None if unit else grad_loss.unsqueeze(-1)
+    grads = []
+    for name, needed, computed, saved in zip(
+        ("student", "teacher"), (needs_student, needs_teacher), ctx.computed, ctx.saved_tensors
+    ):
+        if needed and not computed:
+            raise RuntimeError(f"{name} requires grad, but the operator was called with {name}_grad=False")
+        grads.append((saved if unit else grad_rows * saved) if needed else None)
+    return grads
+
+
+def _backward(ctx, grad_loss, _grad_d_student, _grad_d_teacher):
+    """The operators' backward: gradients for student and teacher; None for every other input."""
+    grads = [None] * len(ctx.needs_input_grad)
+    if grad_loss is not None:  # else no gradient reached the loss (grads are not materialized)
+        grads[:2] = _scaled_gradients(ctx, grad_loss, *ctx.needs_input_grad[:2])
     return tuple(grads)
 
 
 kd_loss_op.register_autograd(_backward, setup_context=_setup_context)
 hinton_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLoss(torch.autograd.Function):
+    """The operators' eager twin: the same NumPy call, the same saved gradients and the same
+    backward, without the dispatcher's Python layers, which cost about 130 us a call (as much as
+    the whole pure-PyTorch step on a small batch). Only plain eager calls take it; compiled and
+    traced code, and ``torch.ops.kdloss.*`` called directly, run the registered operators."""
+
+    @staticmethod
+    def forward(ctx, numpy_fn, arguments, student, teacher, student_grad, teacher_grad):
+        loss, d_student, d_teacher = numpy_fn(student, teacher, *arguments, student_grad, teacher_grad)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(d_student, d_teacher)
+        ctx.computed = (student_grad, teacher_grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grads = [None, None] if grad_loss is None else _scaled_gradients(ctx, grad_loss, *ctx.needs_input_grad[2:4])
+        return None, None, *grads, None, None
+
+
+def _run(op, numpy_fn, student, teacher, *arguments):
+    """The loss: ``op(student, teacher, *arguments, student_grad, teacher_grad)``, whose body is
+    ``numpy_fn`` with the same arguments; plain eager tensors go by the eager twin."""
+    student_grad, teacher_grad = _wants_grad(student), _wants_grad(teacher)
+    if _eager(student) and _eager(teacher):
+        return _EagerLoss.apply(numpy_fn, arguments, student, teacher, student_grad, teacher_grad)
+    loss, _, _ = op(student, teacher, *arguments, student_grad, teacher_grad)
+    return loss
 
 
 def _check_logits(student, teacher):
@@ -246,11 +297,8 @@ def kd_loss(
         # The NumPy layer's checks and messages; the dispatcher would turn True or a tensor into
         # a float silently. (Compiled code meets the same checks inside the operator.)
         temperature = check_temperature(temperature)
-    loss, _, _ = kd_loss_op(
-        student, teacher, temperature, check_reduction(reduction), _per_row(weights, "weights"),
-        _wants_grad(student), _wants_grad(teacher),
-    )
-    return loss
+    return _run(kd_loss_op, _kd_loss_numpy, student, teacher, temperature, check_reduction(reduction),
+                _per_row(weights, "weights"))
 
 
 def hinton_loss(
@@ -278,8 +326,5 @@ def hinton_loss(
     if not torch.compiler.is_compiling():
         temperature, alpha = check_temperature(temperature), check_alpha(alpha)
         ignore_index = _check_ignore_index(ignore_index)
-    loss, _, _ = hinton_loss_op(
-        student, teacher, _per_row(labels, "labels"), temperature, alpha, ignore_index,
-        check_reduction(reduction), _per_row(weights, "weights"), _wants_grad(student), _wants_grad(teacher),
-    )
-    return loss
+    return _run(hinton_loss_op, _hinton_loss_numpy, student, teacher, _per_row(labels, "labels"), temperature,
+                alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"))
