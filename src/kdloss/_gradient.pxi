@@ -19,6 +19,9 @@ cdef struct LossTerms:
     double temperature, inv_T
     double kl_weight  # 0: no KL term, and the teacher row is not read
     double ce_weight  # 0: no cross-entropy term, and the label is not read
+    # Bytes from a row to the next, which the gradient path prefetches while it computes this
+    # row's sums (0: rows are copied to scratch first, nothing to prefetch).
+    ptrdiff_t ahead_t, ahead_s
 
 
 cdef inline void fill_row(floating* x, Py_ssize_t n, double value) noexcept nogil:
@@ -48,7 +51,7 @@ cdef void row_extrema(const floating* t, const floating* s, Py_ssize_t n, kd_row
 
 cdef void row_sums(
     const floating* t, const floating* s, Py_ssize_t n, double inv_T, const kd_row_range* extremes,
-    RowSums* sums, double* keep_exp,
+    RowSums* sums, double* keep_exp, ptrdiff_t ahead_t, ptrdiff_t ahead_s,
 ) noexcept nogil:
     """The RowSums of a row whose extrema are known: the chunks of row_kl, merged in its order.
     With keep_exp (vector targets only), e^a and e^b are kept there for the gradient pass, at
@@ -61,14 +64,8 @@ cdef void row_sums(
         return
     memset(sums, 0, sizeof(RowSums))
     for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
-        if keep_exp == NULL:
-            chunk_stats(t, s, c * KD_CHUNK, n, extremes, inv_T, &chunk)
-        elif floating is float:
-            kd_active_target.stats_keep_f32(t + c * KD_CHUNK, s + c * KD_CHUNK, min(<Py_ssize_t> KD_CHUNK, n - c * KD_CHUNK),
-                                            extremes, inv_T, &chunk, keep_exp + c * KD_CHUNK, exp_b + c * KD_CHUNK)
-        else:
-            kd_active_target.stats_keep_f64(t + c * KD_CHUNK, s + c * KD_CHUNK, min(<Py_ssize_t> KD_CHUNK, n - c * KD_CHUNK),
-                                            extremes, inv_T, &chunk, keep_exp + c * KD_CHUNK, exp_b + c * KD_CHUNK)
+        chunk_stats(t, s, c * KD_CHUNK, n, extremes, inv_T, &chunk, keep_exp,
+                    exp_b if keep_exp != NULL else NULL, ahead_t, ahead_s)
         merge_chunk(sums, &chunk)
 
 
@@ -172,7 +169,7 @@ cdef double row_loss_and_grad(
             row_extrema(t, s, n, &row.range)
             have_extrema = True
             keep_exp = exp_scratch if want_grad and kd_active_target != NULL else NULL
-            row_sums(t, s, n, row.inv_T, &row.range, &sums, keep_exp)
+            row_sums(t, s, n, row.inv_T, &row.range, &sums, keep_exp, terms.ahead_t, terms.ahead_s)
             if keep_exp != NULL:
                 row.exp_a = keep_exp
                 row.exp_b = keep_exp + n + KD_MAX_STEP
@@ -328,7 +325,10 @@ def loss_grad_rows(
     job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
     job.s_row, job.s_col = student.strides[0], student.strides[1]
     job.n_classes = n_classes
-    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight)
+    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(floating)
+                            and student.strides[1] == <Py_ssize_t> sizeof(floating))
+    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
+                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0)
     job.labels = &labels[0] if labels.shape[0] > 0 else NULL
     job.row_weights = &row_weights[0] if row_weights.shape[0] > 0 else NULL
     job.grad_output = &grad_output[0] if grad_output.shape[0] > 0 else NULL
@@ -336,8 +336,6 @@ def loss_grad_rows(
     job.out = &out[0]
     job.d_student = <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL
     job.d_teacher = <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL
-    cdef bint contiguous = (job.t_col == <Py_ssize_t> sizeof(floating)
-                            and job.s_col == <Py_ssize_t> sizeof(floating))
     # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
     # at a time, leaving every thread several blocks.
     cdef Py_ssize_t block = SHORT_ROWS_BLOCK if takes_short_row_pass(n_classes) else max(

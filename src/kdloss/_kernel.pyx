@@ -70,19 +70,15 @@ cdef extern from "simd.h" nogil:
         void (*range_f32)(const float*, const float*, ptrdiff_t, kd_row_range*) noexcept nogil
         void (*range_f64)(const double*, const double*, ptrdiff_t, kd_row_range*) noexcept nogil
         void (*stats_f32)(const float*, const float*, ptrdiff_t, const kd_row_range*, double,
-                          kd_chunk_stats*) noexcept nogil
+                          kd_chunk_stats*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
         void (*stats_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
-                          kd_chunk_stats*) noexcept nogil
+                          kd_chunk_stats*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
         void (*short_f32)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
                           double*) noexcept nogil
         void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
                           double*) noexcept nogil
-        void (*stats_keep_f32)(const float*, const float*, ptrdiff_t, const kd_row_range*, double,
-                               kd_chunk_stats*, double*, double*) noexcept nogil
-        void (*stats_keep_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
-                               kd_chunk_stats*, double*, double*) noexcept nogil
         void (*grad_f32)(const float*, const float*, ptrdiff_t, const kd_grad_row*, float*,
                          float*) noexcept nogil
         void (*grad_f64)(const double*, const double*, ptrdiff_t, const kd_grad_row*, double*,
@@ -340,13 +336,21 @@ cdef inline void merge_range(kd_row_range* row, const kd_row_range* chunk) noexc
 cdef inline void chunk_stats(
     const floating* t, const floating* s, Py_ssize_t start, Py_ssize_t n,
     const kd_row_range* extremes, double inv_T, kd_chunk_stats* out,
+    double* exp_a=NULL, double* exp_b=NULL, ptrdiff_t ahead_t=0, ptrdiff_t ahead_s=0,
 ) noexcept nogil:
-    """The vectorised sums over classes [start, start + KD_CHUNK) of a row of n classes."""
+    """The vectorised sums over classes [start, start + KD_CHUNK) of a row of n classes. Unless
+    NULL, exp_a and exp_b (indexed like the row) keep e^a and e^b for the gradient pass; unless 0,
+    ahead_t and ahead_s are the bytes to the next row, which is prefetched meanwhile."""
     cdef Py_ssize_t length = min(<Py_ssize_t> KD_CHUNK, n - start)
+    if exp_a != NULL:
+        exp_a += start
+        exp_b += start
     if floating is float:
-        kd_active_target.stats_f32(t + start, s + start, length, extremes, inv_T, out)
+        kd_active_target.stats_f32(t + start, s + start, length, extremes, inv_T, out, exp_a, exp_b,
+                                   ahead_t, ahead_s)
     else:
-        kd_active_target.stats_f64(t + start, s + start, length, extremes, inv_T, out)
+        kd_active_target.stats_f64(t + start, s + start, length, extremes, inv_T, out, exp_a, exp_b,
+                                   ahead_t, ahead_s)
 
 
 cdef inline bint takes_short_row_pass(Py_ssize_t n) noexcept nogil:
@@ -356,9 +360,11 @@ cdef inline bint takes_short_row_pass(Py_ssize_t n) noexcept nogil:
 
 
 cdef double row_kl(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
+    ptrdiff_t ahead_t=0, ptrdiff_t ahead_s=0,
 ) noexcept nogil:
-    """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor).
+    """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor). Unless 0,
+    ahead_t and ahead_s are the bytes from this row to the next, prefetched meanwhile.
 
     The vectorised passes: the row's extrema, then its sums chunk by chunk, merged in order (a
     long row split across threads, in ``kl_long_rows``, merges the same chunks in the same
@@ -378,7 +384,7 @@ cdef double row_kl(
         merge_range(&extremes, &chunk_extremes)
     memset(&sums, 0, sizeof(sums))
     for c in range(n_chunks):
-        chunk_stats(t, s, c * KD_CHUNK, n, &extremes, inv_T, &chunk)
+        chunk_stats(t, s, c * KD_CHUNK, n, &extremes, inv_T, &chunk, NULL, NULL, ahead_t, ahead_s)
         merge_chunk(&sums, &chunk)
     return finish_row_kl(t, s, n, inv_T, extremes.t_max, extremes.s_max, &sums)
 
@@ -587,6 +593,8 @@ def kl_rows(
             contiguous_row(s_base + i * s_row, s_col, n_classes, s_scratch),
             n_classes,
             inv_T,
+            t_row if contiguous else 0,  # the next row, prefetched while this one is summed
+            s_row if contiguous else 0,
         )
         out[i] = temperature * (temperature * kl)  # T^2 alone overflows for T > 1e154
 

@@ -123,7 +123,7 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, double t_
 KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
                                 double s_max, double inv_T, const int moderate,
                                 kd_chunk_stats *out, const int keeping, double *keep_a,
-                                double *keep_b)
+                                double *keep_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
@@ -131,10 +131,17 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
         const kd_vd zero = kd_splat(0.0);
         kd_block_sums block = {(kd_vi)zero, (kd_vi)zero, zero, zero, zero, zero};
         ptrdiff_t i = 0;
-        for (; i + KD_STEP <= len; i += KD_STEP)
+        for (; i + KD_STEP <= len; i += KD_STEP) {
+            if (ahead_t) { /* the next row, a step at a time: it is in cache when its turn comes */
+                for (size_t byte = 0; byte < KD_STEP * sizeof(KD_REAL); byte += 64) {
+                    __builtin_prefetch((const char *)(bt + i) + ahead_t + byte);
+                    __builtin_prefetch((const char *)(bs + i) + ahead_s + byte);
+                }
+            }
             KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
                             KD_LOAD(bs + i + KD_LANES), t_max, s_max, inv_T, moderate, &block,
                             keeping, keep_a + start + i, keep_b + start + i);
+        }
         if (i < len) {
             /* The last few classes, padded with classes that add 0: -inf in both rows, or in
              * moderate rows (where -inf is out of range) the maximum of each, whose a = b = 0
@@ -156,28 +163,26 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
     }
 }
 
-/* Pass 2: kd_chunk_stats of n <= KD_CHUNK classes of a row whose extrema are *range. */
+/* Pass 2: kd_chunk_stats of n <= KD_CHUNK classes of a row whose extrema are *range.
+ * exp_a, exp_b: unless NULL, where e^a and e^b of every class are kept for the gradient pass
+ * (room for n + KD_MAX_STEP values each: the tail's padding is stored too).
+ * ahead_t, ahead_s: unless 0, bytes from this row to the next, which is prefetched a step at a
+ * time, so that its first pass finds it in cache rather than waiting for memory. */
 static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
-                               const kd_row_range *range, double inv_T, kd_chunk_stats *out)
+                               const kd_row_range *range, double inv_T, kd_chunk_stats *out,
+                               double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     memset(out, 0, sizeof *out);
-    if (kd_is_moderate(range, inv_T))
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out, 0, NULL, NULL);
+    const int moderate = kd_is_moderate(range, inv_T);
+    const double t_max = range->t_max, s_max = range->s_max;
+    if (exp_a == NULL && moderate)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 0, NULL, NULL, ahead_t, ahead_s);
+    else if (exp_a == NULL)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 0, NULL, NULL, ahead_t, ahead_s);
+    else if (moderate)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 1, exp_a, exp_b, ahead_t, ahead_s);
     else
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out, 0, NULL, NULL);
-}
-
-/* chunk_stats, keeping e^a and e^b of every class in exp_a[0, n) and exp_b[0, n) for the
- * gradient pass; both must have room for n + KD_STEP values (the tail's padding is stored too). */
-static void KD_FN(chunk_stats_keep)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
-                                    const kd_row_range *range, double inv_T, kd_chunk_stats *out,
-                                    double *exp_a, double *exp_b)
-{
-    memset(out, 0, sizeof *out);
-    if (kd_is_moderate(range, inv_T))
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 1, out, 1, exp_a, exp_b);
-    else
-        KD_FN(add_chunk)(t, s, n, range->t_max, range->s_max, inv_T, 0, out, 1, exp_a, exp_b);
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 1, exp_a, exp_b, ahead_t, ahead_s);
 }
 
 /* Short rows (n <= KD_SHORT_ROW), one row per lane: no reduction across lanes, and no per-row

@@ -75,7 +75,7 @@ typedef struct {
     double teacher_coef;   /* d_t = teacher_coef P (a - b - mean_gap) */
     double ce_coef;        /* ... + ce_coef R */
     double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
-    const double *exp_a;   /* e^a and e^b of every class, kept by stats_keep; NULL: recompute */
+    const double *exp_a;   /* e^a and e^b of every class, kept by stats_*; NULL: recompute */
     const double *exp_b;
     int with_kl;           /* 0: no KL term, and t is not read */
     int same_normaliser;   /* inv_zt == inv_zs */
@@ -85,16 +85,11 @@ typedef struct {
 typedef void (*kd_range_f32_fn)(const float *t, const float *s, ptrdiff_t n, kd_row_range *out);
 typedef void (*kd_range_f64_fn)(const double *t, const double *s, ptrdiff_t n, kd_row_range *out);
 typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
-                                const kd_row_range *range, double inv_T, kd_chunk_stats *out);
+                                const kd_row_range *range, double inv_T, kd_chunk_stats *out,
+                                double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s);
 typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
-                                const kd_row_range *range, double inv_T, kd_chunk_stats *out);
-
-typedef void (*kd_stats_keep_f32_fn)(const float *t, const float *s, ptrdiff_t n,
-                                     const kd_row_range *range, double inv_T,
-                                     kd_chunk_stats *out, double *exp_a, double *exp_b);
-typedef void (*kd_stats_keep_f64_fn)(const double *t, const double *s, ptrdiff_t n,
-                                     const kd_row_range *range, double inv_T,
-                                     kd_chunk_stats *out, double *exp_a, double *exp_b);
+                                const kd_row_range *range, double inv_T, kd_chunk_stats *out,
+                                double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s);
 
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
@@ -111,12 +106,12 @@ typedef void (*kd_normaliser_f64_fn)(const double *s, ptrdiff_t n, double s_max,
                                      double *rest);
 
 /* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
- * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2).
+ * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2);
+ * optionally keeping e^a and e^b of each class for the gradient pass (exp_a, exp_b, with room
+ * for n + KD_MAX_STEP values each), and prefetching the next row (ahead_t, ahead_s: bytes).
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
  * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
  * row's extrema and sums for the scalar code to finish it).
- * stats_keep_*: stats_*, also keeping e^a and e^b of each class for the gradient pass (room
- * for n + KD_MAX_STEP values each).
  * grad_*: the gradient of one row of any length (d_t may be NULL: no teacher gradient).
  * normaliser_*: sum_j e^(s_j - s_max) of one row of any length, as top + rest. */
 typedef struct {
@@ -127,8 +122,6 @@ typedef struct {
     kd_stats_f64_fn stats_f64;
     kd_short_rows_fn short_f32; /* rows of float */
     kd_short_rows_fn short_f64; /* rows of double */
-    kd_stats_keep_f32_fn stats_keep_f32;
-    kd_stats_keep_f64_fn stats_keep_f64;
     kd_grad_f32_fn grad_f32;
     kd_grad_f64_fn grad_f64;
     kd_normaliser_f32_fn normaliser_f32;

@@ -103,6 +103,6 @@ static inline kd_vd kd_finish_kl(kd_vi top_t, kd_vi top_s, kd_vd rest_t, kd_vd r
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL, row_range_f32, row_range_f64, chunk_stats_f32, chunk_stats_f64,
-    short_rows_f32, short_rows_f64, chunk_stats_keep_f32, chunk_stats_keep_f64, row_gradient_f32, row_gradient_f64, student_normaliser_f32,
+    short_rows_f32, short_rows_f64, row_gradient_f32, row_gradient_f64, student_normaliser_f32,
     student_normaliser_f64,
 };
