@@ -8,8 +8,9 @@
 #
 # with a = (t - t_max) / T, b = (s - s_max) / T. The KL term's value is computed exactly as
 # kl_rows computes it (the same bits). The gradient takes one more vectorised pass over the row,
-# from the sums the loss needed. Same layers as the rest of the kernel: row helpers, then a loop
-# over rows under prange (each row alone, so results do not depend on the thread count).
+# from the sums and the exponentials the loss computed (for short rows, inside the short-row
+# pass, one row per lane). Same layers as the rest of the kernel: row helpers, then a loop over
+# rows under prange (each row alone, so results do not depend on the thread count).
 
 # ---------------------------------------------------------------------------------------------
 # Layer 1: row helpers
@@ -242,19 +243,39 @@ cdef void loss_grad_block(
     floating* student_sink,
 ) noexcept nogil:
     """loss_grad_rows for rows [first, first + count). Short rows come in blocks of
-    SHORT_ROWS_BLOCK: the short-row pass gives their KL terms, one row per lane, as in kl_rows;
-    other rows come one at a time. student_sink: a row that takes the student's gradient when
-    only the teacher's is wanted (NULL otherwise)."""
+    SHORT_ROWS_BLOCK: the short-row pass gives their KL terms, one row per lane, as in kl_rows,
+    and (for the KL term alone) the gradient of the rows it settles; other rows come one at a
+    time. student_sink: a row that takes the student's gradient when only the teacher's is
+    wanted (NULL otherwise)."""
     cdef Py_ssize_t n = job.n_classes, r, i, label
     cdef size_t row_bytes = n * sizeof(floating)
     cdef double short_kd[SHORT_ROWS_BLOCK]
+    cdef double lane_coef[SHORT_ROWS_BLOCK]
+    cdef bint settled[SHORT_ROWS_BLOCK]
+    cdef kd_short_grad lane_grad
     cdef double weight
     cdef floating* d_s
     cdef floating* d_t
     cdef floating* s_scratch = NULL  # scratch: NULL when both rows are contiguous
     if scratch != NULL:
         s_scratch = scratch + n
-    if job.terms.kl_weight != 0.0 and takes_short_row_pass(n):
+    cdef bint short_kl = job.terms.kl_weight != 0.0 and takes_short_row_pass(n)
+    # The KL term alone, into real gradient rows: the short-row pass writes the gradient too.
+    cdef bint lane_gradient = short_kl and job.terms.ce_weight == 0.0 and job.d_student != NULL
+    if lane_gradient:
+        for r in range(count):
+            i = first + r
+            lane_coef[r] = (job.grad_scale * (job.row_weights[i] if job.row_weights != NULL else 1.0)
+                            * (job.grad_output[i] if job.grad_output != NULL else 1.0)
+                            * job.terms.kl_weight * job.terms.temperature)
+        lane_grad.coef = lane_coef
+        lane_grad.d_s = job.d_student + first * row_bytes
+        lane_grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
+        lane_grad.row_bytes = row_bytes
+        kl_short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row, job.t_row,
+                      job.s_row, job.t_col, job.s_col, 0, count, n, job.terms.temperature,
+                      short_kd, <floating> 0, &lane_grad, settled)
+    elif short_kl:
         kl_short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row, job.t_row,
                       job.s_row, job.t_col, job.s_col, 0, count, n, job.terms.temperature,
                       short_kd, <floating> 0)
@@ -270,6 +291,9 @@ cdef void loss_grad_block(
                 fill_row(d_s, n, 0.0)
             if d_t != NULL:
                 fill_row(d_t, n, 0.0)
+            continue
+        if lane_gradient and settled[r]:  # its gradient is written; the loss as row_loss_and_grad
+            job.out[i] = weight * (job.terms.kl_weight * short_kd[r] + 0.0)
             continue
         job.out[i] = weight * row_loss_and_grad(
             contiguous_row(job.t_base + i * job.t_row, job.t_col, n, scratch),

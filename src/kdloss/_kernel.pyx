@@ -65,6 +65,11 @@ cdef extern from "simd.h" nogil:
         int with_kl
         int same_normaliser
         int ce_mode
+    ctypedef struct kd_short_grad:
+        const double* coef
+        char* d_s
+        char* d_t
+        ptrdiff_t row_bytes
     ctypedef struct kd_target:
         const char* name
         void (*range_f32)(const float*, const float*, ptrdiff_t, kd_row_range*) noexcept nogil
@@ -75,10 +80,10 @@ cdef extern from "simd.h" nogil:
                           kd_chunk_stats*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
         void (*short_f32)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
-                          double*) noexcept nogil
+                          double*, const kd_short_grad*) noexcept nogil
         void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                           ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
-                          double*) noexcept nogil
+                          double*, const kd_short_grad*) noexcept nogil
         void (*grad_f32)(const float*, const float*, ptrdiff_t, const kd_grad_row*, float*,
                          float*) noexcept nogil
         void (*grad_f64)(const double*, const double*, ptrdiff_t, const kd_grad_row*, double*,
@@ -607,11 +612,13 @@ cdef void kl_short_rows(
     const char* t_base, const char* s_base, Py_ssize_t t_row, Py_ssize_t s_row,
     Py_ssize_t t_col, Py_ssize_t s_col, Py_ssize_t first, Py_ssize_t n_rows,
     Py_ssize_t n_classes, double temperature, double* out, floating dtype_tag,
+    const kd_short_grad* grad=NULL, bint* settled=NULL,
 ) noexcept nogil:
     """``kl_rows`` for rows [first, first + n_rows) of at most KD_SHORT_ROW classes (any
     strides): the vectorised passes take one row per lane, then each row is finished here
     (with the row contiguous, copied to a local buffer if need be, for the scalar and exact
-    paths)."""
+    paths). With grad, the vector code also writes the gradient of the rows it settles, which
+    are marked in settled[r] (rows [first, ...) are grad's rows 0, 1, ...)."""
     cdef kd_row_range ranges[SHORT_ROWS_BLOCK]
     cdef kd_chunk_stats stats[SHORT_ROWS_BLOCK]
     cdef RowSums sums
@@ -624,11 +631,13 @@ cdef void kl_short_rows(
     cdef floating s_copy[KD_SHORT_ROW]
     if floating is float:
         kd_active_target.short_f32(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats, kl)
+                                   n_classes, inv_T, ranges, stats, kl, grad)
     else:
         kd_active_target.short_f64(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats, kl)
+                                   n_classes, inv_T, ranges, stats, kl, grad)
     for r in range(n_rows):
+        if settled != NULL:
+            settled[r] = kl[r] == kl[r]
         if kl[r] == kl[r]:  # settled by the vector code
             out[first + r] = temperature * (temperature * kl[r])
             continue

@@ -185,6 +185,41 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
         KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 1, exp_a, exp_b, ahead_t, ahead_s);
 }
 
+/* The gradient of the KL term for one group of short rows, one row per lane (see
+ * kd_short_grad): from the group's columns, extrema, kept exponentials and sums, as
+ * gradient_impl.h computes it for one row. Lanes the vector code did not settle (NaN in kl)
+ * and spare lanes are not written. */
+static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, int rows, ptrdiff_t n,
+                                  double inv_T, kd_vd kl, const kd_vd *columns_t,
+                                  const kd_vd *columns_s, kd_vd t_max, kd_vd s_max,
+                                  const kd_vd *exp_a, const kd_vd *exp_b, const KD_FN(terms) *sum)
+{
+    const kd_vd z_t = __builtin_convertvector(sum->top_t, kd_vd) + sum->rest_t;
+    const kd_vd z_s = __builtin_convertvector(sum->top_s, kd_vd) + sum->rest_s;
+    const kd_vd inv_zt = 1.0 / z_t, inv_zs = 1.0 / z_s, mean_gap = sum->gap / z_t;
+    const kd_vi same_normaliser = inv_zt == inv_zs;
+    kd_vd coef = kd_splat(0.0);
+    for (int lane = 0; lane < rows; lane++)
+        coef[lane] = grad->coef[first + lane];
+    for (ptrdiff_t j = 0; j < n; j++) {
+        const kd_vd ea = exp_a[j], eb = exp_b[j];
+        const kd_vd p = ea * inv_zt, q = eb * inv_zs;
+        /* As gradient_impl.h: exact zeros where the rows agree, whatever the compiler fuses. */
+        const kd_vd d_s = kd_select(same_normaliser, (eb - ea) * inv_zs, q - p) * coef;
+        const kd_vd gap = ((columns_t[j] - t_max) - (columns_s[j] - s_max)) * inv_T;
+        /* An infinite KL (the student rules out a class the teacher allows): d_t is NaN. */
+        const kd_vd d_t = kd_select(kl == INFINITY, kd_splat(NAN), kd_keep(ea > 0.0, p * (gap - mean_gap)) * coef);
+        for (int lane = 0; lane < rows; lane++) {
+            if (kl[lane] != kl[lane])
+                continue;
+            const ptrdiff_t offset = (first + lane) * grad->row_bytes + j * (ptrdiff_t)sizeof(KD_REAL);
+            *(KD_REAL *)(grad->d_s + offset) = (KD_REAL)d_s[lane];
+            if (grad->d_t)
+                *(KD_REAL *)(grad->d_t + offset) = (KD_REAL)d_t[lane];
+        }
+    }
+}
+
 /* Short rows (n <= KD_SHORT_ROW), one row per lane: no reduction across lanes, and no per-row
  * call. Class j of row r is at t_base + r * t_row + j * t_col bytes (any strides). For each of the n_rows
  * rows, writes its extrema and its sums (in class order, plain: n is small) as one chunk.
@@ -196,7 +231,7 @@ static void KD_FN(chunk_stats)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
 static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                               ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
                               ptrdiff_t n, double inv_T, kd_row_range *ranges,
-                              kd_chunk_stats *stats, double *kl)
+                              kd_chunk_stats *stats, double *kl, const kd_short_grad *grad)
 {
     for (ptrdiff_t first = 0; first < n_rows; first += KD_LANES) {
         const int rows = n_rows - first < KD_LANES ? (int)(n_rows - first) : KD_LANES;
@@ -228,6 +263,7 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             moderate &= moderate_lanes[lane] != 0;
         const kd_vd zero = kd_splat(0.0);
         KD_FN(terms) sum = {(kd_vi)zero, (kd_vi)zero, zero, zero, zero, zero};
+        kd_vd exp_a[KD_SHORT_ROW], exp_b[KD_SHORT_ROW]; /* kept for the gradient */
         for (ptrdiff_t j = 0; j < n; j++) {
             KD_FN(terms) x = moderate
                 ? KD_FN(vector_terms)(columns_t[j], columns_s[j], t_max, s_max, inv_T, 1)
@@ -238,8 +274,13 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             sum.rest_s += x.rest_s;
             sum.gap += x.gap;
             sum.scale += x.scale;
+            exp_a[j] = x.ea;
+            exp_b[j] = x.eb;
         }
         const kd_vd row_kl = kd_finish_kl(sum.top_t, sum.top_s, sum.rest_t, sum.rest_s, sum.gap, sum.scale);
+        if (grad)
+            KD_FN(short_gradient)(grad, first, rows, n, inv_T, row_kl, columns_t, columns_s, t_max,
+                                  s_max, exp_a, exp_b, &sum);
         for (int lane = 0; lane < rows; lane++) {
             kl[first + lane] = row_kl[lane];
             if (row_kl[lane] == row_kl[lane])

@@ -91,10 +91,21 @@ typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
                                 const kd_row_range *range, double inv_T, kd_chunk_stats *out,
                                 double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s);
 
+/* The gradient of the KL term, for short_rows to write beside the loss: row r (of the n_rows
+ * it is given) gets d_s = coef[r] (Q - P) at d_s + r * row_bytes and, unless d_t is NULL,
+ * d_t = coef[r] P (a - b - E_P[a - b]) at d_t + r * row_bytes, each a contiguous row. Rows whose
+ * KL the vector code leaves to the scalar code (NaN in kl) are not written. */
+typedef struct {
+    const double *coef;
+    char *d_s, *d_t;
+    ptrdiff_t row_bytes;
+} kd_short_grad;
+
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
                                  ptrdiff_t n_rows, ptrdiff_t n, double inv_T,
-                                 kd_row_range *ranges, kd_chunk_stats *stats, double *kl);
+                                 kd_row_range *ranges, kd_chunk_stats *stats, double *kl,
+                                 const kd_short_grad *grad);
 
 typedef void (*kd_grad_f32_fn)(const float *t, const float *s, ptrdiff_t n, const kd_grad_row *row,
                                float *d_s, float *d_t);
@@ -111,7 +122,8 @@ typedef void (*kd_normaliser_f64_fn)(const double *s, ptrdiff_t n, double s_max,
  * for n + KD_MAX_STEP values each), and prefetching the next row (ahead_t, ahead_s: bytes).
  * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
  * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
- * row's extrema and sums for the scalar code to finish it).
+ * row's extrema and sums for the scalar code to finish it); and, unless grad is NULL, the
+ * gradient of the rows it settles.
  * grad_*: the gradient of one row of any length (d_t may be NULL: no teacher gradient).
  * normaliser_*: sum_j e^(s_j - s_max) of one row of any length, as top + rest. */
 typedef struct {
