@@ -34,7 +34,7 @@ from gradient_checks import (
 )
 
 import kdloss
-from kdloss import reference
+from kdloss import _training, reference
 
 # Every test here runs once per kernel target (see conftest.py).
 pytestmark = pytest.mark.usefixtures("kernel_target")
@@ -273,7 +273,8 @@ def test_more_than_one_chunk_of_classes(dtype):
 
 @pytest.mark.parametrize("num_threads", THREAD_COUNTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(120, 1000), (2000, 60)])  # enough elements for 7 threads
+# Enough elements for 7 threads; (2, 40000) has fewer rows than threads, so their chunks are shared.
+@pytest.mark.parametrize("shape", [(120, 1000), (2000, 60), (2, 40000)])
 def test_gradients_are_the_same_bits_for_every_thread_count(shape, dtype, num_threads):
     student, teacher = random_pair(shape, dtype, "masked", seed=4)
     w = row_weights(shape, "random")
@@ -283,6 +284,18 @@ def test_gradients_are_the_same_bits_for_every_thread_count(shape, dtype, num_th
         got = kdloss.kd_loss_and_grad(student, teacher, 1.5, teacher_grad=True, num_threads=num_threads, **kwargs)
         for a, b in zip(got, expected):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
+@pytest.mark.parametrize("shape", [(40, 100), (1, 40000)])
+def test_teacher_gradient_alone_is_the_teacher_gradient(shape, num_threads):
+    # What kdloss.torch asks for when only the teacher requires grad.
+    student, teacher = random_pair(shape, np.float32, "masked", seed=6)
+    _, _, expected = kdloss.kd_loss_and_grad(student, teacher, 2.0, teacher_grad=True, num_threads=1)
+    loss, d_student, d_teacher = _training.kd_loss_and_grads(
+        student, teacher, 2.0, student_grad=False, teacher_grad=True, num_threads=num_threads)
+    assert d_student is None and loss == kdloss.kd_loss(student, teacher, 2.0)
+    assert d_teacher.tobytes() == expected.tobytes()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

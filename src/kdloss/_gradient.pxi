@@ -138,6 +138,32 @@ cdef double label_gradient(
     return grad + ((exp(x) - top1) - rest1) * row.inv_z1 * row.ce_coef
 
 
+cdef inline void set_kl_gradient_terms(
+    kd_grad_row* row, const RowSums* sums, double coef
+) noexcept nogil:
+    """The row constants of the KL term's gradient, from the row's sums; coef scales it."""
+    cdef double z_t = sums.top_t + value_of(sums.rest_t)
+    cdef double z_s = sums.top_s + value_of(sums.rest_s)
+    row.inv_zt = 1.0 / z_t
+    row.inv_zs = 1.0 / z_s
+    row.same_normaliser = row.inv_zt == row.inv_zs
+    row.mean_gap = value_of(sums.gap) / z_t
+    row.kl_coef = row.teacher_coef = coef
+
+
+cdef inline void mark_undefined_kl_gradient(
+    floating* d_s, floating* d_t, Py_ssize_t n, double kd_value
+) noexcept nogil:
+    """The documented gradients of a row whose KL term is not finite: NaN makes d_s and d_t NaN;
+    +inf (the student rules out a class the teacher allows) keeps d_s and makes d_t NaN."""
+    if kd_value != kd_value:
+        fill_row(d_s, n, NAN)
+        if d_t != NULL:
+            fill_row(d_t, n, NAN)
+    elif kd_value == INFINITY and d_t != NULL:
+        fill_row(d_t, n, NAN)
+
+
 cdef double row_loss_and_grad(
     const floating* t, const floating* s, Py_ssize_t n, const LossTerms* terms, Py_ssize_t label,
     double short_kd, double grad_scale, floating* d_s, floating* d_t, double* exp_scratch,
@@ -153,7 +179,7 @@ cdef double row_loss_and_grad(
     autograd gives) and makes d_t NaN. A NaN cross-entropy makes d_s NaN."""
     cdef kd_grad_row row
     cdef RowSums sums
-    cdef double kd_value = 0.0, ce = 0.0, top1 = 1.0, rest1 = 0.0, z_t, z_s
+    cdef double kd_value = 0.0, ce = 0.0, top1 = 1.0, rest1 = 0.0
     cdef double T = terms.temperature
     cdef bint with_ce = terms.ce_weight != 0.0
     cdef bint want_grad = d_s != NULL
@@ -192,13 +218,7 @@ cdef double row_loss_and_grad(
         return loss
 
     if row.with_kl:
-        z_t = sums.top_t + value_of(sums.rest_t)
-        z_s = sums.top_s + value_of(sums.rest_s)
-        row.inv_zt = 1.0 / z_t
-        row.inv_zs = 1.0 / z_s
-        row.same_normaliser = row.inv_zt == row.inv_zs
-        row.mean_gap = value_of(sums.gap) / z_t
-        row.kl_coef = row.teacher_coef = grad_scale * terms.kl_weight * T
+        set_kl_gradient_terms(&row, &sums, grad_scale * terms.kl_weight * T)
     if with_ce:
         row.inv_z1 = 1.0 / (top1 + rest1)
         row.ce_coef = grad_scale * terms.ce_weight
@@ -208,12 +228,8 @@ cdef double row_loss_and_grad(
 
     if d_t != NULL and not row.with_kl:
         fill_row(d_t, n, 0.0)
-    if row.with_kl and kd_value != kd_value:
-        fill_row(d_s, n, NAN)
-        if d_t != NULL:
-            fill_row(d_t, n, NAN)
-    elif row.with_kl and kd_value == INFINITY and d_t != NULL:
-        fill_row(d_t, n, NAN)
+    if row.with_kl:
+        mark_undefined_kl_gradient(d_s, d_t, n, kd_value)
     if with_ce and ce != ce:
         fill_row(d_s, n, NAN)
     return loss
@@ -309,6 +325,83 @@ cdef void loss_grad_block(
         )
 
 
+cdef bint loss_grad_long_rows(
+    const RowsJob* job, Py_ssize_t n_rows, int num_threads, double* keep_exp,
+    floating* student_sink,
+) noexcept nogil:
+    """loss_grad_rows for a few long contiguous rows and the KL term alone: each row's chunks
+    are shared among the threads, for the extrema, the sums and the gradient. The chunks, and
+    the order in which their sums are merged, are those of row_sums, so the results are bitwise
+    those of one thread. keep_exp: 2 * (classes + KD_MAX_STEP) doubles; student_sink: a row for
+    the student's gradient when only the teacher's is wanted. Returns False (nothing done) if
+    out of memory."""
+    cdef Py_ssize_t n = job.n_classes, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK, i, c, start
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
+    cdef kd_chunk_stats* chunks = <kd_chunk_stats*> malloc(n_chunks * sizeof(kd_chunk_stats))
+    cdef double* exp_b = keep_exp + n + KD_MAX_STEP
+    cdef double T = job.terms.temperature, inv_T = job.terms.inv_T, weight, kd_value
+    cdef const floating* t
+    cdef const floating* s
+    cdef floating* d_s
+    cdef floating* d_t
+    cdef floating* chunk_d_t
+    cdef kd_grad_row row
+    cdef kd_grad_row chunk_row
+    cdef RowSums sums
+    if extrema == NULL or chunks == NULL:
+        free(extrema)
+        free(chunks)
+        return False
+    for i in range(n_rows):
+        t = <const floating*> (job.t_base + i * job.t_row)
+        s = <const floating*> (job.s_base + i * job.s_row)
+        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else student_sink
+        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+        weight = job.row_weights[i] if job.row_weights != NULL else 1.0
+        if weight == 0.0 or (job.labels != NULL and job.labels[i] < 0):  # left out: never read
+            job.out[i] = 0.0
+            fill_row(d_s, n, 0.0)
+            if d_t != NULL:
+                fill_row(d_t, n, 0.0)
+            continue
+        memset(&row, 0, sizeof(row))
+        row.inv_T = inv_T
+        row.with_kl = True
+        row.ce_mode = KD_CE_NONE
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            chunk_range(t, s, c * KD_CHUNK, n, &extrema[c])
+        row.range = extrema[0]
+        for c in range(1, n_chunks):
+            merge_range(&row.range, &extrema[c])
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            chunk_stats(t, s, c * KD_CHUNK, n, &row.range, inv_T, &chunks[c], keep_exp, exp_b)
+        memset(&sums, 0, sizeof(sums))
+        for c in range(n_chunks):
+            merge_chunk(&sums, &chunks[c])
+        kd_value = T * (T * finish_row_kl(t, s, n, inv_T, row.range.t_max, row.range.s_max, &sums))
+        job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
+        set_kl_gradient_terms(&row, &sums, job.grad_scale * weight
+                              * (job.grad_output[i] if job.grad_output != NULL else 1.0)
+                              * job.terms.kl_weight * T)
+        row.exp_a = keep_exp
+        row.exp_b = exp_b
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            start = c * KD_CHUNK
+            chunk_row = row  # the same row constants, with the kept exponentials of this chunk
+            chunk_row.exp_a = keep_exp + start
+            chunk_row.exp_b = exp_b + start
+            chunk_d_t = NULL
+            if d_t != NULL:
+                chunk_d_t = d_t + start
+            row_gradient(t + start, s + start, min(<Py_ssize_t> KD_CHUNK, n - start), &chunk_row,
+                         d_s + start, chunk_d_t)
+        mark_undefined_kl_gradient(d_s, d_t, n, kd_value)
+    free(extrema)
+    free(chunks)
+    return True
+
+
 def loss_grad_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
@@ -360,6 +453,17 @@ def loss_grad_rows(
     job.out = &out[0]
     job.d_student = <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL
     job.d_teacher = <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL
+    cdef bint done = False
+    cdef floating* long_row_sink = NULL
+    if (n_rows < num_threads and n_classes > KD_CHUNK and contiguous and ce_weight == 0.0
+            and kd_active_target != NULL and exp_scratch.shape[0] > 0):
+        # Fewer rows than threads: share each row's chunks among them, as kl_rows does.
+        if job.d_student == NULL:
+            long_row_sink = &student_sink[0, 0]
+        with nogil:
+            done = loss_grad_long_rows(&job, n_rows, num_threads, &exp_scratch[0, 0], long_row_sink)
+    if done:
+        return
     # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
     # at a time, leaving every thread several blocks.
     cdef Py_ssize_t block = SHORT_ROWS_BLOCK if takes_short_row_pass(n_classes) else max(
