@@ -6,12 +6,13 @@ Three layers, as in scikit-learn's ``sklearn/_loss``:
 1. Row helpers (``noexcept nogil``) work on one contiguous row of ``n`` classes. They return
    special values (inf, NaN) rather than raising.
 2. Row loops (``*_rows``) run a helper over every row of a 2-D view under ``prange`` with a
-   static schedule and an explicit thread count; short rows go in blocks, one row per vector
-   lane, and a few long rows are split into chunks shared among the threads. Each row's result
-   depends on that row alone, and chunks merge in a fixed order, so results are bitwise
-   identical for every thread count.
-3. The Python layer (``kdloss._api``) validates and converts inputs, allocates outputs and
-   resolves the thread count. The loops below assume its contract:
+   static (for gradients, dynamic) schedule and an explicit thread count; short rows go in
+   blocks, one row per vector lane, and a few long rows are split into chunks shared among the
+   threads. Each row's result depends on that row alone, and chunks merge in a fixed order,
+   so results are bitwise identical for every thread count.
+3. The Python layer (``kdloss._api``, and ``kdloss._training`` for gradients) validates and
+   converts inputs, allocates outputs and resolves the thread count. The loops below assume its
+   contract:
 
    - ``student`` and ``teacher`` have the same shape ``(rows, classes)`` and dtype, classes >= 1;
      any strides (a row whose classes are not contiguous is copied into per-thread scratch);
@@ -24,6 +25,9 @@ All arithmetic is in double, whatever the input dtype. The KL of a row is comput
 vectorised passes of ``_simd/`` (a polynomial exp, compiled for several instruction sets and
 chosen at run time), finished here; rows with special values, and rows close to zero KL, are
 recomputed by the scalar libm code below, which decides their documented values.
+
+The training half (a row's loss with its gradient, Hinton's cross-entropy term, and their loop
+over rows) is in ``_gradient.pxi``, included at the end, with the same layers.
 """
 
 from cython cimport floating

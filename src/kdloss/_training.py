@@ -51,8 +51,10 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
         scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
         # Where each thread keeps a row's exponentials between the sums and the gradient pass,
         # and, when only the teacher's gradient is wanted, the student's row it must discard.
-        exp_scratch = np.empty((min(threads, n_rows) if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
-        student_sink = np.empty((min(threads, n_rows) if want_teacher_grad and not want_student_grad else 0, n_classes), dtype=dtype)
+        per_thread = min(threads, n_rows)
+        exp_scratch = np.empty((per_thread if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
+        student_sink = np.empty((per_thread if want_teacher_grad and not want_student_grad else 0, n_classes),
+                                dtype=dtype)
         _kernel.loss_grad_rows(
             s_rows, t_rows,
             block.get("labels", np.empty(0, dtype=np.int64)),
