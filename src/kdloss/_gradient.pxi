@@ -301,7 +301,7 @@ cdef void loss_grad_block(
         d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
         weight = job.row_weights[i] if job.row_weights != NULL else 1.0
         label = job.labels[i] if job.labels != NULL else 0
-        if weight == 0.0 or label < 0:  # left out: never read
+        if weight == 0.0 or label < 0:  # left out: whatever it holds, 0
             job.out[i] = 0.0
             if d_s != NULL:
                 fill_row(d_s, n, 0.0)
@@ -431,7 +431,8 @@ def loss_grad_rows(
     ``2 * (classes + EXP_SCRATCH_PADDING)`` doubles when there is a gradient, and
     ``student_sink`` as many rows of ``classes`` elements when only the teacher's gradient is
     wanted (the student's is computed beside it, into the sink, and dropped). A row left out
-    gets ``out[i] = 0`` and zero gradients, and is never read.
+    gets ``out[i] = 0`` and zero gradients, whatever it holds (NaN included): only the short-row
+    pass reads it, beside its neighbours, and drops it.
     """
     cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], b
     if n_rows == 0:
