@@ -1,5 +1,7 @@
 """Shared test parameters: dtypes, memory layouts, thread counts and kernel targets."""
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,8 @@ def in_layout(array, layout, tmp_path):
 def layout_of(tmp_path):
     """``layout_of(array, layout)``: ``array`` in that layout (see ``in_layout``)."""
     return lambda array, layout: in_layout(array, layout, tmp_path)
+
+
+def rng_for(*key):
+    """A generator seeded by the case, so every case has its own fixed inputs."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))

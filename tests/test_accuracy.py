@@ -28,12 +28,11 @@ the end of the module (run ``pytest tests/test_accuracy.py -s`` to see it).
 import collections
 import functools
 import math
-import zlib
 
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, THREAD_COUNTS
+from conftest import DTYPES, THREAD_COUNTS, rng_for
 from exact_reference import (
     DPS,
     exact_kd_loss,
@@ -104,11 +103,6 @@ NEAR_EPS = (1e-3, 1e-4, 1e-5, 1e-6)  # student = teacher + eps * noise: KL ~ 1e-
 ORDINARY_RTOL = {np.float64: 1e-11, np.float32: 1e-5}
 NEAR_RTOL = {np.float64: 1e-9, np.float32: 1e-4}
 TEMPERATURE_RTOL = {np.float64: 1e-8}  # float32 keeps its ordinary / near tolerances
-
-
-def rng_for(*key):
-    """A generator seeded by the case, so every case has its own fixed inputs."""
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def n_rows(n_classes):

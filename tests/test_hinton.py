@@ -14,12 +14,11 @@ import re
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, LAYOUTS, THREAD_COUNTS
+from conftest import DTYPES, LAYOUTS, THREAD_COUNTS, rng_for
 from exact_reference import DPS, exact_hinton_grad
 from gradient_checks import (
     assert_grad_close,
@@ -45,10 +44,6 @@ REDUCTIONS = ("mean", "sum", "none", "batchmean")
 SHAPES = ((9,), (13, 9), (3, 5, 17), (4, 100))
 ALPHAS = (0.0, 0.3, 1.0)
 TEMPERATURES = (1.0, 2.5)  # T = 1: the cross-entropy reuses Q's normaliser; else its own
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def hinton_case(shape, dtype, seed=0, ignore_index=IGNORE, masked=True):

@@ -27,10 +27,16 @@ SUM_BLOCK_ROWS = 1 << 15
 MIN_ELEMENTS_PER_THREAD = 1 << 14
 
 
+def threads_for(n_threads, n_rows, n_classes):
+    """The threads a call of n_rows x n_classes logits uses: at most n_threads, and one per
+    MIN_ELEMENTS_PER_THREAD logits."""
+    return max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
+
+
 def _kl_rows(student_rows, teacher_rows, temperature, out, n_threads):
     """``out[i] = T^2 KL`` of row i of two 2-D views."""
     n_rows, n_classes = teacher_rows.shape
-    n_threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
+    n_threads = threads_for(n_threads, n_rows, n_classes)
     contiguous = student_rows.strides[1] == student_rows.itemsize and teacher_rows.strides[1] == teacher_rows.itemsize
     # Per-thread row buffers, needed only when a class axis is not contiguous.
     scratch_rows = 0 if contiguous else max(1, min(n_threads, n_rows))

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernel
-from ._api import MIN_ELEMENTS_PER_THREAD, Reduction, blockwise_sum
+from ._api import Reduction, blockwise_sum, threads_for
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
 from ._validation import (
@@ -46,7 +46,7 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
         block = dict(zip(names, views))
         s_rows, t_rows = block["student"], block["teacher"]
         n_rows = t_rows.shape[0]
-        threads = max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
+        threads = threads_for(n_threads, n_rows, n_classes)
         contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
         scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
         # Where each thread keeps a row's exponentials between the sums and the gradient pass,
