@@ -1,4 +1,5 @@
-"""Shared test parameters: dtypes, memory layouts, thread counts and kernel targets."""
+"""Shared test parameters: the project's tables (divergences, input dtypes, kernel targets),
+memory layouts and thread counts."""
 
 import zlib
 
@@ -6,7 +7,12 @@ import numpy as np
 import pytest
 
 from kdloss import _kernel
+from kdloss._divergences import DIVERGENCES
+from kdloss._dtypes import DTYPES as DTYPE_TABLE
+from kdloss._dtypes import available_dtypes
+from kdloss._threads import threads_for
 
+# The dtypes the kernel computes in (tests of kernel paths); DTYPE_ROWS are every input dtype.
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("C", "F", "strided", "negative_strides", "readonly_memmap")
 # 1 runs without a parallel region; 2 is this machine's cores; 3 and 7 oversubscribe and leave
@@ -16,6 +22,35 @@ THREAD_COUNTS = (1, 2, 3, 7)
 # code), and "avx2" / "avx512" where the CPU has them. Modules that use the ``kernel_target``
 # fixture run once per target.
 KERNEL_TARGETS = tuple(_kernel.available_targets())
+
+
+# Every input dtype of the dtype table whose package is installed (bfloat16 needs ml_dtypes).
+DTYPE_ROWS = tuple(DTYPE_TABLE[name] for name in available_dtypes())
+
+
+@pytest.fixture(params=tuple(DIVERGENCES))
+def divergence(request):
+    """Each row of the divergence table (``kdloss._divergences.DIVERGENCES``) in turn."""
+    return DIVERGENCES[request.param]
+
+
+@pytest.fixture(params=DTYPE_ROWS, ids=lambda row: row.name)
+def dtype_row(request):
+    """Each input dtype of the dtype table (``kdloss._dtypes``) in turn."""
+    return request.param
+
+
+def result_row(row):
+    """The dtype-table row of what an input of ``row`` returns (its tolerances: ``eps``)."""
+    return DTYPE_TABLE[row.result_dtype.name]
+
+
+def thread_counts_for(shape):
+    """THREAD_COUNTS for inputs of ``shape`` that use more than one thread, else the default
+    alone: a call too small to share (``threads_for``) runs on one thread whatever is asked."""
+    n_classes = shape[-1]
+    n_rows = int(np.prod(shape[:-1]))
+    return THREAD_COUNTS if threads_for(max(THREAD_COUNTS), n_rows, n_classes) > 1 else (None,)
 
 
 @pytest.fixture(params=KERNEL_TARGETS, scope="module")
@@ -45,7 +80,8 @@ def in_layout(array, layout, tmp_path):
     if layout == "readonly_memmap":
         path = tmp_path / f"logits_{id(array)}_{array.dtype}.npy"
         np.save(path, array)
-        return np.load(path, mmap_mode="r")
+        # .npy records bfloat16 (ml_dtypes) as raw 2-byte records: view them as the dtype again.
+        return np.load(path, mmap_mode="r").view(array.dtype)
     raise ValueError(layout)
 
 

@@ -171,7 +171,7 @@ def test_openmp_runs_more_than_one_thread_when_asked():
         import os
         import numpy as np
         import kdloss
-        from kdloss._api import threads_for
+        from kdloss._threads import threads_for
 
         def threads():
             return {t: sum(map(int, open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[11:13]))
