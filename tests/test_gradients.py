@@ -19,7 +19,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, LAYOUTS, THREAD_COUNTS, rng_for
+from conftest import DTYPES, rng_for, thread_counts_for
 from exact_reference import DPS, exact_kd_grad
 from gradient_checks import (
     assert_grad_close,
@@ -266,23 +266,13 @@ def test_more_than_one_chunk_of_classes(dtype):
 # Threads and layouts: the same bits
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-# Enough elements for 7 threads; (2, 40000) has fewer rows than threads, so their chunks are shared.
-@pytest.mark.parametrize("shape", [(120, 1000), (2000, 60), (2, 40000)])
-def test_gradients_are_the_same_bits_for_every_thread_count(shape, dtype, num_threads):
-    student, teacher = random_pair(shape, dtype, "masked", seed=4)
-    w = row_weights(shape, "random")
-    g = grad_output_for(shape, "none", "values")
-    for kwargs in ({"reduction": "mean", "weights": w}, {"reduction": "none", "grad_output": g}):
-        expected = kdloss.kd_loss_and_grad(student, teacher, 1.5, teacher_grad=True, num_threads=1, **kwargs)
-        got = kdloss.kd_loss_and_grad(student, teacher, 1.5, teacher_grad=True, num_threads=num_threads, **kwargs)
-        for a, b in zip(got, expected):
-            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+# The same bits for every thread count and layout (losses and gradients, every divergence and
+# input dtype): test_tables.py.
 
 
-@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
-@pytest.mark.parametrize("shape", [(40, 100), (1, 40000)])
+@pytest.mark.parametrize(
+    "shape, num_threads", [((40, 100), None)] + [((1, 40000), n) for n in thread_counts_for((1, 40000))]
+)
 def test_teacher_gradient_alone_is_the_teacher_gradient(shape, num_threads):
     # What kdloss.torch asks for when only the teacher requires grad.
     student, teacher = random_pair(shape, np.float32, "masked", seed=6)
@@ -291,25 +281,6 @@ def test_teacher_gradient_alone_is_the_teacher_gradient(shape, num_threads):
         student, teacher, 2.0, student_grad=False, teacher_grad=True, num_threads=num_threads)
     assert d_student is None and loss == kdloss.kd_loss(student, teacher, 2.0)
     assert d_teacher.tobytes() == expected.tobytes()
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9,), (13, 9), (3, 5, 17), (3, 2, 100)])
-def test_gradients_are_the_same_bits_for_every_layout(shape, dtype, layout, layout_of):
-    pair = random_pair(shape, dtype, "masked", seed=5)
-    expected = kdloss.kd_loss_and_grad(*pair, 0.7, reduction="sum", teacher_grad=True)
-    student, teacher = (layout_of(x, layout) for x in pair)
-    copies = [student.copy(), teacher.copy()]
-    for num_threads in (1, 3):
-        got = kdloss.kd_loss_and_grad(student, teacher, 0.7, reduction="sum", teacher_grad=True,
-                                      num_threads=num_threads)
-        assert got[0] == expected[0]
-        for a, b in zip(got[1:], expected[1:]):
-            assert a.flags.c_contiguous and a.shape == shape and a.dtype == dtype
-            assert a.tobytes() == b.tobytes()
-    for array, copy in zip((student, teacher), copies):
-        assert array.tobytes() == copy.tobytes()
 
 
 def test_mixed_and_integer_dtypes_give_gradients_in_the_compute_dtype():

@@ -19,10 +19,22 @@ import math
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPE_ROWS, LAYOUTS, THREAD_COUNTS, rng_for, result_row, thread_counts_for
+from conftest import (
+    DTYPE_ROWS,
+    LAYOUTS,
+    THREAD_COUNTS,
+    result_row,
+    rng_for,
+    thread_counts_for,
+)
 from divergence_cases import CASES
 from exact_reference import DPS
-from gradient_checks import central_differences, double_double, errors_against_exact, finite_difference_atol
+from gradient_checks import (
+    central_differences,
+    double_double,
+    errors_against_exact,
+    finite_difference_atol,
+)
 
 import kdloss
 from kdloss._divergences import DIVERGENCES
@@ -64,16 +76,20 @@ def bits(value):
 
 
 def everything(case, student, teacher, temperature, num_threads=None):
-    """Every result of one divergence on one pair, as bits: per-row losses, the reductions, and
-    the loss and gradients of the weighted mean."""
-    weights = rng_for(teacher.shape, "weights").uniform(0, 2, teacher.shape[:-1])
-    return [
-        bits(case.loss(student, teacher, temperature, reduction=reduction, num_threads=num_threads))
+    """Every result of one divergence on one pair, as bits: per-row losses, the reductions, the
+    loss and gradients of the weighted mean, and of the per-row losses times a grad_output."""
+    rng = rng_for(teacher.shape, "weights")
+    weights = rng.uniform(0, 2, teacher.shape[:-1])
+    grad_output = rng.uniform(-2, 2, teacher.shape[:-1])
+    losses = [
+        case.loss(student, teacher, temperature, reduction=reduction, num_threads=num_threads)
         for reduction in ("none", "sum", "mean")
-    ] + [
-        bits(v) for v in case.loss_and_grad(student, teacher, temperature, weights=weights, teacher_grad=True,
-                                           num_threads=num_threads)
     ]
+    weighted_mean = case.loss_and_grad(student, teacher, temperature, weights=weights, teacher_grad=True,
+                                       num_threads=num_threads)
+    per_row = case.loss_and_grad(student, teacher, temperature, reduction="none", grad_output=grad_output,
+                                 teacher_grad=True, num_threads=num_threads)
+    return [bits(v) for v in (*losses, *weighted_mean, *per_row)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +202,7 @@ def test_gradients_match_finite_differences(shape, temperature, divergence, dtyp
 
     loss, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="sum", teacher_grad=True)
     assert d_s.dtype == d_t.dtype == dtype_row.result_dtype
+    assert loss == objective(student, teacher)  # the same loss bits with or without gradients
     point = (widened(student), widened(teacher))
     atol = finite_difference_atol(objective(*point), temperature)
     for index, got in ((0, d_s), (1, d_t)):
