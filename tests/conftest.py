@@ -53,6 +53,19 @@ def thread_counts_for(shape):
     return THREAD_COUNTS if threads_for(max(THREAD_COUNTS), n_rows, n_classes) > 1 else (None,)
 
 
+def share_of(items, kernel_target):
+    """The kernel target's share of ``items``: every item runs on some target and every target
+    runs ``len(items) / len(KERNEL_TARGETS)`` of them, taken along diagonals (item j goes to
+    target ``(j + j // n) % n``) so that a share is not one value of the items' first factor.
+
+    For variants that only change what the Python layer hands the kernel (reductions, weights),
+    where the full product with the targets would repeat the same work on every target.
+    """
+    n, i = len(KERNEL_TARGETS), KERNEL_TARGETS.index(kernel_target)
+    share = [item for j, item in enumerate(items) if (j + j // n) % n == i]
+    return share or [items[i % len(items)]]
+
+
 @pytest.fixture(params=KERNEL_TARGETS, scope="module")
 def kernel_target(request):
     """Runs the module's tests with each kernel target in turn, then restores the default."""

@@ -19,7 +19,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, rng_for, thread_counts_for
+from conftest import DTYPES, rng_for, share_of, thread_counts_for
 from exact_reference import DPS, exact_kd_grad
 from gradient_checks import (
     assert_grad_close,
@@ -127,7 +127,8 @@ def test_loss_is_exactly_kd_loss(shape, dtype, reduction, weights):
 # (c) The oracle
 # ---------------------------------------------------------------------------------------------
 
-# Every reduction, with and without weights and grad_output (looped inside a test: cheap).
+# Every reduction, with and without weights and grad_output: each kernel target takes its share
+# (conftest.share_of), so every variant runs on some target and every target runs some.
 VARIANTS = [(reduction, weights, grad_output) for reduction in REDUCTIONS
             for weights in (None, "random") for grad_output in (None, "values")]
 
@@ -136,9 +137,9 @@ VARIANTS = [(reduction, weights, grad_output) for reduction in REDUCTIONS
 @pytest.mark.parametrize("kind", ["independent", "masked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_matches_oracle(shape, dtype, kind, temperature):
+def test_gradient_matches_oracle(shape, dtype, kind, temperature, kernel_target):
     student, teacher = random_pair(shape, dtype, kind)
-    for reduction, weights, grad_output in VARIANTS:
+    for reduction, weights, grad_output in share_of(VARIANTS, kernel_target):
         w = row_weights(shape, weights)
         g = grad_output_for(shape, reduction, grad_output)
         kwargs = {"reduction": reduction, "weights": w, "grad_output": g, "teacher_grad": True}
@@ -224,9 +225,9 @@ def _torch_loss_and_grads(torch, student, teacher, temperature, reduction, weigh
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_matches_torch_autograd(shape, dtype, temperature):
+def test_gradient_matches_torch_autograd(shape, dtype, temperature, kernel_target):
     student, teacher = random_pair(shape, dtype, "independent", seed=2)
-    for reduction, weights, grad_output in VARIANTS:
+    for reduction, weights, grad_output in share_of(VARIANTS, kernel_target):
         w = row_weights(shape, weights)
         if w is not None and not np.any(w):
             w[...] = 1.0  # PyTorch's 0 / 0 is NaN; kdloss's all-zero mean (0.0) is tested elsewhere
