@@ -28,6 +28,15 @@ KERNEL_TARGETS = tuple(_kernel.available_targets())
 DTYPE_ROWS = tuple(DTYPE_TABLE[name] for name in available_dtypes())
 
 
+# A huge finite logit of each input dtype (keyed by np.dtype and by its type): 2 H / T stays
+# finite in float64 for T >= 1/2, and H is held exactly by the dtype. float32's and float64's
+# are those of the accuracy contract (README "Accuracy": 3e38 and 1e307).
+HUGE = {np.dtype(row.numpy_dtype): float(np.finfo(row.numpy_dtype).max) / 8 for row in DTYPE_ROWS}
+HUGE.update({np.dtype(np.float32): 3e38, np.dtype(np.float64): 1e307})
+HUGE = {dtype: float(np.array(h, dtype)) for dtype, h in HUGE.items()}
+HUGE.update({dtype.type: h for dtype, h in list(HUGE.items())})
+
+
 @pytest.fixture(params=tuple(DIVERGENCES))
 def divergence(request):
     """Each row of the divergence table (``kdloss._divergences.DIVERGENCES``) in turn."""

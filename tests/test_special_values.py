@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPE_ROWS, result_row
+from conftest import HUGE, result_row
 from divergence_cases import CASES
 from numpy.testing import assert_allclose
 
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.usefixtures("kernel_target")
 inf, nan = math.inf, math.nan
 DTYPES = (np.float32, np.float64)
 TEMPERATURES = (0.5, 1.0, 3.0)
-# A huge finite logit of each input dtype: 2 H / T (T >= 1/2) stays finite in float64.
-HUGE = {np.dtype(row.numpy_dtype): float(np.finfo(row.numpy_dtype).max) / 8 for row in DTYPE_ROWS}
-HUGE[np.dtype(np.float64)] = 1e307
-HUGE = {np.dtype(d): float(np.array(h, d)) for d, h in HUGE.items()}  # held exactly by the dtype
-HUGE.update({d.type: h for d, h in list(HUGE.items()) if d.type in DTYPES})  # keyed by np.float32 too
 
 # (divergence, name of a special row), for every divergence of the registry.
 SPECIAL_ROWS = [(name, row) for name in DIVERGENCES for row in CASES[name].special_rows]

@@ -34,6 +34,7 @@ from gradient_checks import (
     double_double,
     errors_against_exact,
     finite_difference_atol,
+    intermediate_eps,
 )
 
 import kdloss
@@ -44,9 +45,6 @@ pytestmark = pytest.mark.usefixtures("kernel_target")
 
 inf = math.inf
 EPS64 = float(np.finfo(np.float64).eps)
-# The relative accuracy of the double intermediates, by the dtype the kernel reads: the vector
-# targets compute e^x for float32 to 5e-12 only (see gradient_checks.py).
-INTERMEDIATE_EPS = {"float64": EPS64, "float32": 5e-12}
 
 
 def test_every_divergence_has_its_test_case():
@@ -261,6 +259,6 @@ def test_accurate_against_mpmath(kind, n_classes, temperature, divergence, dtype
     for what, got, exact, scale in (("d_student", d_s, exact_s, scales[0]), ("d_teacher", d_t, exact_t, scales[1])):
         error = errors_against_exact(widened(got), exact)
         rounding = (u if dtype_row.result_dtype != np.float64 else 0.0) * np.abs(exact[0])
-        bound = GRADIENT_K * INTERMEDIATE_EPS[kernel] * scale.ravel() + rounding * (1 + 1e-6)
+        bound = GRADIENT_K * intermediate_eps(student.dtype) * scale.ravel() + rounding * (1 + 1e-6)
         bad = ~(error <= bound)
         assert not bad.any(), f"{what}: worst error {error.max():.3g}; got {widened(got).ravel()[bad][:4]}"
