@@ -17,15 +17,49 @@ import numpy as np
 from .. import kd_loss
 
 
+SLICE = 1 << 17  # values handled at once by the summary: its temporaries stay a few MB
+
+# np.frexp's exponent of a finite, non-zero float64 is in [-1073, 1024] (2**-1074 = 0.5 * 2**-1073).
+_EXPONENT_MIN, _EXPONENT_MAX = -1073, 1024
+_BINS = _EXPONENT_MAX - _EXPONENT_MIN + 1
+
+
+def exact_terms(values):
+    """A few floats (at most two per binary exponent) whose exact sum is the exact sum of ``values``.
+
+    ``values``: a 1-D float64 array of finite values, at most ``2**26`` of them. Each value is
+    ``m * 2**(e - 53)`` with an integer ``|m| < 2**53`` (``np.frexp``); ``m`` is split into a
+    high half ``h = floor(m / 2**26)`` and a low half ``m - h * 2**26``, each below ``2**27``
+    in magnitude. Summed per exponent (``np.bincount`` in float64), ``2**26`` halves stay below
+    ``2**53``: every running sum is an integer that float64 holds exactly. Each per-exponent sum
+    times its power of two is again exact (a multiple of the smallest subnormal, with at most 53
+    significant bits), unless it overflows, which gives an infinite term.
+    """
+    mantissa, exponent = np.frexp(values)
+    digits = mantissa * 2.0**53
+    high = np.floor(digits * 2.0**-26)
+    low = digits - high * 2.0**26
+    bins = exponent - _EXPONENT_MIN
+    del mantissa, exponent, digits
+    scale = np.arange(_BINS) + (_EXPONENT_MIN - 53)
+    high_sums = np.bincount(bins, weights=high, minlength=_BINS)
+    low_sums = np.bincount(bins, weights=low, minlength=_BINS)
+    with np.errstate(over="ignore"):  # an overflowing term is inf: ExactSum then reports inf
+        terms = np.concatenate([np.ldexp(high_sums, scale + 26), np.ldexp(low_sums, scale)])
+    return terms[terms != 0.0].tolist()
+
+
 class ExactSum:
     """An exact running sum of floats, in memory that does not grow with the number of values.
 
-    The state is a short list of floats whose exact (real-number) sum is the sum of everything
-    added so far: each ``add`` replaces it by ``r1 = fsum(state + values)``, then
-    ``r2 = fsum(state + values - r1)`` and so on until the remainder is exactly 0 (``fsum``
-    rounds correctly, so a non-zero remainder never rounds to 0; two or three terms in
-    practice). ``value`` is therefore ``math.fsum`` of every value ever added: independent of
-    how the values were split into calls, and of their order.
+    ``add`` takes an array of finite floats and turns each slice of it into a few exact terms
+    (:func:`exact_terms`: vectorised, no Python float per value). The state is a short list of
+    floats whose exact (real-number) sum is the sum of everything added so far: each ``add``
+    replaces it by ``r1 = fsum(state + terms)``, then ``r2 = fsum(state + terms - r1)`` and so
+    on until the remainder is exactly 0 (``fsum`` rounds correctly, so a non-zero remainder
+    never rounds to 0; two or three terms in practice). ``value`` is therefore ``math.fsum`` of
+    every value ever added: independent of how the values were split into calls, and of their
+    order. A sum whose terms leave the float64 range is ``inf``.
     """
 
     def __init__(self):
@@ -33,10 +67,20 @@ class ExactSum:
         self.overflowed = False
 
     def add(self, values):
-        """Add a list of finite floats."""
-        if self.overflowed or not values:
+        """Add an array (or a sequence) of finite floats."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        for start in range(0, values.size, SLICE):
+            if self.overflowed:
+                return
+            self._fold(exact_terms(values[start:start + SLICE]))
+
+    def _fold(self, terms):
+        if not terms:
             return
-        terms = self._parts + list(values)
+        if not all(math.isfinite(term) for term in terms):
+            self.overflowed = True
+            return
+        terms = self._parts + terms
         parts = []
         try:
             while (remainder := math.fsum(terms + [-p for p in parts])) != 0.0:
@@ -51,7 +95,7 @@ class ExactSum:
 
 
 class Summary:
-    """Row counts and the exact sum, fed one chunk of per-row losses at a time."""
+    """Row counts and the exact sum, fed one chunk of per-row losses at a time (a slice at a time)."""
 
     def __init__(self):
         self.rows = 0
@@ -61,13 +105,16 @@ class Summary:
         self._sum = ExactSum()
 
     def add(self, losses):
-        values = np.asarray(losses, dtype=np.float64).ravel()
-        nan = np.isnan(values)
-        inf = np.isinf(values)
-        self.rows += values.size
-        self.nan_rows += int(nan.sum())
-        self.inf_rows += int(inf.sum())
-        self._sum.add(values[~(nan | inf)].tolist())
+        losses = np.ravel(losses)
+        for start in range(0, losses.size, SLICE):
+            values = losses[start:start + SLICE].astype(np.float64)
+            nan = np.isnan(values)
+            inf = np.isinf(values)
+            self.rows += values.size
+            self.nan_rows += int(np.count_nonzero(nan))
+            self.inf_rows += int(np.count_nonzero(inf))
+            values[nan | inf] = 0.0
+            self._sum.add(values)
 
     @property
     def sum(self):

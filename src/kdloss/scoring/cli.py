@@ -20,9 +20,13 @@ from .._threads import resolve_num_threads
 from .._validation import _compute_dtype, check_temperature
 from . import _score
 from ._inputs import InputError, open_logits
+from ._paths import resolve_output
 from ._writers import EXTENSIONS, AtomicWriter
 
 CHUNK_BYTES = 32 << 20  # default chunk: 32 MiB of each input
+# ... and at most this many rows, so that short rows' per-row losses (and kd_loss's working
+# copy of them) stay a few MB per chunk beside the mapped input.
+CHUNK_ROWS_MAX = 1 << 20
 REDUCTIONS = ("none", "sum", "mean")
 
 DESCRIPTION = """\
@@ -101,7 +105,8 @@ def add_parser(commands):
     )
     parser.add_argument(
         "--chunk-rows", metavar="N",
-        help=f"rows per chunk (default: as many as fit in {CHUNK_BYTES >> 20} MiB of each input); "
+        help=f"rows per chunk (default: as many as fit in {CHUNK_BYTES >> 20} MiB of each input, at most "
+        f"{CHUNK_ROWS_MAX:,}); "
         "memory use grows with it, results do not depend on it",
     )
     parser.add_argument(
@@ -130,19 +135,11 @@ def _positive_int(text, option):
 
 
 def _check_out(out, sources):
-    """Check that ``--out`` can be written: known extension, an existing folder, not an input."""
+    """The path ``--out`` writes (resolved once, see ``_paths``): a known extension, not an input."""
     extension = os.path.splitext(out)[1].lower()
     if extension not in EXTENSIONS:
         raise InputError(f"--out {out}: unknown output extension {extension or '(none)'!r}; use .npy or .csv")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise InputError(f"--out {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: the folder {folder} is not writable")
-    if os.path.isdir(out):
-        raise InputError(f"--out {out} is a directory")
-    if os.path.exists(out) and any(os.path.samefile(out, source.path) for source in sources):
-        raise InputError(f"--out {out} is one of the inputs")
+    return resolve_output(out, [(source.spec, source.file_id) for source in sources])
 
 
 def validate(args):
@@ -177,17 +174,16 @@ def validate(args):
             f"student and teacher must have the same shape, got student {student.shape} ({args.student}) "
             f"and teacher {teacher.shape} ({args.teacher})"
         )
-    if args.out:
-        _check_out(args.out, (student, teacher))
+    out = _check_out(args.out, (student, teacher)) if args.out else None
     dtype = np.result_type(_compute_dtype(student.dtype, "student"), _compute_dtype(teacher.dtype, "teacher"))
     if chunk_rows is None:
-        row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)
-        chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)  # as read
+        chunk_rows = max(1, min(CHUNK_BYTES // row_bytes, CHUNK_ROWS_MAX))
     if args.dask is not None:
         threads = 1 if num_threads is None else resolve_num_threads(num_threads)
     else:
         threads = resolve_num_threads(num_threads)
-    return Job(student, teacher, temperature, reduction, args.out, dtype, chunk_rows, num_threads, threads,
+    return Job(student, teacher, temperature, reduction, out, dtype, chunk_rows, num_threads, threads,
                args.dask, args.quiet)
 
 
@@ -214,7 +210,7 @@ def summary_line(job, summary):
         "rows_per_second": round(summary.rows / summary.seconds, 1) if summary.seconds > 0 else None,
         "threads": job.threads,
         "chunk_rows": job.chunk_rows,
-        "out": os.path.abspath(job.out) if job.out else None,
+        "out": job.out,
         "dask": job.dask,
     }
     return json.dumps(record, allow_nan=False)
