@@ -77,14 +77,6 @@ Job = namedtuple(
 )
 
 
-def _one_line_error(parser):
-    def error(message):
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-    return error
-
-
 def add_parser(commands):
     """Register ``score`` on the ``kdloss`` subparsers ``commands``; return its parser."""
     parser = commands.add_parser(
@@ -92,8 +84,7 @@ def add_parser(commands):
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Values are strings here and checked in validate(), so every bad value gets the same
-    # one-line error; argparse's own errors (a missing argument) are one line too.
-    parser.error = _one_line_error(parser)
+    # one-line error; argparse's own errors (a missing argument) are one line too (kdloss.cli).
     parser.add_argument("student", metavar="STUDENT", help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
     parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT")
     parser.add_argument("-T", "--temperature", default="1.0", metavar="T", help="temperature, finite and > 0 (default 1.0)")
