@@ -81,7 +81,8 @@ def _read_npy_header(f, where):
 
 def _check_array(where, shape, dtype):
     if not ((dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_bfloat16(dtype)):
-        hint = " (.npy does not record bfloat16: store it in Zarr)" if dtype.kind == "V" and dtype.itemsize == 2 else ""
+        raw2 = dtype.kind == "V" and dtype.itemsize == 2
+        hint = " (a raw 2-byte type: bfloat16 is read where the format records it, Zarr v3)" if raw2 else ""
         raise InputError(f"{where} has dtype {dtype}; kdloss score reads {ACCEPTED} logits{hint}")
     if len(shape) == 0:
         raise InputError(f"{where} is a scalar; logits need a last axis of classes")
@@ -273,6 +274,13 @@ def _zarr_array(where, path):
         raise InputError(
             f"{where} is a directory; reading Zarr arrays needs the [dask] extra: pip install 'kdloss[dask]'"
         ) from None
+    from . import _zarr_bfloat16
+
+    if _zarr_bfloat16.names_bfloat16(path):
+        try:
+            _zarr_bfloat16.register()
+        except ImportError:
+            raise InputError(f"{where} holds bfloat16; reading it needs ml_dtypes: pip install ml_dtypes") from None
     try:
         return zarr.open_array(path, mode="r")
     except (ValueError, OSError, KeyError, TypeError) as error:

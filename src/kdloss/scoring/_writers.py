@@ -65,7 +65,7 @@ class AtomicWriter:
             for start in range(0, losses.size, CSV_SLICE):  # the text of a slice at a time
                 part = losses[start:start + CSV_SLICE]
                 first = self._row + start
-                text = "".join(f"{i},{value}\n" for i, value in zip(range(first, first + part.size), part.astype(str)))
+                text = "".join(map("{},{}\n".format, range(first, first + part.size), part.astype(str).tolist()))
                 self._file.write(text.encode("ascii"))
         self._row += losses.size
 
