@@ -71,7 +71,7 @@ def test_a_member_without_the_npy_suffix_is_read(tmp_path, capsys, compression):
 
 
 def test_a_member_that_is_not_an_array_is_refused(tmp_path, capsys):
-    student, teacher = logit_pair((9, 6))
+    _, teacher = logit_pair((9, 6))
     odd = zip_with(tmp_path / "odd.npz", {"notes": b"plain text, not a .npy", "y.npy": npy_bytes(teacher)})
     refused(capsys, tmp_path, f"{odd}:notes", f"{odd}:y", ["odd.npz:notes", "not a NumPy array"])
 

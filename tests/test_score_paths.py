@@ -76,7 +76,7 @@ def test_dotdot_through_a_symlinked_folder_writes_where_the_os_resolves(here, ca
 
 
 def test_dotdot_through_a_symlinked_folder_to_an_input_is_refused(here, capsys):
-    folder, student, teacher = here
+    folder, _, teacher = here
     (folder / "elsewhere" / "deep").mkdir(parents=True)
     np.save(folder / "elsewhere" / "teacher.npy", teacher)
     os.symlink(folder / "elsewhere" / "deep", "link")
@@ -108,7 +108,7 @@ def test_an_npz_archive_that_holds_an_input_is_not_an_output(here, capsys):
 
 
 def test_inputs_are_read_where_the_os_resolves_them(here, capsys):
-    folder, student, teacher = here
+    folder, _, _ = here
     (folder / "elsewhere" / "deep").mkdir(parents=True)
     other_student, other_teacher = logit_pair((12, 7), seed=5)
     np.save(folder / "elsewhere" / "student.npy", other_student)

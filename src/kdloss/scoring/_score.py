@@ -16,7 +16,6 @@ import numpy as np
 
 from .. import kd_loss
 
-
 SLICE = 1 << 16  # values handled at once by the summary: its temporaries stay about 4 MB
 
 # np.frexp's exponent of a finite, non-zero float64 is in [-1073, 1024] (2**-1074 = 0.5 * 2**-1073).

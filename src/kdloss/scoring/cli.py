@@ -36,10 +36,14 @@ holds classes). Inputs are read a chunk of rows at a time and never loaded whole
 
 Inputs (STUDENT and TEACHER):
   FILE.npy        memory-mapped, read chunk by chunk
-  FILE.npz:NAME   the array NAME in a .npz archive; mapped in place when stored (np.savez),
-                  loaded whole (that array only) when compressed (np.savez_compressed)
+  FILE.npz:NAME   the member NAME (or NAME.npy) of a .npz archive; mapped in place when
+                  stored (np.savez), decompressed whole (that member only) and checked when
+                  opened if compressed (np.savez_compressed)
   DIRECTORY       a Zarr array (directory store); needs the [dask] extra
-  dtypes float16, float32, float64 (float16 is computed as float32).
+  dtypes float16, float32, float64 in either byte order (big-endian is byte-swapped a chunk
+  at a time), and bfloat16 in Zarr v3 (read as its exact float32 values; needs ml_dtypes);
+  float16 and bfloat16 are computed as float32. Paths are resolved as the OS resolves them:
+  link/../x.npy is the x.npy beside the folder the link points to.
 
 Output:
   stdout          always one line of JSON: rows, classes, shape (leading axes), dtype,
@@ -49,12 +53,15 @@ Output:
                   NaN); an inf row makes them infinite, written as null (inf_rows says so).
                   sum is the correctly rounded sum of the per-row losses as written; loss is
                   mean or sum as --reduction asks (null for none).
-  --out FILE.npy  the per-row losses, shape = the leading axes, dtype float32 for float16 and
-                  float32 inputs, float64 for float64 (as kdloss.kd_loss(..., reduction="none"))
+  --out FILE.npy  the per-row losses, shape = the leading axes, dtype float32 for float16,
+                  bfloat16 and float32 inputs, float64 for float64 (as kdloss.kd_loss(...,
+                  reduction="none"))
   --out FILE.csv  a "row,loss" header, then one line per row: the row's flat index (C order
                   over the leading axes) and its loss, in text that reads back exactly
   The output is written to a temporary file in the same folder and renamed over FILE only
-  when complete: a failed or interrupted run leaves no partial file.
+  when complete: a failed or interrupted run leaves no partial file. Its folder is resolved
+  once, as the OS does, and FILE is written exactly there ("out" in the summary). An output
+  that is an input (under any spelling, through a symlink, or a hard link of one) is refused.
 
 Progress goes to stderr (tqdm) when stderr is a terminal, unless --quiet.
 Exit status: 0 done; 2 bad arguments or inputs (one line on stderr, no output written);
