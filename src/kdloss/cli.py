@@ -92,17 +92,17 @@ def _dispatch(args):
 
 
 def main(argv=None):
-    args = _parse(argv)
     try:
-        status = _dispatch(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        try:
+            return _dispatch(_parse(argv))
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (also after --help), not at interpreter exit
     except BrokenPipeError:
         # The reader went away (``| head -1``): Python would report the failed flush again at
         # exit, so stdout is pointed at devnull first (the recipe of the signal module's docs).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    return status
 
 
 if __name__ == "__main__":
