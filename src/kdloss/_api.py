@@ -36,12 +36,7 @@ def threads_for(n_threads, n_rows, n_classes):
 def _kl_rows(student_rows, teacher_rows, temperature, out, n_threads):
     """``out[i] = T^2 KL`` of row i of two 2-D views."""
     n_rows, n_classes = teacher_rows.shape
-    n_threads = threads_for(n_threads, n_rows, n_classes)
-    contiguous = student_rows.strides[1] == student_rows.itemsize and teacher_rows.strides[1] == teacher_rows.itemsize
-    # Per-thread row buffers, needed only when a class axis is not contiguous.
-    scratch_rows = 0 if contiguous else max(1, min(n_threads, n_rows))
-    scratch = np.empty((scratch_rows, 2 * n_classes), dtype=teacher_rows.dtype)
-    _kernel.kl_rows(student_rows, teacher_rows, temperature, out, scratch, n_threads)
+    _kernel.kl_rows(student_rows, teacher_rows, temperature, out, threads_for(n_threads, n_rows, n_classes))
 
 
 def _row_losses(student, teacher, temperature, num_threads):
@@ -183,10 +178,7 @@ def _softmax(logits, temperature, num_threads, take_log):
     out = np.empty(array.shape, dtype=array.dtype)
     for rows, out_rows in row_blocks((array, out), (1, 1)):
         threads = max(1, min(n_threads, rows.shape[0]))  # rows are the unit of parallel work
-        # Per-thread row buffers, needed only when the class axis is not contiguous.
-        scratch_rows = threads if rows.strides[1] != rows.itemsize else 0
-        scratch = np.empty((scratch_rows, rows.shape[1]), dtype=rows.dtype)
-        _kernel.softmax_rows(rows, temperature, out_rows, scratch, take_log, threads)
+        _kernel.softmax_rows(rows, temperature, out_rows, take_log, threads)
     return out
 
 

@@ -33,7 +33,6 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
     d_student = np.empty(teacher.shape, dtype=dtype) if want_student_grad else None
     d_teacher = np.empty(teacher.shape, dtype=dtype) if want_teacher_grad else None
-    want_grad = want_student_grad or want_teacher_grad
     no_rows = np.empty((0, n_classes), dtype=dtype)
 
     # The optional per-row arrays travel through row_blocks beside the logits.
@@ -47,14 +46,6 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
         s_rows, t_rows = block["student"], block["teacher"]
         n_rows = t_rows.shape[0]
         threads = threads_for(n_threads, n_rows, n_classes)
-        contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
-        scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
-        # Where each thread keeps a row's exponentials between the sums and the gradient pass,
-        # and, when only the teacher's gradient is wanted, the student's row it must discard.
-        per_thread = min(threads, n_rows)
-        exp_scratch = np.empty((per_thread if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
-        student_sink = np.empty((per_thread if want_teacher_grad and not want_student_grad else 0, n_classes),
-                                dtype=dtype)
         _kernel.loss_grad_rows(
             s_rows, t_rows,
             block.get("labels", np.empty(0, dtype=np.int64)),
@@ -65,9 +56,6 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
             block["losses"],
             block.get("d_student", no_rows),
             block.get("d_teacher", no_rows),
-            scratch,
-            exp_scratch,
-            student_sink,
             threads,
         )
     return losses, d_student, d_teacher
