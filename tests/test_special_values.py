@@ -166,3 +166,18 @@ def test_huge_temperatures_never_give_nan(temperature):
     if temperature <= 1e150:  # where KL itself does not yet underflow
         expected = kdloss.kd_loss(student[0], teacher[0], 1e10, reduction="sum")
         assert math.isclose(losses[0], expected, rel_tol=1e-8)
+
+
+@pytest.mark.parametrize("temperature", (1e-3, 1e-6, 1.0))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_oracle_is_exact_for_huge_logits_at_small_temperature(dtype, temperature):
+    """Classes whose P underflows to 0 add 0 (p log p -> 0), not NaN from -inf - -inf."""
+    huge = HUGE[dtype]
+    teacher = np.array([huge, -huge], dtype)
+    assert reference.kd_loss(teacher, teacher, temperature) == 0.0 == kdloss.kd_loss(teacher, teacher, temperature)
+    loss, d_student, d_teacher = reference.kd_loss_and_grad(teacher, teacher, temperature, teacher_grad=True)
+    assert loss == 0.0 and np.all(d_student == 0) and np.all(d_teacher == 0)
+    # Same argmax, the rest of P underflowing: still 0 in both.
+    student = np.array([huge, 0, -huge], dtype)
+    teacher = np.array([huge, -huge, 0], dtype)
+    assert reference.kd_loss(student, teacher, temperature) == 0.0 == kdloss.kd_loss(student, teacher, temperature)

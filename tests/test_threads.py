@@ -54,6 +54,61 @@ def test_available_cpus_respects_affinity():
     assert 1 <= _threads.available_cpus() <= len(os.sched_getaffinity(0))
 
 
+# --- one rule for every kernel call: a thread per MIN_ELEMENTS_PER_THREAD logits -------------------
+
+
+def spy_on_kernel(monkeypatch):
+    """The thread count each kernel entry point is handed from Python, by name. Calls one entry
+    point makes to another (``kl_rows`` is ``loss_grad_rows`` without gradients) are not
+    recorded: they are the kernel's own."""
+    from kdloss import _kernel
+
+    seen = []
+    depth = [0]
+    for name in ("kl_rows", "loss_grad_rows", "softmax_rows"):
+        real = getattr(_kernel, name)
+
+        def spy(*args, _real=real, _name=name):
+            if depth[0] == 0:
+                seen.append((_name, args[-1]))
+            depth[0] += 1
+            try:
+                return _real(*args)
+            finally:
+                depth[0] -= 1
+
+        monkeypatch.setattr(_kernel, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("shape, threads", [((2000, 4), 1), ((10, 1 << 14), 10), ((1 << 12, 1 << 4), 4)])
+def test_every_kernel_call_uses_the_same_thread_rule(monkeypatch, shape, threads):
+    student, teacher = random_pair(*shape, np.float32)
+    seen = spy_on_kernel(monkeypatch)
+    kdloss.kd_loss(student, teacher, reduction="none", num_threads=10000)
+    kdloss.kd_loss_and_grad(student, teacher, num_threads=10000)
+    kdloss.softmax(student, num_threads=10000)
+    kdloss.log_softmax(student, num_threads=10000)
+    assert [name for name, _ in seen] == ["kl_rows", "loss_grad_rows", "softmax_rows", "softmax_rows"]
+    assert {count for _, count in seen} == {threads}
+    assert _threads.threads_for(10000, *shape) == threads
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="counts threads in /proc")
+def test_softmax_with_a_huge_thread_count_starts_no_thread_for_small_work():
+    code = textwrap.dedent("""
+        import os, numpy as np, kdloss
+        x = np.random.default_rng(0).standard_normal((2000, 4))
+        kdloss.softmax(x, num_threads=10000)
+        kdloss.log_softmax(x, num_threads=10000)
+        print(len(os.listdir("/proc/self/task")))
+    """)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    threads = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=environment).stdout
+    assert int(threads) < 50  # was 2001: one thread per row
+
+
 # --- results do not depend on the thread count ---------------------------------------------------
 # For every divergence, input dtype, layout and kernel target: test_tables.py.
 

@@ -65,8 +65,9 @@ def kd_loss(
     student_logits, teacher_logits : array_like, same shape ``(..., classes)``
         The last axis holds classes; every leading axis is a row (1-D is one row, ``(B, C)``
         a batch, ``(B, L, V)`` token-level distillation). float32 and float64 are computed
-        and kept; mixed precision promotes to float64; ints and bools become float64;
-        float16 is computed as float32. Any memory layout works; inputs are never written.
+        and kept; float16 and bfloat16 (``ml_dtypes``) are read as float32 and give float32;
+        mixed dtypes promote (with float64: float64; otherwise float32); ints and bools become
+        float64. Any memory layout works; inputs are never written.
     temperature : float
         Softening temperature ``T``, finite and > 0.
     reduction : {"mean", "sum", "none", "batchmean"}
@@ -129,8 +130,9 @@ def _softmax(logits, temperature, num_threads, take_log):
 def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, computed stably in double.
 
-    Returns an array of the input's shape and compute dtype (float32 or float64). A row with a
-    NaN or +inf, or with every entry -inf, becomes NaN; -inf entries become 0.
+    Returns an array of the input's shape: float64 for float64 (and integer) input, float32
+    otherwise. A row with a NaN or +inf, or with every entry -inf, becomes NaN; -inf entries
+    become 0.
     """
     return _softmax(logits, temperature, num_threads, take_log=False)
 

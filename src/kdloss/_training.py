@@ -131,8 +131,8 @@ def kd_loss_and_grad(
     -------
     (loss, d_student) or (loss, d_student, d_teacher)
         ``loss`` exactly as :func:`kd_loss` returns it (the same bits). The gradients are
-        arrays of the logits' shape and compute dtype, C-ordered, of
-        ``grad_output * loss``: per row, ``dL/ds = T (Q - P)`` and
+        arrays of the logits' shape and result dtype (float64 for float64 and integer
+        input, float32 otherwise), C-ordered, of ``grad_output * loss``: per row, ``dL/ds = T (Q - P)`` and
         ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher masks a class), times
         ``w / sum(w)`` for ``"mean"`` (``1 / rows`` without weights), ``w`` for ``"sum"``.
         Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss

@@ -15,11 +15,10 @@ REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
 
 def plain(value):
-    """``value`` for a message: NumPy scalars and 0-d arrays as the Python number they hold
-    (``-1.0``, not ``np.float64(-1.0)``); anything else as it is."""
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        return value.item()
-    return value
+    """``value`` for a message: NumPy scalars as the Python value they hold (``-1.0``, not
+    ``np.float64(-1.0)``); anything else as it is (a 0-d array stays ``array(...)``: where its
+    type is the error, a bare number would hide it)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _reject_autograd_tensor(value, name):
@@ -43,12 +42,18 @@ def logits_row(dtype, name):
     return row
 
 
+def pair_row(student_dtype, teacher_dtype, names=("student_logits", "teacher_logits")):
+    """The dtype-table row student and teacher logits are computed in together, or TypeError
+    naming the one that does not hold real numbers."""
+    return promote(logits_row(student_dtype, names[0]), logits_row(teacher_dtype, names[1]))
+
+
 def result_dtype(*dtypes):
-    """The dtype of ``"none"`` losses, gradients and softmax output for inputs of ``dtypes``."""
-    row = logits_row(dtypes[0], "logits")
-    for dtype in dtypes[1:]:
-        row = promote(row, logits_row(dtype, "logits"))
-    return row.result_dtype
+    """The dtype of ``"none"`` losses, gradients and softmax output for inputs of ``dtypes``
+    (one, or student's and teacher's)."""
+    if len(dtypes) == 1:
+        return logits_row(dtypes[0], "logits").result_dtype
+    return pair_row(*dtypes).result_dtype
 
 
 def check_classes(shape, name):
@@ -118,11 +123,12 @@ def real_scalar(value, name):
         raise TypeError(f"{name} must be a real number, got {plain(value)!r}") from None
 
 
-def check_temperature(temperature):
-    """The temperature as a float, or an error if it is not finite and > 0."""
-    value = real_scalar(temperature, "temperature")
+def check_temperature(temperature, name="temperature"):
+    """The temperature as a float, or an error if it is not finite and > 0. ``name`` is what
+    messages call it (a command line's option)."""
+    value = real_scalar(temperature, name)
     if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"temperature must be finite and > 0, got {plain(temperature)!r}")
+        raise ValueError(f"{name} must be finite and > 0, got {plain(temperature)!r}")
     return value
 
 
@@ -137,10 +143,10 @@ def check_num_threads(num_threads):
     return None if num_threads is None else int(num_threads)
 
 
-def check_reduction(reduction):
+def check_reduction(reduction, name="reduction"):
     """The reduction with its synonym resolved: "none", "sum" or "mean"."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {plain(reduction)!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, REDUCTIONS))}; got {plain(reduction)!r}")
     return "mean" if reduction == "batchmean" else reduction
 
 
@@ -150,6 +156,7 @@ def _first_bad(mask):
 
 
 def _real_array(values, name):
+    _reject_autograd_tensor(values, name)
     array = np.asarray(values)
     if not (array.dtype.kind in "biuf"):
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")

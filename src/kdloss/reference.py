@@ -7,15 +7,20 @@ to be read, not to be fast: every step is one whole-array NumPy expression.
 
 The functions and what they return:
 
-* :func:`softmax`, :func:`log_softmax`: along the last axis, in the compute dtype.
+* :func:`softmax`, :func:`log_softmax`: along the last axis, in the result dtype (``kdloss._dtypes``).
 * :func:`kd_loss`: ``T^2 KL(P || Q)`` per row, ``P = softmax(t / T)``, ``Q = softmax(s / T)``,
   optionally weighted per row, reduced.
 * :func:`kd_loss_and_grad`: the same loss and the gradient of ``grad_output * loss``.
 * :func:`hinton_loss`, :func:`hinton_loss_and_grad`: ``alpha T^2 KL + (1 - alpha) CE`` per
   row, with hard labels (``CE = logsumexp(s) - s_label`` at T = 1) and ``ignore_index``.
+* :func:`kl_rows`, :func:`cross_entropy_rows`: the per-row float64 oracles of the divergence
+  table's ``"kl"`` row and of Hinton's cross-entropy term (``kdloss._divergences``).
 
-Validation is shared with the kernel (``kdloss._validation``), so the oracle accepts and
-rejects exactly the same inputs, with the same messages.
+Validation (``kdloss._validation``) and the reduction rules (``kdloss._reduction``: weights,
+rows left out, the mean's denominator, gradient scaling, the blockwise sum) are shared with the
+kernel's front end, so the oracle accepts and rejects exactly the same inputs, with the same
+messages, and reduces the same way; the per-row arithmetic is its own, in float64 NumPy, and
+never calls the kernel.
 """
 
 import numpy as np
@@ -175,7 +180,7 @@ def kd_loss_and_grad(
     Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher
     masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
     or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
-    ``(loss, d_student, d_teacher)``, the gradients in the compute dtype.
+    ``(loss, d_student, d_teacher)``, the gradients in the result dtype.
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
