@@ -25,6 +25,7 @@ from conftest import (
     THREAD_COUNTS,
     result_row,
     rng_for,
+    share_of,
     thread_counts_for,
 )
 from divergence_cases import CASES
@@ -128,24 +129,28 @@ def test_softmax_every_layout_gives_the_contiguous_bits(layout, dtype_row, layou
 THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 
 
+# Every target runs every shape; each input dtype runs on its share of the targets (the thread
+# partition is the row engine's, the same for every dtype; conftest.share_of).
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
-def test_every_thread_count_gives_the_same_bits(shape, divergence, dtype_row):
+def test_every_thread_count_gives_the_same_bits(shape, divergence, kernel_target):
     assert thread_counts_for(shape) == THREAD_COUNTS  # big enough to share
     case = CASES[divergence.name]
-    student, teacher = logits_pair(shape, dtype_row, seed=1)
-    student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it: the cancellation-free path
-    student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
-    student = np.asfortranarray(student)  # one side strided: per-thread row copies
-    results = {n: everything(case, student, teacher, 2.0, n) for n in THREAD_COUNTS}
-    assert all(r == results[1] for r in results.values())
+    for dtype_row in share_of(DTYPE_ROWS, kernel_target):
+        student, teacher = logits_pair(shape, dtype_row, seed=1)
+        student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it
+        student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
+        student = np.asfortranarray(student)  # one side strided: per-thread row copies
+        results = {n: everything(case, student, teacher, 2.0, n) for n in THREAD_COUNTS}
+        assert all(r == results[1] for r in results.values()), dtype_row.name
 
 
 @pytest.mark.parametrize("shape", THREAD_SHAPES[:2], ids=str)
-def test_softmax_every_thread_count_gives_the_same_bits(shape, dtype_row):
-    logits = logits_pair(shape, dtype_row, seed=2)[1]
-    for function in (kdloss.softmax, kdloss.log_softmax):
-        results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
-        assert len(results) == 1
+def test_softmax_every_thread_count_gives_the_same_bits(shape, kernel_target):
+    for dtype_row in share_of(DTYPE_ROWS, kernel_target):
+        logits = logits_pair(shape, dtype_row, seed=2)[1]
+        for function in (kdloss.softmax, kdloss.log_softmax):
+            results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
+            assert len(results) == 1, dtype_row.name
 
 
 # ---------------------------------------------------------------------------------------------
