@@ -3,7 +3,8 @@ input dtype (``kdloss._dtypes``) x every kernel target. A new row of a table is 
 without new test code (a divergence also needs its case in divergence_cases.py).
 
 - memory layouts give the C-contiguous bits, and inputs are never written;
-- the thread count changes no bit (on inputs big enough to use several threads);
+- the thread count changes no bit (on inputs big enough to use several threads; every target
+  runs every shape, each input dtype on its share of the targets);
 - the registry's oracle agrees, row by row and in the reductions;
 - gradients agree with central finite differences;
 - losses and gradients are accurate against mpmath.
@@ -60,7 +61,7 @@ def widened(array):
 def logits_pair(shape, row, kind="masked", seed=0):
     """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
     (student = teacher + 1e-2 noise) or "masked" (independent; the teacher masks every fourth
-    class, never a whole row), with every other row of "near" rows close to KL = 0."""
+    class, never a whole row)."""
     rng = rng_for(shape, row.name, kind, seed)
     teacher = rng.normal(0, 3, shape)
     noise = rng.normal(0, 1, shape)
