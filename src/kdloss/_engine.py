@@ -4,9 +4,9 @@ Callers hand validated 2-D row blocks (``kdloss._rows.row_blocks``) of a dtype-t
 checked temperature, a divergence row with its parameters, and the thread count the user
 allows (``resolve_num_threads``); they allocate the outputs. This module decides what the
 kernel is handed: its dtype (2-byte inputs are converted here, see :func:`_for_kernel`), the
-threads one call uses (``threads_for``), the divergence's kernel code and the kernel's scratch.
-When the kernel grows one engine entry (its own scratch, divergence and dtype codes), only this
-module changes.
+threads one call uses (``threads_for``) and the divergence's kernel code. The kernel allocates
+its own per-thread scratch. When the kernel takes divergence and dtype codes, only this module
+changes.
 """
 
 import numpy as np
@@ -40,10 +40,6 @@ def _check_divergence(divergence):
         raise ValueError(f"the kernel does not compute divergence {divergence.name!r} yet")
 
 
-def _contiguous(*rows):
-    return all(r.strides[1] == r.itemsize for r in rows)
-
-
 def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parameters=None,
          labels=None, kl_weight=1.0, ce_weight=0.0, weights=None, grad_output=None, grad_scale=1.0,
          d_student=None, d_teacher=None):
@@ -60,21 +56,11 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     threads = threads_for(n_threads, n_rows, n_classes)
     student, teacher = _for_kernel(student), _for_kernel(teacher)
     dtype = teacher.dtype
-    # Per-thread row buffers, needed only when a class axis is not contiguous.
-    row_copies = np.empty((0 if _contiguous(student, teacher) else max(1, min(threads, n_rows)), 2 * n_classes),
-                          dtype=dtype)
     training = not (labels is None and weights is None and grad_output is None and d_student is None
                     and d_teacher is None and kl_weight == 1.0 and ce_weight == 0.0)
     if not training:
-        _kernel.kl_rows(student, teacher, temperature, out, row_copies, threads)
+        _kernel.kl_rows(student, teacher, temperature, out, threads)
         return
-    want_grad = d_student is not None or d_teacher is not None
-    per_thread = min(threads, n_rows)
-    # Where each thread keeps a row's exponentials between the sums and the gradient pass, and,
-    # when only the teacher's gradient is wanted, the student's row it computes and drops.
-    exp_scratch = np.empty((per_thread if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
-    student_sink = np.empty((per_thread if d_teacher is not None and d_student is None else 0, n_classes),
-                            dtype=dtype)
     no_rows = np.empty((0, n_classes), dtype=dtype)
     _kernel.loss_grad_rows(
         student, teacher,
@@ -86,7 +72,6 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
         out,
         no_rows if d_student is None else d_student,
         no_rows if d_teacher is None else d_teacher,
-        row_copies, exp_scratch, student_sink,
         threads,
     )
 
@@ -97,7 +82,4 @@ def softmax_rows(logits, temperature, out, take_log, n_threads):
     n_rows, n_classes = logits.shape
     threads = threads_for(n_threads, n_rows, n_classes)
     logits = _for_kernel(logits)
-    # Per-thread row buffers, needed only when the class axis is not contiguous.
-    row_copies = np.empty((0 if _contiguous(logits) else max(1, min(threads, n_rows)), n_classes),
-                          dtype=logits.dtype)
-    _kernel.softmax_rows(logits, temperature, out, row_copies, take_log, threads)
+    _kernel.softmax_rows(logits, temperature, out, take_log, threads)
