@@ -1,5 +1,6 @@
-"""What the build promises (setup.py): -O3 and IEEE arithmetic left intact (no fast-math), OpenMP
-linked and running threads, and every instruction-set target compiled in and selectable.
+"""What the build promises (setup.py): -O3, IEEE arithmetic left intact (no fast-math, no
+multiply-adds the kernel did not ask for), OpenMP linked and running threads, and every
+instruction-set target compiled in and selectable.
 
 The flags are read from the built extension itself: GCC and Clang record each compilation unit's
 command line in its debug information (``DW_AT_producer``, in ``.debug_str``), which Python's
@@ -92,6 +93,9 @@ def test_every_unit_is_optimised_without_fast_math(command_lines):
         optimisation = [f for f in flags if f.startswith("-O")]
         assert optimisation and optimisation[-1] == "-O3", line  # the last -O wins
         assert not set(FAST_MATH_FLAGS) & set(flags), line
+        # Multiply-adds fused only where the kernel asks (kd_fma): the same bits in every path.
+        contract = [f for f in flags if f.startswith("-ffp-contract=")]
+        assert contract and contract[-1] == "-ffp-contract=off", line
         assert not any(f.startswith("-march=native") for f in flags), line  # the wheel must run anywhere
 
 
