@@ -5,6 +5,7 @@ without new test code (a divergence also needs its case in divergence_cases.py).
 - memory layouts give the C-contiguous bits, and inputs are never written;
 - the thread count changes no bit (on inputs big enough to use several threads; rows split
   among threads for every dtype on every target, whole rows for each dtype on its share);
+- identical rows give exactly 0, and exactly 0 gradients;
 - the registry's oracle agrees, row by row and in the reductions;
 - gradients agree with central finite differences;
 - losses and gradients are accurate against mpmath.
@@ -154,6 +155,29 @@ def test_softmax_every_thread_count_gives_the_same_bits(shape, kernel_target):
         for function in (kdloss.softmax, kdloss.log_softmax):
             results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
             assert len(results) == 1, dtype_row.name
+
+
+# ---------------------------------------------------------------------------------------------
+# D(P || P) = 0: exactly, with exactly zero gradients
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", ("ordinary", "masked", "huge"))
+def test_identical_rows_give_exactly_zero(rows, divergence, dtype_row):
+    case = CASES[divergence.name]
+    dtype = dtype_row.numpy_dtype
+    for n_classes in (1, 3, 9, 64, 65, 1000):  # one class; short rows; long rows
+        teacher = rng_for(n_classes, "identical").normal(0, 3, (5, n_classes))
+        if rows == "masked":  # -inf on every fourth class; the last class stays finite
+            teacher[:, :-1:4] = -inf
+        if rows == "huge":  # largest logit a quarter of the dtype's maximum
+            teacher = teacher / np.max(np.abs(teacher)) * (float(np.finfo(dtype).max) / 4)
+        teacher = teacher.astype(dtype)
+        for temperature in (1e-3, 0.5, 1.0, 3.0, 1e3):
+            losses = case.loss(teacher.copy(), teacher, temperature, reduction="none")
+            loss, d_s, d_t = case.loss_and_grad(teacher.copy(), teacher, temperature, teacher_grad=True)
+            where = f"{n_classes} classes, T = {temperature}"
+            assert np.all(losses == 0.0) and loss == 0.0, where
+            assert np.all(d_s == 0.0) and np.all(d_t == 0.0), where
 
 
 # ---------------------------------------------------------------------------------------------
