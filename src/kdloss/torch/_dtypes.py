@@ -40,7 +40,7 @@ def _float32_rounded_to_odd(values):
     inexact = (widened != values) & ~np.isnan(values)
     away_from_zero = inexact & (np.abs(widened) > np.abs(values))
     truncated = np.where(away_from_zero, np.nextafter(nearest, np.float32(0)), nearest)
-    return (truncated.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
+    return np.asarray(truncated.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
 
 
 def loss_scalar(value, dtype):
