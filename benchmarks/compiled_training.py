@@ -116,7 +116,7 @@ def main(argv=None):
     data = digits_like()
     print(f"{SAMPLES} x {FEATURES} -> {CLASSES} classes, batch {args.batch} (last batch {SAMPLES % args.batch or args.batch}), "
           f"{args.epochs} epochs, {args.threads} threads, backend {args.backend}, torch {torch.__version__}")
-    print(f"| variant | first epoch (s) | steady epoch (s) | graphs compiled per epoch | final loss |")
+    print("| variant | first epoch (s) | steady epoch (s) | graphs compiled per epoch | final loss |")
     print("|---|---|---|---|---|")
     for name, (loss_name, compiled, mark_dynamic) in VARIANTS.items():
         records = train(loss_name, compiled, data, args.epochs, args.batch, args.backend, mark_dynamic)

@@ -6,9 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
+
 import kdloss.torch as kdt
 from kdloss.torch import _dtypes, _ops
-from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
 
 NARROW = (torch.float16, torch.bfloat16)
 

@@ -6,8 +6,9 @@ import pytest
 torch = pytest.importorskip("torch")
 func = torch.func
 
-import kdloss.torch as kdt
 from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
+
+import kdloss.torch as kdt
 
 # PyTorch's own kl_div has no batching rule (its formulation is the reference here).
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
@@ -112,8 +113,14 @@ def test_vmap_over_a_lower_rank_weight_and_a_non_leading_dimension():
     student, teacher = logits((2, SAMPLES, ROWS, CLASSES), seed=1), logits((2, SAMPLES, ROWS, CLASSES), seed=2)
     weights = weights_for((ROWS, SAMPLES))
     for reduction in REDUCTIONS:
-        got = func.vmap(lambda s, t, w: kdt.kd_loss(s, t, 2.0, reduction, w), in_dims=(1, 1, 1))(student, teacher, weights)
-        want = func.vmap(lambda s, t, w: reference_kd(s, t, 2.0, reduction, w.expand(2, ROWS)), in_dims=(1, 1, 1))(student, teacher, weights)
+        def ours(s, t, w, reduction=reduction):
+            return kdt.kd_loss(s, t, 2.0, reduction, w)
+
+        def theirs(s, t, w, reduction=reduction):
+            return reference_kd(s, t, 2.0, reduction, w.expand(2, ROWS))
+
+        got = func.vmap(ours, in_dims=(1, 1, 1))(student, teacher, weights)
+        want = func.vmap(theirs, in_dims=(1, 1, 1))(student, teacher, weights)
         torch.testing.assert_close(got, want, **TOLERANCE)
 
 
@@ -121,7 +128,7 @@ def test_vmap_over_a_lower_rank_weight_and_a_non_leading_dimension():
 @pytest.mark.parametrize("loss_name", ["kd", "hinton"])
 def test_per_sample_gradients(loss_name, reduction):
     """vmap(grad(...)): each sample's gradient of its own loss, both logits."""
-    student, teacher, labels, weights, in_dims = batch_arguments(loss_name, True, True)
+    student, teacher, labels, weights, _ = batch_arguments(loss_name, True, True)
     upstream = logits((ROWS,), seed=4) if reduction == "none" else 1.0
 
     def gradients(reference):
@@ -173,7 +180,7 @@ def test_vmap_under_ordinary_autograd():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_vmap_over_the_operator_itself(reduction):
     """torch.ops.kdloss.* has the same vmap rule as the functions."""
-    student, teacher, _, weights, _ = batch_arguments("kd", True, True)
+    student, teacher, _, weights, _in_dims = batch_arguments("kd", True, True)
     got = func.vmap(lambda s, t, w: torch.ops.kdloss.kd_loss(s, t, 2.0, reduction, w, False, False)[0])(
         student, teacher, weights)
     want = func.vmap(lambda s, t, w: kdt.kd_loss(s, t, 2.0, reduction, w))(student, teacher, weights)

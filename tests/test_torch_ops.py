@@ -10,10 +10,6 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import kdloss
-import kdloss.torch as kdt
-from kdloss.torch import _ops
-
 from torch_reference import (
     IGNORE,
     REDUCTIONS,
@@ -24,6 +20,10 @@ from torch_reference import (
     reference_kd,
     weights_for,
 )
+
+import kdloss
+import kdloss.torch as kdt
+from kdloss.torch import _ops
 
 DTYPES = (torch.float32, torch.float64)
 

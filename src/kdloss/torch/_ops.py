@@ -1,6 +1,7 @@
 """The custom operators ``kdloss::kd_loss`` and ``kdloss::hinton_loss``, and the functions that call them.
 
-Each operator calls the NumPy layer once, on zero-copy views of the tensors, and returns the
+Each operator calls the NumPy layer once, on zero-copy views of the tensors (float16 and
+bfloat16: float32 copies, see ``_dtypes``), and returns the
 loss together with its gradients for a unit upstream gradient (for ``"none"``, each row's
 gradient of its own loss): the fused kernel computes both in one pass. Autograd saves those
 gradients, and backward only scales them. A gradient nobody needs is not computed; an empty
@@ -188,7 +189,7 @@ def _scaled_gradients(ctx, grad_loss, needs_student, needs_teacher):
         second_order = eager and torch.is_grad_enabled()
     if second_order:
         raise RuntimeError("kdloss.torch losses have first derivatives only (no create_graph=True, "
-                           "no nested torch.func.grad or hessian)")
+                           "no nested torch.func.grad or jacrev)")
     # ``loss.backward()`` sends ones, and then the saved gradients are the answer: skipping the
     # multiplication saves a pass over the logits (a third of the time at 8192 x 1000). Handing
     # out a saved tensor is safe: autograd reuses a gradient's memory only when nothing else
@@ -262,7 +263,9 @@ for _loss in (KD_LOSS, HINTON_LOSS):
     _loss.op.register_autograd(_backward, setup_context=_setup_context)
     torch.library.register_vmap(_loss.op, functools.partial(vmap_rows, _loss.op, _loss.reduction_at))
     # Losses run in float32 under autocast, as PyTorch's own (kl_div, cross_entropy) do there.
-    torch.library.register_autocast(_loss.op, "cpu", torch.float32)
+    # (PyTorch < 2.5 lacks register_autocast: the functions still cast, see autocast_inputs.)
+    if hasattr(torch.library, "register_autocast"):
+        torch.library.register_autocast(_loss.op, "cpu", torch.float32)
 
 
 def _run(loss, student, teacher, *arguments):
