@@ -80,7 +80,11 @@ class BuildExtWithOpenMP(build_ext):
                 stacklevel=1,
             )
         # -Wno-psabi: GCC notes that vector arguments change the ABI; ours are all inlined.
-        optimise = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O3", "-Wno-psabi"]
+        # -ffp-contract=off: the kernel fuses multiply-adds where it asks to (kd_fma), never where
+        # the compiler would choose, so an expression rounds the same way in every inlined copy
+        # (a class gives the same bits in every path that takes it).
+        optimise = (["/O2"] if self.compiler.compiler_type == "msvc"
+                    else ["-O3", "-Wno-psabi", "-ffp-contract=off"])
         for ext in self.extensions:
             ext.extra_compile_args = optimise + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []
@@ -95,7 +99,7 @@ extensions = [
     Extension(
         "kdloss._kernel",
         ["src/kdloss/_kernel.pyx"]
-        + [f"{SIMD_DIR}/{name}.c" for name in ("dispatch", "target_baseline", "target_avx2", "target_avx512")],
+        + [f"{SIMD_DIR}/{name}.c" for name in ("dispatch", "target_scalar", "target_baseline", "target_avx2", "target_avx512")],
         include_dirs=[SIMD_DIR],
     )
 ]

@@ -9,7 +9,7 @@ nn = torch.nn
 from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
 
 import kdloss.torch as kdt
-from kdloss.torch import _dtypes, _ops
+from kdloss.torch import _ops, _two_byte
 
 NARROW = (torch.float16, torch.bfloat16)
 
@@ -41,13 +41,13 @@ def test_rounding_once_where_torch_rounds_twice():
     for dtype, bits in ((torch.bfloat16, 8), (torch.float16, 11)):
         value = 1 + 2.0**-bits + 2.0**-40
         assert torch.tensor(value).to(dtype).item() == 1.0  # the double rounding this avoids
-        assert _dtypes.loss_scalar(value, dtype).item() == 1 + 2.0 ** (1 - bits)
-        assert _dtypes.loss_scalar(-value, dtype).item() == -(1 + 2.0 ** (1 - bits))
-        assert _dtypes.loss_scalar(1 + 2.0**-bits, dtype).item() == 1.0  # an exact tie: to even
+        assert _two_byte.loss_scalar(value, dtype).item() == 1 + 2.0 ** (1 - bits)
+        assert _two_byte.loss_scalar(-value, dtype).item() == -(1 + 2.0 ** (1 - bits))
+        assert _two_byte.loss_scalar(1 + 2.0**-bits, dtype).item() == 1.0  # an exact tie: to even
         for special in (0.0, -0.0, float("inf"), 1e300, 1e-300, 3.0):
             want = rounded_once(torch.tensor([special], dtype=torch.float64), dtype)
-            assert torch.equal(_dtypes.loss_scalar(special, dtype).reshape(1), want), special
-        assert _dtypes.loss_scalar(float("nan"), dtype).isnan()
+            assert torch.equal(_two_byte.loss_scalar(special, dtype).reshape(1), want), special
+        assert _two_byte.loss_scalar(float("nan"), dtype).isnan()
 
 
 def pair(shape, dtype, seed):

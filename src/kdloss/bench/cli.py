@@ -4,6 +4,7 @@ import json
 import sys
 
 from .._threads import default_num_threads
+from .._validation import check_temperature
 from .cases import DTYPES, ISSUE_SHAPES, TEMPERATURE, parse_shape
 
 DEFAULT_SHAPES = ",".join(f"{rows}x{classes}" for rows, classes in ISSUE_SHAPES)
@@ -19,7 +20,8 @@ def add_parser(commands):
     )
     # Plain strings: they are checked in run(), so that a bad value is one line and exit 2.
     bench.add_argument("--shapes", default=DEFAULT_SHAPES,
-                       help=f"ROWSxCLASSES list; one row = a single 1-D call (default {DEFAULT_SHAPES}, the issue's)")
+                       help=f"ROWSxCLASSES list; one row = a single 1-D call (default {DEFAULT_SHAPES}: an "
+                       "image-classifier batch, an LLM vocabulary, short rows, a single call)")
     bench.add_argument("--dtype", default="float32", help="float32,float64 (default float32)")
     bench.add_argument("--threads", default=None,
                        help="thread counts, e.g. 1,2,4 (default: kdloss's default, the usable CPUs)")
@@ -65,8 +67,7 @@ def settings_from(args):
         temperature = float(args.temperature)
     except ValueError:
         raise ValueError(f"--temperature must be a number, got {args.temperature!r}") from None
-    if not 0 < temperature < float("inf"):
-        raise ValueError(f"--temperature must be finite and > 0, got {args.temperature}")
+    temperature = check_temperature(temperature, "--temperature")
     settings = Settings(
         shapes=tuple(parse_shape(part) for part in args.shapes.split(",")),
         dtypes=_names(args.dtype, tuple(DTYPES), "--dtype"),

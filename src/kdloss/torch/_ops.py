@@ -1,7 +1,7 @@
 """The custom operators ``kdloss::kd_loss`` and ``kdloss::hinton_loss``, and the functions that call them.
 
 Each operator calls the NumPy layer once, on zero-copy views of the tensors (float16 and
-bfloat16: float32 copies, see ``_dtypes``), and returns the
+bfloat16: float32 copies, see ``_two_byte``), and returns the
 loss together with its gradients for a unit upstream gradient (for ``"none"``, each row's
 gradient of its own loss): the fused kernel computes both in one pass. Autograd saves those
 gradients, and backward only scales them. A gradient nobody needs is not computed; an empty
@@ -18,31 +18,31 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .. import _api, _training
 from .._api import Reduction
-from .._validation import check_alpha, check_reduction, check_temperature
-from . import _dtypes
+from .._validation import check_alpha, check_ignore_index, check_reduction, check_same_shape, check_temperature
+from . import _two_byte
 from ._batching import vmap_rows, wants_grad
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64, *_dtypes.NARROW_DTYPES)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, *_two_byte.NARROW_DTYPES)
 
 
 def _as_numpy(tensor):
     """A NumPy view of a CPU tensor: no copy, any strides (2-byte floats: a float32 copy)."""
     # force=True resolves a lazy negation bit (a copy then); any other CPU tensor is viewed as is.
-    return _dtypes.kernel_input(tensor.detach()).numpy(force=True)
+    return _two_byte.kernel_input(tensor.detach()).numpy(force=True)
 
 
 def _loss_tensor(loss, logits):
     """The NumPy layer's loss (a float, or an array of per-row losses) as a tensor of the
     logits' dtype, and for per-row losses of shape ``logits.shape[:-1]``, as the fake promises."""
     if isinstance(loss, float):
-        return _dtypes.loss_scalar(loss, logits.dtype)
-    return _dtypes.from_kernel(np.asarray(loss), logits.dtype).reshape(logits.shape[:-1])
+        return _two_byte.loss_scalar(loss, logits.dtype)
+    return _two_byte.from_kernel(np.asarray(loss), logits.dtype).reshape(logits.shape[:-1])
 
 
 def _gradient_tensor(gradient, like):
     """A NumPy gradient as a tensor of ``like``'s dtype (no copy for float32 and float64), or an
     empty placeholder when it was not computed."""
-    return like.new_empty(0) if gradient is None else _dtypes.from_kernel(gradient, like.dtype)
+    return like.new_empty(0) if gradient is None else _two_byte.from_kernel(gradient, like.dtype)
 
 
 def _call_numpy(loss_fn, loss_and_grads_fn, student, teacher, student_grad, teacher_grad, **arguments):
@@ -292,11 +292,7 @@ def _check_logits(student, teacher):
             f"student and teacher must have the same dtype; got student "
             f"{student.dtype} and teacher {teacher.dtype}"
         )
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student and teacher logits must have the same shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
+    check_same_shape(tuple(student.shape), tuple(teacher.shape))
 
 
 def _per_row(values, name):
@@ -309,10 +305,6 @@ def _per_row(values, name):
     return values.detach()  # constants: no gradient flows to weights
 
 
-def _check_ignore_index(ignore_index):
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    return int(ignore_index)
 
 
 def kd_loss(
@@ -348,7 +340,7 @@ def kd_loss(
         logits' dtype. Values and special cases as :func:`kdloss.kd_loss` on the logits
         (2-byte logits widened to float32); the loss is rounded once to the logits' dtype.
     """
-    student, teacher, weights = _dtypes.autocast_inputs(student, teacher, weights)
+    student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
         # The NumPy layer's checks and messages; the dispatcher would turn True or a tensor into
@@ -379,10 +371,10 @@ def hinton_loss(
     :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term. Values and special cases as
     :func:`kdloss.hinton_loss`.
     """
-    student, teacher, weights = _dtypes.autocast_inputs(student, teacher, weights)
+    student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
         temperature, alpha = check_temperature(temperature), check_alpha(alpha)
-        ignore_index = _check_ignore_index(ignore_index)
+        ignore_index = check_ignore_index(ignore_index)
     return _run(HINTON_LOSS, student, teacher, _per_row(labels, "labels"), temperature,
                 alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"))
