@@ -261,9 +261,11 @@ HINTON_LOSS = _Loss(hinton_loss_op, _hinton_loss_numpy, 6)
 
 for _loss in (KD_LOSS, HINTON_LOSS):
     _loss.op.register_autograd(_backward, setup_context=_setup_context)
-    torch.library.register_vmap(_loss.op, functools.partial(vmap_rows, _loss.op, _loss.reduction_at))
+    # Where PyTorch lacks register_vmap or register_autocast, only the operators called directly
+    # miss them: the functions take the eager twin (its own vmap rule) and cast for autocast.
+    if hasattr(torch.library, "register_vmap"):
+        torch.library.register_vmap(_loss.op, functools.partial(vmap_rows, _loss.op, _loss.reduction_at))
     # Losses run in float32 under autocast, as PyTorch's own (kl_div, cross_entropy) do there.
-    # (PyTorch < 2.5 lacks register_autocast: the functions still cast, see autocast_inputs.)
     if hasattr(torch.library, "register_autocast"):
         torch.library.register_autocast(_loss.op, "cpu", torch.float32)
 
