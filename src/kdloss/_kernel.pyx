@@ -661,6 +661,50 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dt
 # Layer 3: the entries Python calls (kdloss._api, kdloss._training)
 # ---------------------------------------------------------------------------------------------
 
+cdef void run_rows(
+    const floating[:, :] student,
+    const floating[:, :] teacher,
+    const int64_t* labels,
+    double temperature,
+    double kl_weight,
+    double ce_weight,
+    const double* row_weights,
+    const double* grad_output,
+    double grad_scale,
+    double* out,
+    char* d_student,
+    char* d_teacher,
+    int num_threads,
+) except *:
+    """The row loop over every row of two 2-D views (the entries below unpack their arguments)."""
+    cdef Py_ssize_t n_rows = teacher.shape[0]
+    if n_rows == 0:
+        return
+    cdef RowsJob job
+    job.t_base = <const char*> &teacher[0, 0]
+    job.s_base = <const char*> &student[0, 0]
+    job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
+    job.s_row, job.s_col = student.strides[0], student.strides[1]
+    job.n_classes = teacher.shape[1]
+    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(floating)
+                            and student.strides[1] == <Py_ssize_t> sizeof(floating))
+    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
+                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0)
+    job.labels = labels
+    job.row_weights = row_weights
+    job.grad_output = grad_output
+    job.grad_scale = grad_scale
+    job.out = out
+    job.d_student = d_student
+    job.d_teacher = d_teacher
+    job.want_grad = d_student != NULL or d_teacher != NULL
+    cdef int status
+    with nogil:
+        status = rows_loop(&job, n_rows, num_threads, <floating> 0)
+    if status != 0:
+        raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
+
+
 def loss_grad_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
@@ -687,32 +731,17 @@ def loss_grad_rows(
     and dropped). A row left out gets ``out[i] = 0`` and zero gradients, whatever it holds (NaN
     included): only the short-row pass reads it, beside its neighbours, and drops it.
     """
-    cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1]
-    if n_rows == 0:
+    if teacher.shape[0] == 0:
         return
-    cdef RowsJob job
-    job.t_base = <const char*> &teacher[0, 0]
-    job.s_base = <const char*> &student[0, 0]
-    job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
-    job.s_row, job.s_col = student.strides[0], student.strides[1]
-    job.n_classes = n_classes
-    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(floating)
-                            and student.strides[1] == <Py_ssize_t> sizeof(floating))
-    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
-                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0)
-    job.labels = &labels[0] if labels.shape[0] > 0 else NULL
-    job.row_weights = &row_weights[0] if row_weights.shape[0] > 0 else NULL
-    job.grad_output = &grad_output[0] if grad_output.shape[0] > 0 else NULL
-    job.grad_scale = grad_scale
-    job.out = &out[0]
-    job.d_student = <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL
-    job.d_teacher = <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL
-    job.want_grad = job.d_student != NULL or job.d_teacher != NULL
-    cdef int status
-    with nogil:
-        status = rows_loop(&job, n_rows, num_threads, <floating> 0)
-    if status != 0:
-        raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
+    run_rows(student, teacher,
+             &labels[0] if labels.shape[0] > 0 else NULL,
+             temperature, kl_weight, ce_weight,
+             &row_weights[0] if row_weights.shape[0] > 0 else NULL,
+             &grad_output[0] if grad_output.shape[0] > 0 else NULL,
+             grad_scale, &out[0],
+             <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
+             <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
+             num_threads)
 
 
 def kl_rows(
@@ -723,16 +752,11 @@ def kl_rows(
     int num_threads,
 ):
     """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i:
-    ``loss_grad_rows`` with the KL term alone and no gradient (the same loop)."""
-    cdef int64_t[::1] no_labels = np.empty(0, dtype=np.int64)
-    cdef double[::1] none = np.empty(0)
-    cdef floating[:, ::1] no_rows
-    if floating is float:
-        no_rows = np.empty((0, 1), dtype=np.float32)
-    else:
-        no_rows = np.empty((0, 1), dtype=np.float64)
-    loss_grad_rows(student, teacher, no_labels, temperature, 1.0, 0.0, none, none, 1.0, out,
-                   no_rows, no_rows, num_threads)
+    the row loop with the KL term alone and no gradient."""
+    if teacher.shape[0] == 0:
+        return
+    run_rows(student, teacher, NULL, temperature, 1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL,
+             num_threads)
 
 
 def single_row_loss(object student, object teacher, object temperature):
