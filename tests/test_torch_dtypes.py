@@ -93,12 +93,19 @@ def test_values_and_gradients_are_float64_rounded(dtype, reduction, loss_name):
 
 
 @pytest.mark.parametrize("dtype", NARROW, ids=str)
-def test_gradients_are_the_float32_gradients_converted(dtype):
-    """What the kernel computes for the widened logits, converted once more: no other error."""
+@pytest.mark.parametrize("ml_dtypes", [True, False], ids=["ml_dtypes", "without-ml_dtypes"])
+def test_gradients_are_the_float32_gradients_converted(dtype, ml_dtypes, monkeypatch):
+    """What the kernel computes for the widened logits, converted once more: no other error;
+    bfloat16 read natively (ml_dtypes) or widened to float32 first (without) alike."""
+    if not ml_dtypes:
+        monkeypatch.setattr(_two_byte, "_numpy_bfloat16", lambda: None)
     student, teacher, _ = pair((5, 33), dtype, seed=4)
-    kdt.kd_loss(student, teacher, 3.0).backward()
+    loss = kdt.kd_loss(student, teacher, 3.0, "none")
+    loss.sum().backward()
     wide = [x.detach().float().requires_grad_() for x in (student, teacher)]
-    kdt.kd_loss(*wide, 3.0).backward()
+    wide_loss = kdt.kd_loss(*wide, 3.0, "none")
+    wide_loss.sum().backward()
+    assert torch.equal(loss, wide_loss.detach().to(dtype))
     for narrow, widened in zip((student, teacher), wide):
         assert torch.equal(narrow.grad, widened.grad.to(dtype))
 

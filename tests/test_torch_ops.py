@@ -268,10 +268,14 @@ def test_one_numpy_call_computes_only_what_autograd_needs(monkeypatch, student_g
     assert len(calls) == 1  # backward calls nothing
 
 
-def test_inputs_are_not_copied(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_inputs_are_not_copied(monkeypatch, dtype):
+    """float16 and bfloat16 too: the kernel reads them natively (bfloat16 as ml_dtypes.bfloat16)."""
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
     calls = record_numpy_calls(monkeypatch)
-    student = non_contiguous(logits((3, 4, 5), seed=1)).requires_grad_()
-    teacher = logits((4, 3, 5), seed=2).transpose(0, 1)
+    student = non_contiguous(logits((3, 4, 5), seed=1).to(dtype)).requires_grad_()
+    teacher = logits((4, 3, 5), seed=2).to(dtype).transpose(0, 1)
     kdt.kd_loss(student, teacher, 2.0)
     [(_, (student_array, teacher_array), _)] = calls
     for array, tensor in [(student_array, student), (teacher_array, teacher)]:

@@ -1,7 +1,7 @@
 """The custom operators ``kdloss::kd_loss`` and ``kdloss::hinton_loss``, and the functions that call them.
 
-Each operator calls the NumPy layer once, on zero-copy views of the tensors (float16 and
-bfloat16: float32 copies, see ``_two_byte``), and returns the
+Each operator calls the NumPy layer once, on zero-copy views of the tensors (bfloat16 without
+ml_dtypes: a float32 copy, see ``_two_byte``), and returns the
 loss together with its gradients for a unit upstream gradient (for ``"none"``, each row's
 gradient of its own loss): the fused kernel computes both in one pass. Autograd saves those
 gradients, and backward only scales them. A gradient nobody needs is not computed; an empty
@@ -26,9 +26,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, *_two_byte.NARROW_DTYPES)
 
 
 def _as_numpy(tensor):
-    """A NumPy view of a CPU tensor: no copy, any strides (2-byte floats: a float32 copy)."""
-    # force=True resolves a lazy negation bit (a copy then); any other CPU tensor is viewed as is.
-    return _two_byte.kernel_input(tensor.detach()).numpy(force=True)
+    """A NumPy view of a CPU tensor: no copy, any strides (see ``_two_byte.as_numpy``)."""
+    return _two_byte.as_numpy(tensor.detach())
 
 
 def _loss_tensor(loss, logits):
@@ -49,7 +48,8 @@ def _call_numpy(loss_fn, loss_and_grads_fn, student, teacher, student_grad, teac
     """``(loss, d_student, d_teacher)`` from one call of the NumPy layer."""
     # torch.set_num_threads governs kdloss too: one setting, and no second pool of a different size.
     arguments["num_threads"] = torch.get_num_threads()
-    student_logits, teacher_logits = _as_numpy(student), _as_numpy(teacher)
+    student_logits = _two_byte.logits_as_numpy(student.detach())
+    teacher_logits = _two_byte.logits_as_numpy(teacher.detach())
     d_student = d_teacher = None
     if student_grad or teacher_grad:
         loss, d_student, d_teacher = loss_and_grads_fn(
@@ -339,8 +339,8 @@ def kd_loss(
     -------
     Tensor
         0-d for ``"mean"``, ``"sum"`` and ``"batchmean"``, per row for ``"none"``; of the
-        logits' dtype. Values and special cases as :func:`kdloss.kd_loss` on the logits
-        (2-byte logits widened to float32); the loss is rounded once to the logits' dtype.
+        logits' dtype. Values and special cases as :func:`kdloss.kd_loss` (float16 and
+        bfloat16: computed in float32; the loss is rounded once to the logits' dtype).
     """
     student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)

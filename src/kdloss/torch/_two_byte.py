@@ -1,9 +1,13 @@
-"""float16 and bfloat16 logits: what the kernel reads, and how its results come back in them.
+"""float16 and bfloat16 logits: how the NumPy layer reads them, and how results come back in them.
 
-The kernel does not read 2-byte floats yet, so they are widened to float32 (exact) on the way
-in; the loss (a float64 value) is rounded once to the logits' dtype, and the kernel's float32
-results are converted by :func:`from_kernel`.
+The kernel reads float16 and bfloat16 natively and computes in float32: float16 logits are
+handed over as a NumPy view, bfloat16 ones as an ``ml_dtypes.bfloat16`` view when ml_dtypes is
+installed (else widened to float32, exact but a copy). The loss (a float64 value) is rounded
+once to the logits' dtype; the kernel's float32 per-row losses and gradients are converted by
+:func:`from_kernel`.
 """
+
+import functools
 
 import numpy as np
 import torch
@@ -11,9 +15,32 @@ import torch
 NARROW_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def kernel_input(tensor):
-    """``tensor`` as the kernel reads it: 2-byte floats widened to float32 (a copy), others as is."""
-    return tensor.float() if tensor.dtype in NARROW_DTYPES else tensor
+@functools.cache
+def _numpy_bfloat16():
+    """``ml_dtypes.bfloat16``, or None without ml_dtypes (an optional dependency)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return ml_dtypes.bfloat16
+
+
+def logits_as_numpy(tensor):
+    """Logits as the NumPy layer reads them: a view (any strides) where NumPy has their dtype
+    (bfloat16: with ml_dtypes), else widened to float32 (exact)."""
+    # force=True resolves a lazy negation bit (a copy then); any other CPU tensor is viewed as is.
+    if tensor.dtype == torch.bfloat16:
+        bfloat16 = _numpy_bfloat16()
+        if bfloat16 is None:
+            return tensor.float().numpy(force=True)
+        return tensor.resolve_neg().view(torch.int16).numpy().view(bfloat16)
+    return tensor.numpy(force=True)
+
+
+def as_numpy(tensor):
+    """Weights and labels as NumPy arrays: views, bfloat16 widened to float32 (the NumPy layer
+    takes ml_dtypes.bfloat16 logits only)."""
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy(force=True)
 
 
 def autocast_inputs(*tensors):
