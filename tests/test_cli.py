@@ -1,5 +1,6 @@
 """The command line: kdloss demo, kdloss config, python -m kdloss."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,81 @@ def test_entry_points_run_the_demo(command):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(" 0.0000\n") == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Every error is one line; a closed pipe is not an error; every subcommand describes itself.
+
+SUBCOMMANDS = ("demo", "config", "score", "bench")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["config", "--bogus"], "kdloss config"),
+        (["demo", "--rows", "10", "--frobnicate"], "kdloss demo"),
+        (["score", "s.npy", "t.npy", "--bogus", "1"], "kdloss score"),
+        (["bench", "--no-such-option"], "kdloss bench"),
+        (["demo", "--rows", "ten"], "kdloss demo"),
+        (["no-such-command"], "kdloss"),
+        ([], "kdloss"),
+    ],
+)
+def test_argparse_errors_are_one_line_exit_2(capsys, argv, prog):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), captured.err
+    assert "usage:" not in captured.err
+    if "--bogus" in argv:
+        assert "--bogus" in lines[0]
+
+
+@pytest.mark.parametrize("argv", [["config"], ["--version"], ["score", "--help"]])
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_output_to_a_closed_pipe_ends_without_a_traceback(argv, unbuffered):
+    # `kdloss config | head -c0`: the reader has gone before kdloss writes.
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    try:
+        done = subprocess.run([CONSOLE_SCRIPT, *argv], stdout=writer, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120, check=False)
+    finally:
+        os.close(writer)
+    assert done.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
+    # 1: the output could not be written; argparse's own --help and --version ignore a failed
+    # write when stdout is unbuffered (then 0).
+    assert done.returncode == 1 if argv == ["config"] or not unbuffered else done.returncode in (0, 1)
+
+
+def test_head_of_config_in_a_shell_pipeline():
+    done = subprocess.run(f"'{CONSOLE_SCRIPT}' config | head -1", shell=True, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == f"kdloss {kdloss.__version__}\n"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_help_has_a_description(capsys, command):
+    from kdloss.cli import build_parser
+
+    parser = build_parser().subcommands[command]
+    assert parser.description and len(parser.description.split()) >= 8
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert parser.description.split()[0] in text and parser.description.split()[-1] in text
+
+
+def test_no_help_text_speaks_of_issues(capsys):
+    from kdloss.cli import build_parser
+
+    texts = [build_parser().format_help()]
+    texts += [parser.format_help() for parser in build_parser().subcommands.values()]
+    for text in texts:
+        assert "issue" not in text.lower(), text

@@ -414,6 +414,36 @@ def test_inputs_are_never_loaded_whole(tmp_path, capsys, fmt):
     assert peak < 1_000_000, peak  # the files hold 16 MB; a chunk of both is 256 KB
 
 
+@pytest.mark.parametrize("extension", [None, ".npy", ".csv"])
+def test_short_rows_stay_bounded_with_every_output(tmp_path, capsys, extension):
+    # 250,000 rows of 2 classes in one chunk. The summary's exact sum and the CSV text are made
+    # a slice at a time: no Python float or string per row of the chunk (that took 16 MB for
+    # the sum and 50 MB for the CSV text here).
+    student, teacher = logit_pair((250_000, 2))
+    student_spec, teacher_spec = store_pair(tmp_path, student, teacher)
+    expected = expected_losses(student, teacher, 1.0)
+    del student, teacher
+    argv = ["score", student_spec, teacher_spec, "--quiet"]
+    if extension:
+        argv += ["--out", str(tmp_path / f"losses{extension}")]
+    assert main(argv) == 0  # warm: imports and first-call allocations are not the point
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        status = main(argv)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 0
+    summary = [summary_of(line) for line in capsys.readouterr().out.splitlines()][-1]
+    check_summary(summary, expected)
+    if extension:
+        written = read_output(tmp_path / f"losses{extension}", expected.dtype)
+        np.testing.assert_array_equal(written, expected, strict=True)
+    # The per-row losses are 1 MB; kd_loss's working copies and the summary's slices a few more.
+    assert peak < 8_000_000, peak
+
+
 # ---------------------------------------------------------------------------------------------
 # Imports: kdloss never imports Dask by itself; kdloss.dask says what to install.
 

@@ -57,3 +57,37 @@ def test_exact_sum_overflow_is_infinite():
     total = ExactSum()
     total.add([1.7e308, 1.7e308])
     assert total.value == math.inf
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_sum_of_arrays_is_fsum_across_the_whole_float64_range(seed):
+    rng = np.random.default_rng(seed)
+    n = 300_000  # more than one slice of the vectorised path
+    values = rng.standard_normal(n) * 10.0 ** rng.integers(-320, 300, n)  # subnormals to 1e300, both signs
+    values[rng.integers(0, n, 500)] = 5e-324 * rng.integers(-9, 9, 500)  # multiples of the smallest subnormal
+    values[rng.integers(0, n, 50)] = -0.0
+    expected = math.fsum(values.tolist())
+    total = ExactSum()
+    total.add(values)
+    assert total.value == expected
+    pieces = ExactSum()
+    for part in split_at(values, rng.integers(0, n, 7)):
+        pieces.add(part)
+    assert pieces.value == expected
+
+
+def test_exact_units_are_the_exact_sum_in_units_of_the_smallest_step():
+    from fractions import Fraction
+
+    from kdloss.scoring._score import exact_units
+
+    rng = np.random.default_rng(9)
+    values = np.concatenate([rng.random(1000).astype(np.float32), [5e-324, -7e-323, 1.5e308, -1e-310, 0.0]])
+    exact = sum(Fraction(value) for value in values.tolist())
+    assert Fraction(exact_units(values), 2**1126) == exact
+
+
+def test_exact_sum_of_huge_values_overflows_to_inf_not_an_error():
+    total = ExactSum()
+    total.add(np.full(10, 1.7e308))
+    assert total.value == math.inf

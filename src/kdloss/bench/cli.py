@@ -19,7 +19,8 @@ def add_parser(commands):
     )
     # Plain strings: they are checked in run(), so that a bad value is one line and exit 2.
     bench.add_argument("--shapes", default=DEFAULT_SHAPES,
-                       help=f"ROWSxCLASSES list; one row = a single 1-D call (default {DEFAULT_SHAPES}, the issue's)")
+                       help=f"ROWSxCLASSES list; one row = a single 1-D call (default {DEFAULT_SHAPES}: an "
+                       "image-classifier batch, an LLM vocabulary, short rows, a single call)")
     bench.add_argument("--dtype", default="float32", help="float32,float64 (default float32)")
     bench.add_argument("--threads", default=None,
                        help="thread counts, e.g. 1,2,4 (default: kdloss's default, the usable CPUs)")

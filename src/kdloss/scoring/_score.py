@@ -16,42 +16,72 @@ import numpy as np
 
 from .. import kd_loss
 
+SLICE = 1 << 16  # values handled at once by the summary: its temporaries stay about 4 MB
+
+# np.frexp's exponent of a finite, non-zero float64 is in [-1073, 1024] (2**-1074 = 0.5 * 2**-1073).
+_EXPONENT_MIN, _EXPONENT_MAX = -1073, 1024
+_BINS = _EXPONENT_MAX - _EXPONENT_MIN + 1
+# Every float64 m * 2**(e - 53) below is a whole number of units of 2**-1126 (the smallest e - 53).
+_UNIT_EXPONENT = _EXPONENT_MIN - 53
+
+
+def exact_units(values):
+    """The exact sum of ``values`` as a Python int, in units of ``2**-1126``.
+
+    ``values``: a 1-D float64 array of finite values, at most ``2**26`` of them. Each value is
+    ``m * 2**(e - 53)`` with an integer ``|m| < 2**53`` (``np.frexp``); ``m`` is split into a
+    high half ``h = floor(m / 2**26)`` and a low half ``m - h * 2**26``, each below ``2**27``
+    in magnitude. Summed per exponent (``np.bincount`` in float64), ``2**26`` halves stay below
+    ``2**53``: every running sum is an integer that float64 holds exactly. Only these per-exponent
+    sums (a few per binary exponent present, at most 4196) become Python ints, shifted to their
+    place: no Python object per value.
+    """
+    mantissa, exponent = np.frexp(values)
+    digits = mantissa * 2.0**53
+    high = np.floor(digits * 2.0**-26)
+    low = digits - high * 2.0**26
+    bins = exponent - _EXPONENT_MIN
+    del mantissa, exponent, digits
+    high_sums = np.bincount(bins, weights=high, minlength=_BINS)
+    low_sums = np.bincount(bins, weights=low, minlength=_BINS)
+    total = 0
+    for shift in np.flatnonzero(high_sums).tolist():
+        total += int(high_sums[shift]) << (shift + 26)
+    for shift in np.flatnonzero(low_sums).tolist():
+        total += int(low_sums[shift]) << shift
+    return total
+
 
 class ExactSum:
     """An exact running sum of floats, in memory that does not grow with the number of values.
 
-    The state is a short list of floats whose exact (real-number) sum is the sum of everything
-    added so far: each ``add`` replaces it by ``r1 = fsum(state + values)``, then
-    ``r2 = fsum(state + values - r1)`` and so on until the remainder is exactly 0 (``fsum``
-    rounds correctly, so a non-zero remainder never rounds to 0; two or three terms in
-    practice). ``value`` is therefore ``math.fsum`` of every value ever added: independent of
-    how the values were split into calls, and of their order.
+    The state is one Python int: the exact sum so far in units of ``2**-1126`` (every float64 is
+    a whole number of them), a little over 2,100 bits at most. ``add`` takes an array of finite
+    floats a slice at a time (:func:`exact_units`: vectorised). ``value`` is that integer over
+    ``2**1126`` by Python's int division, which rounds correctly: it is ``math.fsum`` of every
+    value ever added, independent of how the values were split into calls and of their order,
+    and ``inf`` where the exact sum is beyond the float64 range.
     """
 
     def __init__(self):
-        self._parts = []
-        self.overflowed = False
+        self._units = 0
 
     def add(self, values):
-        """Add a list of finite floats."""
-        if self.overflowed or not values:
-            return
-        terms = self._parts + list(values)
-        parts = []
-        try:
-            while (remainder := math.fsum(terms + [-p for p in parts])) != 0.0:
-                parts.append(remainder)
-        except OverflowError:  # the exact sum left the float64 range
-            self.overflowed = True
-        self._parts = parts
+        """Add an array (or a sequence) of finite floats."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        for start in range(0, values.size, SLICE):
+            self._units += exact_units(values[start:start + SLICE])
 
     @property
     def value(self):
-        return math.inf if self.overflowed else math.fsum(self._parts)
+        try:
+            return self._units / (1 << -_UNIT_EXPONENT)
+        except OverflowError:  # the exact sum is beyond the float64 range
+            return math.inf if self._units > 0 else -math.inf
 
 
 class Summary:
-    """Row counts and the exact sum, fed one chunk of per-row losses at a time."""
+    """Row counts and the exact sum, fed one chunk of per-row losses at a time (a slice at a time)."""
 
     def __init__(self):
         self.rows = 0
@@ -61,13 +91,16 @@ class Summary:
         self._sum = ExactSum()
 
     def add(self, losses):
-        values = np.asarray(losses, dtype=np.float64).ravel()
-        nan = np.isnan(values)
-        inf = np.isinf(values)
-        self.rows += values.size
-        self.nan_rows += int(nan.sum())
-        self.inf_rows += int(inf.sum())
-        self._sum.add(values[~(nan | inf)].tolist())
+        losses = np.ravel(losses)
+        for start in range(0, losses.size, SLICE):
+            values = losses[start:start + SLICE].astype(np.float64)
+            nan = np.isnan(values)
+            inf = np.isinf(values)
+            self.rows += values.size
+            self.nan_rows += int(np.count_nonzero(nan))
+            self.inf_rows += int(np.count_nonzero(inf))
+            values[nan | inf] = 0.0
+            self._sum.add(values)
 
     @property
     def sum(self):

@@ -7,11 +7,11 @@ it over the output with ``os.replace``, which is atomic on POSIX and Windows. An
 only ever replaced by a complete one.
 
 - ``.npy``: a NumPy header for the final shape and dtype, then the rows' bytes in C order,
-  appended with ``write`` (not a memory map, so nothing stays resident).
+  appended with ``write`` straight from the array (not a memory map, so nothing stays resident).
 - ``.csv``: a ``row,loss`` header line, then one line per row: the flat row index (C order
   over the leading axes; ``numpy.unravel_index`` recovers the leading indices) and the loss in
   the shortest text that reads back to the same value of the output dtype (``nan``, ``inf``
-  for special values).
+  for special values), turned into text ``CSV_SLICE`` rows at a time.
 """
 
 import os
@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 
 EXTENSIONS = (".npy", ".csv")
+CSV_SLICE = 1 << 14  # rows turned into text at once: about 1 MB of it
 
 
 def _new_file_mode(path):
@@ -59,11 +60,13 @@ class AtomicWriter:
         """Append the next rows' losses (a 1-D array in the output dtype)."""
         losses = np.ascontiguousarray(losses, dtype=self.dtype)
         if self.kind == ".npy":
-            self._file.write(losses.tobytes())
+            self._file.write(memoryview(losses).cast("B"))  # the array's own bytes, no copy
         else:
-            index = range(self._row, self._row + losses.size)
-            text = "".join(f"{i},{value}\n" for i, value in zip(index, losses.astype(str)))
-            self._file.write(text.encode("ascii"))
+            for start in range(0, losses.size, CSV_SLICE):  # the text of a slice at a time
+                part = losses[start:start + CSV_SLICE]
+                first = self._row + start
+                text = "".join(map("{},{}\n".format, range(first, first + part.size), part.astype(str).tolist()))
+                self._file.write(text.encode("ascii"))
         self._row += losses.size
 
     def __exit__(self, kind, error, traceback):

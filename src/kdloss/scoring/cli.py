@@ -20,9 +20,13 @@ from .._threads import resolve_num_threads
 from .._validation import _compute_dtype, check_temperature
 from . import _score
 from ._inputs import InputError, open_logits
+from ._paths import resolve_output
 from ._writers import EXTENSIONS, AtomicWriter
 
 CHUNK_BYTES = 32 << 20  # default chunk: 32 MiB of each input
+# ... and at most this many rows, so that short rows' per-row losses (and kd_loss's working
+# copy of them) stay a few MB per chunk beside the mapped input.
+CHUNK_ROWS_MAX = 1 << 20
 REDUCTIONS = ("none", "sum", "mean")
 
 DESCRIPTION = """\
@@ -32,10 +36,14 @@ holds classes). Inputs are read a chunk of rows at a time and never loaded whole
 
 Inputs (STUDENT and TEACHER):
   FILE.npy        memory-mapped, read chunk by chunk
-  FILE.npz:NAME   the array NAME in a .npz archive; mapped in place when stored (np.savez),
-                  loaded whole (that array only) when compressed (np.savez_compressed)
+  FILE.npz:NAME   the member NAME (or NAME.npy) of a .npz archive; mapped in place when
+                  stored (np.savez), decompressed whole (that member only) and checked when
+                  opened if compressed (np.savez_compressed)
   DIRECTORY       a Zarr array (directory store); needs the [dask] extra
-  dtypes float16, float32, float64 (float16 is computed as float32).
+  dtypes float16, float32, float64 in either byte order (big-endian is byte-swapped a chunk
+  at a time), and bfloat16 in Zarr v3 (read as its exact float32 values; needs ml_dtypes);
+  float16 and bfloat16 are computed as float32. Paths are resolved as the OS resolves them:
+  link/../x.npy is the x.npy beside the folder the link points to.
 
 Output:
   stdout          always one line of JSON: rows, classes, shape (leading axes), dtype,
@@ -45,12 +53,15 @@ Output:
                   NaN); an inf row makes them infinite, written as null (inf_rows says so).
                   sum is the correctly rounded sum of the per-row losses as written; loss is
                   mean or sum as --reduction asks (null for none).
-  --out FILE.npy  the per-row losses, shape = the leading axes, dtype float32 for float16 and
-                  float32 inputs, float64 for float64 (as kdloss.kd_loss(..., reduction="none"))
+  --out FILE.npy  the per-row losses, shape = the leading axes, dtype float32 for float16,
+                  bfloat16 and float32 inputs, float64 for float64 (as kdloss.kd_loss(...,
+                  reduction="none"))
   --out FILE.csv  a "row,loss" header, then one line per row: the row's flat index (C order
                   over the leading axes) and its loss, in text that reads back exactly
   The output is written to a temporary file in the same folder and renamed over FILE only
-  when complete: a failed or interrupted run leaves no partial file.
+  when complete: a failed or interrupted run leaves no partial file. Its folder is resolved
+  once, as the OS does, and FILE is written exactly there ("out" in the summary). An output
+  that is an input (under any spelling, through a symlink, or a hard link of one) is refused.
 
 Progress goes to stderr (tqdm) when stderr is a terminal, unless --quiet.
 Exit status: 0 done; 2 bad arguments or inputs (one line on stderr, no output written);
@@ -73,14 +84,6 @@ Job = namedtuple(
 )
 
 
-def _one_line_error(parser):
-    def error(message):
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-    return error
-
-
 def add_parser(commands):
     """Register ``score`` on the ``kdloss`` subparsers ``commands``; return its parser."""
     parser = commands.add_parser(
@@ -88,8 +91,7 @@ def add_parser(commands):
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Values are strings here and checked in validate(), so every bad value gets the same
-    # one-line error; argparse's own errors (a missing argument) are one line too.
-    parser.error = _one_line_error(parser)
+    # one-line error; argparse's own errors (a missing argument) are one line too (kdloss.cli).
     parser.add_argument("student", metavar="STUDENT", help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
     parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT")
     parser.add_argument("-T", "--temperature", default="1.0", metavar="T", help="temperature, finite and > 0 (default 1.0)")
@@ -101,7 +103,8 @@ def add_parser(commands):
     )
     parser.add_argument(
         "--chunk-rows", metavar="N",
-        help=f"rows per chunk (default: as many as fit in {CHUNK_BYTES >> 20} MiB of each input); "
+        help=f"rows per chunk (default: as many as fit in {CHUNK_BYTES >> 20} MiB of each input, at most "
+        f"{CHUNK_ROWS_MAX:,}); "
         "memory use grows with it, results do not depend on it",
     )
     parser.add_argument(
@@ -130,19 +133,11 @@ def _positive_int(text, option):
 
 
 def _check_out(out, sources):
-    """Check that ``--out`` can be written: known extension, an existing folder, not an input."""
+    """The path ``--out`` writes (resolved once, see ``_paths``): a known extension, not an input."""
     extension = os.path.splitext(out)[1].lower()
     if extension not in EXTENSIONS:
         raise InputError(f"--out {out}: unknown output extension {extension or '(none)'!r}; use .npy or .csv")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise InputError(f"--out {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: the folder {folder} is not writable")
-    if os.path.isdir(out):
-        raise InputError(f"--out {out} is a directory")
-    if os.path.exists(out) and any(os.path.samefile(out, source.path) for source in sources):
-        raise InputError(f"--out {out} is one of the inputs")
+    return resolve_output(out, [(source.spec, source.file_id) for source in sources])
 
 
 def validate(args):
@@ -177,17 +172,16 @@ def validate(args):
             f"student and teacher must have the same shape, got student {student.shape} ({args.student}) "
             f"and teacher {teacher.shape} ({args.teacher})"
         )
-    if args.out:
-        _check_out(args.out, (student, teacher))
+    out = _check_out(args.out, (student, teacher)) if args.out else None
     dtype = np.result_type(_compute_dtype(student.dtype, "student"), _compute_dtype(teacher.dtype, "teacher"))
     if chunk_rows is None:
-        row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)
-        chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)  # as read
+        chunk_rows = max(1, min(CHUNK_BYTES // row_bytes, CHUNK_ROWS_MAX))
     if args.dask is not None:
         threads = 1 if num_threads is None else resolve_num_threads(num_threads)
     else:
         threads = resolve_num_threads(num_threads)
-    return Job(student, teacher, temperature, reduction, args.out, dtype, chunk_rows, num_threads, threads,
+    return Job(student, teacher, temperature, reduction, out, dtype, chunk_rows, num_threads, threads,
                args.dask, args.quiet)
 
 
@@ -214,7 +208,7 @@ def summary_line(job, summary):
         "rows_per_second": round(summary.rows / summary.seconds, 1) if summary.seconds > 0 else None,
         "threads": job.threads,
         "chunk_rows": job.chunk_rows,
-        "out": os.path.abspath(job.out) if job.out else None,
+        "out": job.out,
         "dask": job.dask,
     }
     return json.dumps(record, allow_nan=False)
