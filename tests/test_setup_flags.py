@@ -27,7 +27,7 @@ class CompilerThatFails:
     """A compiler whose every compile fails (as with no omp.h), counting its tries."""
 
     compiler_type = "unix"
-    compiler_so = ["clang"]
+    compiler_so = ("clang",)
 
     def __init__(self):
         self.compiles = 0

@@ -4,7 +4,12 @@ The same layers as ``_api``: validate and convert here, allocate the outputs, re
 then one fused kernel pass per row (``_kernel.loss_grad_rows``) gives the loss and its gradient.
 """
 
+from __future__ import (
+    annotations,  # help() shows "ArrayLike", not NumPy's expanded Union
+)
+
 import math
+from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -13,6 +18,7 @@ from . import _kernel
 from ._api import Reduction, blockwise_sum, threads_for
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
+from ._typing import ScalarReduction
 from ._validation import (
     as_logits_pair,
     check_alpha,
@@ -142,6 +148,37 @@ def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.
     )
 
 
+# The reduction decides the loss's type (as in kd_loss), teacher_grad the tuple's length.
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+) -> tuple[float, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[True], num_threads: int | None = ...,
+) -> tuple[float, np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[True], num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Reduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: bool = ..., num_threads: int | None = ...,
+) -> tuple[float | np.ndarray, ...]: ...
 def kd_loss_and_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -152,7 +189,7 @@ def kd_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
-):
+) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and its gradient, in one fused pass.
 
     Parameters are those of :func:`kd_loss`, and:
@@ -176,6 +213,21 @@ def kd_loss_and_grad(
         Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss
         is NaN has NaN gradients; a row whose loss is +inf (the student rules out a class the
         teacher allows) has the finite ``d_student`` autograd gives and a NaN ``d_teacher``.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> loss, d_student = kdloss.kd_loss_and_grad(student, teacher, temperature=2.0)
+    >>> loss
+    0.6403
+    >>> d_student  # T (Q - P) / rows
+    array([[-0.3202,  0.    ,  0.3202],
+           [ 0.    ,  0.    ,  0.    ]])
+    >>> loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 2.0, teacher_grad=True)
+    >>> d_teacher[0]
+    array([ 0.3443, -0.0984, -0.2460])
     """
     loss, d_student, d_teacher = kd_loss_and_grads(
         student_logits, teacher_logits, temperature, reduction=reduction, weights=weights,
@@ -184,6 +236,24 @@ def kd_loss_and_grad(
     return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
 
 
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"], weights: ArrayLike | None = ...,
+    num_threads: int | None = ...,
+) -> np.ndarray: ...
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., num_threads: int | None = ...,
+) -> float: ...
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ..., weights: ArrayLike | None = ...,
+    num_threads: int | None = ...,
+) -> float | np.ndarray: ...
 def hinton_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -223,6 +293,16 @@ def hinton_loss(
 
     Special values: the KL term as :func:`kd_loss`; the cross-entropy is NaN for a row with a
     NaN or +inf student logit, or all -inf, and +inf when the label's logit is -inf.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.hinton_loss(student, teacher, labels=[2, 0], temperature=2.0, alpha=0.5)
+    0.6967
+    >>> kdloss.hinton_loss(student, teacher, [2, -100], 2.0, reduction="none")  # -100: ignored
+    array([0.8441, 0.    ])
     """
     loss, _, _ = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
@@ -231,6 +311,41 @@ def hinton_loss(
     return loss
 
 
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
+    num_threads: int | None = ...,
+) -> tuple[float, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
+    num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
+    num_threads: int | None = ...,
+) -> tuple[float, np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
+    num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: bool = ...,
+    num_threads: int | None = ...,
+) -> tuple[float | np.ndarray, ...]: ...
 def hinton_loss_and_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -244,7 +359,7 @@ def hinton_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
-):
+) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient in one fused pass; returns ``(loss, d_student)`` or
     ``(loss, d_student, d_teacher)``, as :func:`kd_loss_and_grad`.
 
@@ -252,6 +367,18 @@ def hinton_loss_and_grad(
     ``dL/dt = alpha T P (log P - log Q - KL)``, scaled by the reduction as in
     :func:`kd_loss_and_grad`; ignored rows and rows of weight 0 get 0. A NaN cross-entropy
     makes that row's ``d_student`` NaN.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> loss, d_student = kdloss.hinton_loss_and_grad(student, teacher, [2, 0], temperature=2.0)
+    >>> loss
+    0.6967
+    >>> d_student
+    array([[-0.1376,  0.0612,  0.0764],
+           [-0.1667,  0.0833,  0.0833]])
     """
     loss, d_student, d_teacher = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,

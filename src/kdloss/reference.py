@@ -18,8 +18,13 @@ Validation is shared with the kernel (``kdloss._validation``), so the oracle acc
 rejects exactly the same inputs, with the same messages.
 """
 
-import numpy as np
+from __future__ import annotations
 
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _api, _training
+from ._typing import typed_as
 from ._validation import (
     as_logits,
     as_logits_pair,
@@ -147,23 +152,52 @@ def _scaled(grads, factors, kept):
 # ---------------------------------------------------------------------------------------------
 
 
-def log_softmax(logits, temperature=1.0, *, num_threads=None):
-    """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`."""
+@typed_as(_api.log_softmax)
+def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
+    """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.log_softmax([1.0, 2.0, 3.0])
+    array([-2.4076, -1.4076, -0.4076])
+    """
     x = as_logits(logits)
     return _log_softmax64(x, check_temperature(temperature)).astype(x.dtype)
 
 
-def softmax(logits, temperature=1.0, *, num_threads=None):
-    """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`."""
+@typed_as(_api.softmax)
+def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
+    """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.softmax([1.0, 2.0, 3.0], temperature=2.0)
+    array([0.1863, 0.3072, 0.5065])
+    """
     x = as_logits(logits)
     return np.exp(_log_softmax64(x, check_temperature(temperature))).astype(x.dtype)
 
 
-def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", weights=None, num_threads=None):
+@typed_as(_api.kd_loss)
+def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0, *,
+            reduction: _api.Reduction = "mean", weights: ArrayLike | None = None,
+            num_threads: int | None = None) -> float | np.ndarray:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, reduced, as :func:`kdloss.kd_loss`.
 
     With ``weights``: ``w * loss`` per row (exactly 0 where ``w == 0``, even for a NaN row),
     ``"sum"`` adds them, ``"mean"`` divides the sum by ``sum(w)`` (0.0 when that is 0).
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.reference.kd_loss(student, teacher, temperature=2.0)
+    0.6403
+    >>> kdloss.reference.kd_loss(student, teacher, 2.0, reduction="none")
+    array([1.2806, 0.    ])
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -177,23 +211,33 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean"
     return _reduce(losses, reduction, kept, teacher.dtype)
 
 
+@typed_as(_training.kd_loss_and_grad)
 def kd_loss_and_grad(
-    student_logits,
-    teacher_logits,
-    temperature=1.0,
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    temperature: float = 1.0,
     *,
-    reduction="mean",
-    weights=None,
-    grad_output=None,
-    teacher_grad=False,
-    num_threads=None,
-):
+    reduction: _api.Reduction = "mean",
+    weights: ArrayLike | None = None,
+    grad_output: ArrayLike | None = None,
+    teacher_grad: bool = False,
+    num_threads: int | None = None,
+) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and the gradient of ``grad_output * loss``, as :func:`kdloss.kd_loss_and_grad`.
 
     Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher
     masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
     or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
     ``(loss, d_student, d_teacher)``, the gradients in the compute dtype.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_student = kdloss.reference.kd_loss_and_grad([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], 2.0)
+    >>> loss
+    1.2806
+    >>> d_student
+    array([-0.6403,  0.    ,  0.6403])
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -249,22 +293,45 @@ def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_i
     return loss, d_student, _scaled(d_t, factors, kept).astype(teacher.dtype)
 
 
-def hinton_loss(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *, ignore_index=-100,
-                reduction="mean", weights=None, num_threads=None):
+@typed_as(_training.hinton_loss)
+def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0,
+                alpha: float = 0.5, *, ignore_index: int = -100, reduction: _api.Reduction = "mean",
+                weights: ArrayLike | None = None, num_threads: int | None = None) -> float | np.ndarray:
     """``alpha T^2 KL(P || Q) + (1 - alpha) CE(softmax(s), label)`` per row, as :func:`kdloss.hinton_loss`.
 
     ``CE = logsumexp(s) - s_label`` at T = 1. Rows labelled ``ignore_index`` are left out (0 in
     "none", and out of the mean's denominator); "mean" is 0.0 when no row counts.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.reference.hinton_loss(student, teacher, [2, 0], temperature=2.0, alpha=0.5)
+    0.6967
     """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
                    None, False, want_grad=False)
 
 
-def hinton_loss_and_grad(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *,
-                         ignore_index=-100, reduction="mean", weights=None, grad_output=None,
-                         teacher_grad=False, num_threads=None):
+@typed_as(_training.hinton_loss_and_grad)
+def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
+                         temperature: float = 1.0, alpha: float = 0.5, *, ignore_index: int = -100,
+                         reduction: _api.Reduction = "mean", weights: ArrayLike | None = None,
+                         grad_output: ArrayLike | None = None, teacher_grad: bool = False,
+                         num_threads: int | None = None) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient, as :func:`kdloss.hinton_loss_and_grad`:
     ``dL/ds = alpha T (Q - P) + (1 - alpha) (R - onehot(label))``, ``dL/dt = alpha T P (log P -
-    log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0."""
+    log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_student = kdloss.reference.hinton_loss_and_grad([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], 2, 2.0)
+    >>> loss
+    0.8441
+    >>> d_student
+    array([-0.2751,  0.1224,  0.1528])
+    """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
                    grad_output, teacher_grad, want_grad=True)

@@ -291,6 +291,20 @@ def kd_loss(
     Tensor
         0-d for ``"mean"``, ``"sum"`` and ``"batchmean"``, per row for ``"none"``; of the
         logits' dtype. Values and special cases as :func:`kdloss.kd_loss`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import kdloss.torch as kdt
+    >>> student = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    >>> teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    >>> loss = kdt.kd_loss(student, teacher, temperature=2.0)
+    >>> loss.item()
+    0.6403
+    >>> loss.backward()
+    >>> student.grad
+    tensor([[-0.3202,  0.0000,  0.3202],
+            [ 0.0000,  0.0000,  0.0000]])
     """
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
@@ -321,6 +335,20 @@ def hinton_loss(
     ``student``, ``teacher``, ``temperature``, ``reduction`` and ``weights`` are as in
     :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term. Values and special cases as
     :func:`kdloss.hinton_loss`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import kdloss.torch as kdt
+    >>> student = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    >>> teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    >>> loss = kdt.hinton_loss(student, teacher, torch.tensor([2, 0]), temperature=2.0, alpha=0.5)
+    >>> loss.item()
+    0.6967
+    >>> loss.backward()
+    >>> student.grad
+    tensor([[-0.1376,  0.0612,  0.0764],
+            [-0.1667,  0.0833,  0.0833]])
     """
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
