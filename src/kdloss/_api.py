@@ -225,8 +225,20 @@ def _softmax(logits, temperature, num_threads, take_log):
 def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, computed stably in double.
 
-    Returns an array of the input's shape and compute dtype (float32 or float64). A row with a
-    NaN or +inf, or with every entry -inf, becomes NaN; -inf entries become 0.
+    Parameters
+    ----------
+    logits : array_like ``(..., classes)``
+        Dtypes and layouts as in :func:`kd_loss`.
+    temperature : float
+        ``T``, finite and > 0.
+    num_threads : int, optional
+        As in :func:`kd_loss`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the compute dtype (float32 or float64). A row with a NaN or +inf,
+        or with every entry -inf, becomes NaN; -inf entries become 0.
 
     Examples
     --------
@@ -240,7 +252,18 @@ def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | N
 
 
 def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
-    """``log_softmax(logits / T)`` along the last axis; special values as :func:`softmax` (-inf stays -inf).
+    """``log_softmax(logits / T)`` along the last axis, computed stably in double.
+
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`softmax`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the compute dtype. Special values as :func:`softmax`, except that
+        -inf entries stay -inf.
 
     Examples
     --------
@@ -256,9 +279,18 @@ def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int
 def distillation_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0) -> float:
     """``T^2 * KL(P_T || Q_T)`` for one pair of logit vectors, rounded to 4 decimal places.
 
-    ``student_logits`` and ``teacher_logits`` are equal-length, non-empty 1-D sequences (lists,
-    tuples or arrays). Returns a Python float, never ``-0.0``. For full precision and batches
-    use :func:`kd_loss`.
+    Parameters
+    ----------
+    student_logits, teacher_logits : sequence of float
+        Equal-length, non-empty 1-D sequences (lists, tuples or arrays).
+    temperature : float
+        ``T``, finite and > 0.
+
+    Returns
+    -------
+    float
+        The loss rounded with ``round(x, 4)``, never ``-0.0``. For full precision and batches use
+        :func:`kd_loss`.
 
     Examples
     --------

@@ -192,8 +192,10 @@ def kd_loss_and_grad(
 ) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and its gradient, in one fused pass.
 
-    Parameters are those of :func:`kd_loss`, and:
-
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+        As in :func:`kd_loss`.
     grad_output : float or array_like, optional
         The upstream gradient. For ``"sum"`` and ``"mean"``, a scalar (default 1.0: the
         gradient of the loss itself). For ``"none"``, one value per row (shape
@@ -291,6 +293,11 @@ def hinton_loss(
         As in :func:`kd_loss`; ``"mean"`` divides by the total weight of the rows not ignored
         (their number without weights), and is 0.0 when there are none.
 
+    Returns
+    -------
+    float or numpy.ndarray
+        As :func:`kd_loss`: per row for ``"none"``, a Python float otherwise.
+
     Special values: the KL term as :func:`kd_loss`; the cross-entropy is NaN for a row with a
     NaN or +inf student logit, or all -inf, and +inf when the label's logit is -inf.
 
@@ -360,13 +367,25 @@ def hinton_loss_and_grad(
     teacher_grad: bool = False,
     num_threads: int | None = None,
 ) -> tuple[float | np.ndarray, ...]:
-    """:func:`hinton_loss` and its gradient in one fused pass; returns ``(loss, d_student)`` or
-    ``(loss, d_student, d_teacher)``, as :func:`kd_loss_and_grad`.
+    """:func:`hinton_loss` and its gradient in one fused pass.
 
     Per row, ``dL/ds = alpha T (Q - P) + (1 - alpha) (softmax(s) - onehot(label))`` and
     ``dL/dt = alpha T P (log P - log Q - KL)``, scaled by the reduction as in
     :func:`kd_loss_and_grad`; ignored rows and rows of weight 0 get 0. A NaN cross-entropy
     makes that row's ``d_student`` NaN.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
+        As in :func:`hinton_loss`.
+    grad_output, teacher_grad
+        As in :func:`kd_loss_and_grad`.
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
+        ``loss`` exactly as :func:`hinton_loss` returns it; the gradients as in
+        :func:`kd_loss_and_grad`.
 
     Examples
     --------

@@ -92,12 +92,20 @@ def kd_loss(
 ) -> da.Array:
     """:func:`kdloss.kd_loss` for Dask arrays, lazily: one task per block of rows.
 
-    Parameters are those of :func:`kdloss.kd_loss`; ``student_logits`` and ``teacher_logits``
-    are ``dask.array.Array`` (anything else is wrapped as one chunk) of the same shape, with
-    any chunking. ``num_threads`` is the threads *per task* (None: 1; see the module notes).
+    Parameters
+    ----------
+    student_logits, teacher_logits : dask.array.Array
+        Of the same shape, with any chunking (anything else is wrapped as one chunk).
+    temperature, reduction
+        As in :func:`kdloss.kd_loss`.
+    num_threads : int, optional
+        The threads *per task* (None: 1; see the module notes).
 
-    Returns a lazy ``dask.array.Array``: per-row losses for ``"none"``, a 0-d float64 array
-    for ``"sum"`` and ``"mean"``. Errors in the arguments are raised here, before any task runs.
+    Returns
+    -------
+    dask.array.Array
+        Lazy: per-row losses for ``"none"``, a 0-d float64 array for ``"sum"`` and ``"mean"``.
+        Errors in the arguments are raised here, before any task runs.
 
     Examples
     --------

@@ -156,6 +156,16 @@ def _scaled(grads, factors, kept):
 def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`.
 
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`kdloss.log_softmax` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the compute dtype.
+
     Examples
     --------
     >>> import kdloss.reference
@@ -169,6 +179,16 @@ def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int
 @typed_as(_api.softmax)
 def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`.
+
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`kdloss.softmax` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the compute dtype.
 
     Examples
     --------
@@ -188,6 +208,16 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: f
 
     With ``weights``: ``w * loss`` per row (exactly 0 where ``w == 0``, even for a NaN row),
     ``"sum"`` adds them, ``"mean"`` divides the sum by ``sum(w)`` (0.0 when that is 0).
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+        As in :func:`kdloss.kd_loss` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Per row for ``"none"`` (in the compute dtype), a Python float otherwise.
 
     Examples
     --------
@@ -229,6 +259,15 @@ def kd_loss_and_grad(
     masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
     or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
     ``(loss, d_student, d_teacher)``, the gradients in the compute dtype.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, grad_output, teacher_grad, num_threads
+        As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
 
     Examples
     --------
@@ -302,6 +341,16 @@ def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Ar
     ``CE = logsumexp(s) - s_label`` at T = 1. Rows labelled ``ignore_index`` are left out (0 in
     "none", and out of the mean's denominator); "mean" is 0.0 when no row counts.
 
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
+        As in :func:`kdloss.hinton_loss` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Per row for ``"none"``, a Python float otherwise.
+
     Examples
     --------
     >>> import kdloss.reference
@@ -323,6 +372,17 @@ def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, l
     """:func:`hinton_loss` and its gradient, as :func:`kdloss.hinton_loss_and_grad`:
     ``dL/ds = alpha T (Q - P) + (1 - alpha) (R - onehot(label))``, ``dL/dt = alpha T P (log P -
     log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights
+        As in :func:`kdloss.hinton_loss`.
+    grad_output, teacher_grad, num_threads
+        As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
 
     Examples
     --------

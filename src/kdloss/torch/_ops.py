@@ -336,6 +336,22 @@ def hinton_loss(
     :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term. Values and special cases as
     :func:`kdloss.hinton_loss`.
 
+    Parameters
+    ----------
+    student, teacher, temperature, reduction, weights
+        As in :func:`kd_loss`.
+    labels : Tensor of int
+        Shape ``logits.shape[:-1]``: a class in ``[0, classes)`` or ``ignore_index`` per row.
+    alpha : float in [0, 1]
+        The weight of the KL term; ``1 - alpha`` weighs the cross-entropy.
+    ignore_index : int
+        The label of rows to leave out (padding).
+
+    Returns
+    -------
+    Tensor
+        As :func:`kd_loss`: 0-d, or per row for ``"none"``.
+
     Examples
     --------
     >>> import torch
