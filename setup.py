@@ -81,7 +81,6 @@ kdloss runs its kernel on all cores with OpenMP. Either get OpenMP for this comp
   - Clang (Linux): install LLVM's OpenMP runtime (e.g. `apt install libomp-dev`);
   - Apple clang (macOS): `brew install libomp` (kdloss looks in $HOMEBREW_PREFIX/opt/libomp);
   - conda: `conda install -c conda-forge llvm-openmp` (clang) or use conda-forge's GCC;
-  - MSVC: /openmp comes with Visual Studio's C++ build tools;
 or build the serial kernel (same results, one core) with:
   KDLOSS_NO_OPENMP=1 pip install .
 """
@@ -104,7 +103,12 @@ def release_flags(compiler, environ=os.environ):
     if compiler.compiler_type == "msvc":
         return ["/O2"], []
     # -Wno-psabi: GCC notes that vector arguments change the ABI; ours are all inlined.
-    compile_args, link_args = ["-O3", "-Wno-psabi"], []
+    # -ffp-contract=off: the kernel fuses multiply-adds where it asks to (kd_fma), never where
+    # the compiler would choose, so an expression rounds the same way in every inlined copy
+    # (a class gives the same bits in every path that takes it).
+    # -frecord-gcc-switches: each unit's flags stay readable in the stripped library (section
+    # .GCC.command.line; tests/test_build.py checks them there).
+    compile_args, link_args = ["-O3", "-Wno-psabi", "-ffp-contract=off", "-frecord-gcc-switches"], []
     if environ.get("KDLOSS_DEBUG", "0") in ("", "0"):
         # -g0 comes after Python's own CFLAGS (which may hold -g) and wins; -s strips the symbol
         # table at link time (GNU ld and lld; Apple's ld has no use for it).
@@ -132,7 +136,7 @@ extensions = [
     Extension(
         "kdloss._kernel",
         ["src/kdloss/_kernel.pyx"]
-        + [f"{SIMD_DIR}/{name}.c" for name in ("dispatch", "target_baseline", "target_avx2", "target_avx512")],
+        + [f"{SIMD_DIR}/{name}.c" for name in ("dispatch", "target_scalar", "target_baseline", "target_avx2", "target_avx512")],
         include_dirs=[SIMD_DIR],
     )
 ]

@@ -1,4 +1,5 @@
-"""Shared test parameters: dtypes, memory layouts, thread counts and kernel targets."""
+"""Shared test parameters: the project's tables (divergences, input dtypes, kernel targets),
+memory layouts and thread counts."""
 
 import zlib
 
@@ -6,7 +7,12 @@ import numpy as np
 import pytest
 
 from kdloss import _kernel
+from kdloss._divergences import DIVERGENCES
+from kdloss._dtypes import DTYPES as DTYPE_TABLE
+from kdloss._dtypes import available_dtypes
+from kdloss._threads import threads_for
 
+# The dtypes the kernel computes in (tests of kernel paths); DTYPE_ROWS are every input dtype.
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("C", "F", "strided", "negative_strides", "readonly_memmap")
 # 1 runs without a parallel region; 2 is this machine's cores; 3 and 7 oversubscribe and leave
@@ -16,6 +22,57 @@ THREAD_COUNTS = (1, 2, 3, 7)
 # code), and "avx2" / "avx512" where the CPU has them. Modules that use the ``kernel_target``
 # fixture run once per target.
 KERNEL_TARGETS = tuple(_kernel.available_targets())
+
+
+# Every input dtype of the dtype table whose package is installed (bfloat16 needs ml_dtypes).
+DTYPE_ROWS = tuple(DTYPE_TABLE[name] for name in available_dtypes())
+
+
+# A huge finite logit of each input dtype (keyed by np.dtype and by its type): 2 H / T stays
+# finite in float64 for T >= 1/2, and H is held exactly by the dtype. float32's and float64's
+# are those of the accuracy contract (README "Accuracy": 3e38 and 1e307).
+HUGE = {np.dtype(row.numpy_dtype): float(np.finfo(row.numpy_dtype).max) / 8 for row in DTYPE_ROWS}
+HUGE.update({np.dtype(np.float32): 3e38, np.dtype(np.float64): 1e307})
+HUGE = {dtype: float(np.array(h, dtype)) for dtype, h in HUGE.items()}
+HUGE.update({dtype.type: h for dtype, h in list(HUGE.items())})
+
+
+@pytest.fixture(params=tuple(DIVERGENCES))
+def divergence(request):
+    """Each row of the divergence table (``kdloss._divergences.DIVERGENCES``) in turn."""
+    return DIVERGENCES[request.param]
+
+
+@pytest.fixture(params=DTYPE_ROWS, ids=lambda row: row.name)
+def dtype_row(request):
+    """Each input dtype of the dtype table (``kdloss._dtypes``) in turn."""
+    return request.param
+
+
+def result_row(row):
+    """The dtype-table row of what an input of ``row`` returns (its tolerances: ``eps``)."""
+    return DTYPE_TABLE[row.result_dtype.name]
+
+
+def thread_counts_for(shape):
+    """THREAD_COUNTS for inputs of ``shape`` that use more than one thread, else the default
+    alone: a call too small to share (``threads_for``) runs on one thread whatever is asked."""
+    n_classes = shape[-1]
+    n_rows = int(np.prod(shape[:-1]))
+    return THREAD_COUNTS if threads_for(max(THREAD_COUNTS), n_rows, n_classes) > 1 else (None,)
+
+
+def share_of(items, kernel_target):
+    """The kernel target's share of ``items``: every item runs on some target and every target
+    runs ``len(items) / len(KERNEL_TARGETS)`` of them, taken along diagonals (item j goes to
+    target ``(j + j // n) % n``) so that a share is not one value of the items' first factor.
+
+    For variants that only change what the Python layer hands the kernel (reductions, weights),
+    where the full product with the targets would repeat the same work on every target.
+    """
+    n, i = len(KERNEL_TARGETS), KERNEL_TARGETS.index(kernel_target)
+    share = [item for j, item in enumerate(items) if (j + j // n) % n == i]
+    return share or [items[i % len(items)]]
 
 
 @pytest.fixture(params=KERNEL_TARGETS, scope="module")
@@ -45,7 +102,8 @@ def in_layout(array, layout, tmp_path):
     if layout == "readonly_memmap":
         path = tmp_path / f"logits_{id(array)}_{array.dtype}.npy"
         np.save(path, array)
-        return np.load(path, mmap_mode="r")
+        # .npy records bfloat16 (ml_dtypes) as raw 2-byte records: view them as the dtype again.
+        return np.load(path, mmap_mode="r").view(array.dtype)
     raise ValueError(layout)
 
 

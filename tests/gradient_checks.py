@@ -18,13 +18,17 @@ import math
 import mpmath
 import numpy as np
 
+from kdloss._dtypes import row_of
+
 EPS64 = float(np.finfo(np.float64).eps)
-# The relative accuracy of the double intermediates, by input dtype (see the docstring).
+# The relative accuracy of the double intermediates, by the dtype the kernel reads (see the
+# docstring); 2-byte inputs are read as float32 (their dtype row's kernel_dtype).
 INTERMEDIATE_EPS = {np.dtype(np.float64): EPS64, np.dtype(np.float32): 5e-12}
 
 
 def intermediate_eps(dtype):
-    return INTERMEDIATE_EPS[np.dtype(dtype)]
+    """The intermediate accuracy for inputs of ``dtype`` (any input dtype of the dtype table)."""
+    return INTERMEDIATE_EPS[row_of(np.dtype(dtype)).kernel_dtype]
 
 
 def kd_error_scales(student, teacher, temperature):
@@ -59,7 +63,8 @@ def row_factors_like(factors, shape):
 def assert_grad_close(got, want, atol, dtype, what=""):
     """``|got - want| <= atol + (an ulp of the output dtype)`` element by element, and
     NaN exactly where ``want`` is NaN. ``want`` is a float64 value (or array) of better
-    accuracy than ``atol``."""
+    accuracy than ``atol``; ``dtype`` is the inputs' (the output is its dtype row's result)."""
+    dtype = row_of(np.dtype(dtype)).result_dtype
     got = np.asarray(got, np.float64)
     want = np.broadcast_to(np.asarray(want, np.float64), got.shape)
     assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN where not expected\n{got}\n{want}"

@@ -35,7 +35,7 @@ def test_readme_shows_the_demos_output(capsys):
 
 
 def test_demo_reports_the_threads_the_batch_runs_on(capsys):
-    # 4096 x 64 logits are enough work for 2 threads; 300 x 17 are not (see _api.threads_for).
+    # 4096 x 64 logits are enough work for 2 threads; 300 x 17 are not (see _threads.threads_for).
     main(["demo", "--rows", "4096", "--classes", "64", "--num-threads", "2"])
     assert (", 2 threads," if kdloss.openmp_enabled() else ", 1 thread,") in capsys.readouterr().out
     main(["demo", "--rows", "300", "--classes", "17", "--num-threads", "2"])

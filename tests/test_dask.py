@@ -62,6 +62,33 @@ def test_class_axis_rechunked_and_teacher_follows_the_student_rows():
     np.testing.assert_array_equal(losses.compute(), kdloss.kd_loss(student, teacher, reduction="none"))
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_rows_of_unknown_number_with_the_classes_in_several_chunks(reduction):
+    student, teacher = logit_pair((60, 6), np.float64, seed=3)
+    lazy_student, lazy_teacher = da.from_array(student, chunks=(13, 2)), da.from_array(teacher, chunks=(13, 2))
+    keep = lazy_student[:, 0] > 0  # a boolean selection: row counts unknown (NaN) until computed
+    selected_student, selected_teacher = lazy_student[keep], lazy_teacher[keep]
+    assert np.isnan(selected_student.shape[0]) and selected_student.numblocks[-1] == 3
+    rows = student[:, 0] > 0
+    expected = kdloss.kd_loss(student[rows], teacher[rows], 2.0, reduction=reduction)
+    got = kdloss_dask.kd_loss(selected_student, selected_teacher, 2.0, reduction=reduction).compute()
+    if reduction == "none":
+        np.testing.assert_array_equal(got, expected, strict=True)
+    else:
+        assert float(got) == pytest.approx(expected, rel=1e-14)
+    # The case of the report: one array against itself.
+    assert float(kdloss_dask.kd_loss(selected_student, selected_student).compute()) == 0.0
+
+
+def test_unknown_row_counts_in_different_row_chunks_are_refused_before_any_task():
+    student, teacher = logit_pair((60, 6), np.float64, seed=3)
+    lazy_student, lazy_teacher = da.from_array(student, chunks=(13, 6)), da.from_array(teacher, chunks=(7, 6))
+    selected_student = lazy_student[lazy_student[:, 0] > 0]
+    selected_teacher = lazy_teacher[lazy_teacher[:, 0] > 0]  # rows of unknown number, other chunks
+    with pytest.raises(ValueError, match=r"chunks.*differ.*compute_chunk_sizes"):
+        kdloss_dask.kd_loss(selected_student, selected_teacher)
+
+
 def test_special_values_and_empty_batches_follow_kd_loss():
     student, teacher = logit_pair((10, 6), np.float64)
     teacher[2, 3] = np.nan

@@ -17,6 +17,11 @@ MODULES = pytest.mark.parametrize("module", (kdloss, reference), ids=("kernel", 
 GOOD = np.zeros((2, 3))
 
 
+def plain_repr(value):
+    """How messages print a value: NumPy scalars as the Python number they hold."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def calls(module, **kwargs):
     """Every public function of ``module`` on valid logits, with ``kwargs`` added."""
     return {
@@ -52,7 +57,7 @@ def test_zero_classes(module, shape):
 @pytest.mark.parametrize("temperature", [0, 0.0, -0.0, -1, -1e-300, math.nan, math.inf, -math.inf, np.float32(0)])
 def test_temperature_not_finite_or_not_positive(module, temperature):
     for call in calls(module, temperature=temperature).values():
-        with pytest.raises(ValueError, match=r"temperature.*" + re.escape(repr(temperature))):
+        with pytest.raises(ValueError, match=r"temperature.*" + re.escape(plain_repr(temperature))):
             call()
     with pytest.raises(ValueError, match="temperature"):  # validated before the (empty) work
         module.kd_loss(np.zeros((0, 3)), np.zeros((0, 3)), temperature)
@@ -130,3 +135,40 @@ def test_distillation_loss_wants_two_equal_non_empty_1d_sequences(student, teach
 def test_distillation_loss_checks_temperature(temperature, error):
     with pytest.raises(error, match="temperature"):
         kdloss.distillation_loss([1.0, 2.0], [2.0, 1.0], temperature)
+
+
+@MODULES
+@pytest.mark.parametrize("call, shown", [
+    (lambda m: m.kd_loss(GOOD, GOOD, weights=np.array([1.0, -1.0])), "got -1.0 at index (1,)"),
+    (lambda m: m.kd_loss(GOOD, GOOD, np.float32(-2.0)), "got -2.0"),
+    (lambda m: m.kd_loss(GOOD, GOOD, reduction=np.str_("avg")), "got 'avg'"),
+    (lambda m: m.hinton_loss(GOOD, GOOD, [0, 1], alpha=np.float64(1.5)), "got 1.5"),
+    (lambda m: m.hinton_loss(GOOD, GOOD, np.array([0, 7])), "got 7 at index (1,)"),
+])
+def test_messages_print_plain_numbers(module, call, shown):
+    with pytest.raises(ValueError) as info:
+        call(module)
+    assert str(info.value).endswith(shown)
+    assert "np." not in str(info.value)
+
+
+@MODULES
+def test_a_tensor_that_requires_grad_points_to_kdloss_torch(module):
+    torch = pytest.importorskip("torch")
+    student = torch.zeros(2, 3, requires_grad=True)
+    teacher = torch.zeros(2, 3)
+    for call in (
+        lambda: module.kd_loss(student, teacher),
+        lambda: module.kd_loss(teacher, student),
+        lambda: module.softmax(student),
+        lambda: module.kd_loss_and_grad(student, teacher),
+        lambda: module.hinton_loss(student, teacher, torch.tensor([0, 1])),
+        lambda: module.kd_loss(teacher, teacher, weights=torch.ones(2, requires_grad=True)),
+        lambda: module.kd_loss(teacher, teacher, weights=torch.nn.Parameter(torch.ones(2))),
+    ):
+        with pytest.raises(TypeError, match=r"requires grad.*kdloss\.torch.*detach\(\)"):
+            call()
+    # Without autograd a tensor is read as an array.
+    assert module.kd_loss(student.detach(), teacher) == 0.0
+    with torch.no_grad():
+        assert module.kd_loss(teacher, teacher) == 0.0

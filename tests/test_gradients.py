@@ -19,7 +19,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, LAYOUTS, THREAD_COUNTS, rng_for
+from conftest import DTYPES, HUGE, rng_for, share_of, thread_counts_for
 from exact_reference import DPS, exact_kd_grad
 from gradient_checks import (
     assert_grad_close,
@@ -127,7 +127,8 @@ def test_loss_is_exactly_kd_loss(shape, dtype, reduction, weights):
 # (c) The oracle
 # ---------------------------------------------------------------------------------------------
 
-# Every reduction, with and without weights and grad_output (looped inside a test: cheap).
+# Every reduction, with and without weights and grad_output: each kernel target takes its share
+# (conftest.share_of), so every variant runs on some target and every target runs some.
 VARIANTS = [(reduction, weights, grad_output) for reduction in REDUCTIONS
             for weights in (None, "random") for grad_output in (None, "values")]
 
@@ -136,9 +137,9 @@ VARIANTS = [(reduction, weights, grad_output) for reduction in REDUCTIONS
 @pytest.mark.parametrize("kind", ["independent", "masked"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_matches_oracle(shape, dtype, kind, temperature):
+def test_gradient_matches_oracle(shape, dtype, kind, temperature, kernel_target):
     student, teacher = random_pair(shape, dtype, kind)
-    for reduction, weights, grad_output in VARIANTS:
+    for reduction, weights, grad_output in share_of(VARIANTS, kernel_target):
         w = row_weights(shape, weights)
         g = grad_output_for(shape, reduction, grad_output)
         kwargs = {"reduction": reduction, "weights": w, "grad_output": g, "teacher_grad": True}
@@ -224,9 +225,9 @@ def _torch_loss_and_grads(torch, student, teacher, temperature, reduction, weigh
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_matches_torch_autograd(shape, dtype, temperature):
+def test_gradient_matches_torch_autograd(shape, dtype, temperature, kernel_target):
     student, teacher = random_pair(shape, dtype, "independent", seed=2)
-    for reduction, weights, grad_output in VARIANTS:
+    for reduction, weights, grad_output in share_of(VARIANTS, kernel_target):
         w = row_weights(shape, weights)
         if w is not None and not np.any(w):
             w[...] = 1.0  # PyTorch's 0 / 0 is NaN; kdloss's all-zero mean (0.0) is tested elsewhere
@@ -266,23 +267,13 @@ def test_more_than_one_chunk_of_classes(dtype):
 # Threads and layouts: the same bits
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-# Enough elements for 7 threads; (2, 40000) has fewer rows than threads, so their chunks are shared.
-@pytest.mark.parametrize("shape", [(120, 1000), (2000, 60), (2, 40000)])
-def test_gradients_are_the_same_bits_for_every_thread_count(shape, dtype, num_threads):
-    student, teacher = random_pair(shape, dtype, "masked", seed=4)
-    w = row_weights(shape, "random")
-    g = grad_output_for(shape, "none", "values")
-    for kwargs in ({"reduction": "mean", "weights": w}, {"reduction": "none", "grad_output": g}):
-        expected = kdloss.kd_loss_and_grad(student, teacher, 1.5, teacher_grad=True, num_threads=1, **kwargs)
-        got = kdloss.kd_loss_and_grad(student, teacher, 1.5, teacher_grad=True, num_threads=num_threads, **kwargs)
-        for a, b in zip(got, expected):
-            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+# The same bits for every thread count and layout (losses and gradients, every divergence and
+# input dtype): test_tables.py.
 
 
-@pytest.mark.parametrize("num_threads", THREAD_COUNTS)
-@pytest.mark.parametrize("shape", [(40, 100), (1, 40000)])
+@pytest.mark.parametrize(
+    "shape, num_threads", [((40, 100), None)] + [((1, 40000), n) for n in thread_counts_for((1, 40000))]
+)
 def test_teacher_gradient_alone_is_the_teacher_gradient(shape, num_threads):
     # What kdloss.torch asks for when only the teacher requires grad.
     student, teacher = random_pair(shape, np.float32, "masked", seed=6)
@@ -291,25 +282,6 @@ def test_teacher_gradient_alone_is_the_teacher_gradient(shape, num_threads):
         student, teacher, 2.0, student_grad=False, teacher_grad=True, num_threads=num_threads)
     assert d_student is None and loss == kdloss.kd_loss(student, teacher, 2.0)
     assert d_teacher.tobytes() == expected.tobytes()
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9,), (13, 9), (3, 5, 17), (3, 2, 100)])
-def test_gradients_are_the_same_bits_for_every_layout(shape, dtype, layout, layout_of):
-    pair = random_pair(shape, dtype, "masked", seed=5)
-    expected = kdloss.kd_loss_and_grad(*pair, 0.7, reduction="sum", teacher_grad=True)
-    student, teacher = (layout_of(x, layout) for x in pair)
-    copies = [student.copy(), teacher.copy()]
-    for num_threads in (1, 3):
-        got = kdloss.kd_loss_and_grad(student, teacher, 0.7, reduction="sum", teacher_grad=True,
-                                      num_threads=num_threads)
-        assert got[0] == expected[0]
-        for a, b in zip(got[1:], expected[1:]):
-            assert a.flags.c_contiguous and a.shape == shape and a.dtype == dtype
-            assert a.tobytes() == b.tobytes()
-    for array, copy in zip((student, teacher), copies):
-        assert array.tobytes() == copy.tobytes()
 
 
 def test_mixed_and_integer_dtypes_give_gradients_in_the_compute_dtype():
@@ -458,9 +430,8 @@ def test_exact_reference_has_converged():
 # Special values
 # ---------------------------------------------------------------------------------------------
 
-HUGE = {np.float32: 3e38, np.float64: 1e307}
-
-# (student row, teacher row, what the gradient row must be). "H" stands for HUGE[dtype].
+# (student row, teacher row, what the gradient row must be). "H" stands for HUGE[dtype]
+# (conftest.py).
 # "finite": finite d_s and d_t; "inf loss": finite d_s, NaN d_t; "nan": NaN d_s and d_t.
 SPECIAL_ROWS = {
     "teacher masks a class": ([0, 0, 0], [-inf, 0, 0], "finite"),
@@ -504,10 +475,13 @@ def closed_form_d_student(student, teacher, temperature):
     return temperature * (q - p)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SPECIAL_ROWS)
-def test_special_rows(case, dtype, temperature):
+def test_special_rows(case, dtype_row):
+    for temperature in (0.5, 1.0, 3.0):
+        check_special_row(case, dtype_row.numpy_dtype, temperature)
+
+
+def check_special_row(case, dtype, temperature):
     student_row, teacher_row, outcome = SPECIAL_ROWS[case]
     if "H" in student_row + teacher_row and temperature > 1:
         temperature = 1.0  # keeps T * H within float32

@@ -8,6 +8,7 @@ KL's normaliser) and the T != 1 path, threads, layouts, special values and error
 """
 
 import collections
+import functools
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import textwrap
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, LAYOUTS, THREAD_COUNTS, rng_for
+from conftest import DTYPES, LAYOUTS, THREAD_COUNTS, rng_for, share_of
 from exact_reference import DPS, exact_hinton_grad
 from gradient_checks import (
     assert_grad_close,
@@ -102,26 +103,30 @@ def grad_output_for(shape, reduction):
 # The oracle
 # ---------------------------------------------------------------------------------------------
 
+VARIANTS = [(reduction, weighted, with_g) for reduction in REDUCTIONS for weighted in (False, True)
+            for with_g in (False, True)]
+
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_oracle(shape, dtype, alpha, temperature):
+def test_matches_oracle(shape, dtype, alpha, temperature, kernel_target):
     student, teacher, labels = hinton_case(shape, dtype)
-    for reduction in REDUCTIONS:
-        for weights in (None, rng_for(shape, "w").uniform(0, 2, shape[:-1])):
-            for g in (None, grad_output_for(shape, reduction)):
-                kwargs = {"reduction": reduction, "weights": weights, "grad_output": g, "teacher_grad": True}
-                loss, d_s, d_t = kdloss.hinton_loss_and_grad(student, teacher, labels, temperature, alpha, **kwargs)
-                want = reference.hinton_loss_and_grad(student, teacher, labels, temperature, alpha, **kwargs)
-                assert type(want[0]) is type(loss)
-                np.testing.assert_allclose(loss, want[0], rtol=max(8 * np.finfo(dtype).eps, 1e-9))
-                factors = factors_of(reduction, kept_rows(labels, weights), g)
-                atol_s, atol_t = hinton_atol(student, teacher, labels, temperature, alpha, factors)
-                what = f"{reduction}, weights {weights is not None}, grad_output {g is not None}"
-                assert d_s.dtype == d_t.dtype == dtype and d_s.shape == shape
-                assert_grad_close(d_s, want[1].astype(np.float64), atol_s, dtype, f"d_student ({what})")
-                assert_grad_close(d_t, want[2].astype(np.float64), atol_t, dtype, f"d_teacher ({what})")
+    # Every reduction, with and without weights and grad_output: each target takes its share.
+    for reduction, weighted, with_g in share_of(VARIANTS, kernel_target):
+        weights = rng_for(shape, "w").uniform(0, 2, shape[:-1]) if weighted else None
+        g = grad_output_for(shape, reduction) if with_g else None
+        kwargs = {"reduction": reduction, "weights": weights, "grad_output": g, "teacher_grad": True}
+        loss, d_s, d_t = kdloss.hinton_loss_and_grad(student, teacher, labels, temperature, alpha, **kwargs)
+        want = reference.hinton_loss_and_grad(student, teacher, labels, temperature, alpha, **kwargs)
+        assert type(want[0]) is type(loss)
+        np.testing.assert_allclose(loss, want[0], rtol=max(8 * np.finfo(dtype).eps, 1e-9))
+        factors = factors_of(reduction, kept_rows(labels, weights), g)
+        atol_s, atol_t = hinton_atol(student, teacher, labels, temperature, alpha, factors)
+        what = f"{reduction}, weights {weights is not None}, grad_output {g is not None}"
+        assert d_s.dtype == d_t.dtype == dtype and d_s.shape == shape
+        assert_grad_close(d_s, want[1].astype(np.float64), atol_s, dtype, f"d_student ({what})")
+        assert_grad_close(d_t, want[2].astype(np.float64), atol_t, dtype, f"d_teacher ({what})")
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
@@ -335,6 +340,23 @@ def report_worst_errors(kernel_target):
 GAPS = (5.0, 20.0, 40.0, 80.0)  # R_y - 1 ~ -C e^-gap: down to 1e-34, still normal in float32
 
 
+@functools.cache
+def confident_case(n_classes, dtype, alpha, temperature, label_is_top):
+    """Rows sure of one class, their labels, and each row's exact d_student (as mpf, and as
+    double-double arrays), computed once for every kernel target."""
+    rng = rng_for(n_classes, np.dtype(dtype).name, "confident")
+    student = rng.normal(0, 1, (len(GAPS), n_classes))
+    top = rng.integers(0, n_classes, len(GAPS))
+    student[np.arange(len(GAPS)), top] += GAPS
+    student = student.astype(dtype)
+    labels = top if label_is_top else (top + 1) % n_classes
+    exact_rows = []
+    for row, label in zip(student.tolist(), labels.tolist()):
+        exact = exact_hinton_grad(row, row, label, temperature, alpha)[0]
+        exact_rows.append((exact, double_double(exact)))
+    return student, labels, exact_rows
+
+
 @pytest.mark.parametrize("label_is_top", [True, False])
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
@@ -344,19 +366,12 @@ def test_confident_student_label_gradient_is_accurate(n_classes, dtype, alpha, t
     """Rows sure of one class (by ``gap``): ``d_s[y] = (1 - alpha)(R_y - 1)`` (the teacher is
     the student, so the KL part is 0) to relative accuracy. The other classes too, up to the
     KL part's own (absolute) rounding error when alpha > 0."""
-    rng = rng_for(n_classes, np.dtype(dtype).name, "confident")
-    student = rng.normal(0, 1, (len(GAPS), n_classes))
-    top = rng.integers(0, n_classes, len(GAPS))
-    student[np.arange(len(GAPS)), top] += GAPS
-    student = student.astype(dtype)
-    labels = top if label_is_top else (top + 1) % n_classes
+    student, labels, exact_rows = confident_case(n_classes, dtype, alpha, temperature, label_is_top)
     _, d_s = kdloss.hinton_loss_and_grad(student, student, labels, temperature, alpha, reduction="sum")
     eps = intermediate_eps(dtype)
     kl_atol = 4 * eps * alpha * kd_error_scales(student, student, temperature)[0]
     name = f"{np.dtype(dtype).name}, label {'is' if label_is_top else 'is not'} the top class"
-    for row in range(len(GAPS)):
-        exact = exact_hinton_grad(student[row].tolist(), student[row].tolist(), int(labels[row]), temperature, alpha)[0]
-        hi, lo = double_double(exact)
+    for row, (exact, (hi, lo)) in enumerate(exact_rows):
         error = errors_against_exact(d_s[row], (hi, lo)) / np.abs(hi)
         y = labels[row]
         WORST[f"label class, relative, {name}"] = max(WORST[f"label class, relative, {name}"], error[y])

@@ -1,8 +1,7 @@
 """The public functions: validate, allocate, resolve threads, call the kernel."""
 
-from __future__ import (
-    annotations,  # help() shows "ArrayLike", not NumPy's expanded Union
-)
+# Postponed annotations: help() shows "ArrayLike", not NumPy's expanded Union.
+from __future__ import annotations
 
 import math
 from typing import Literal, overload
@@ -10,7 +9,7 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernel
+from . import _engine, _reduction
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
 from ._typing import ScalarReduction
@@ -20,33 +19,8 @@ from ._validation import (
     check_reduction,
     check_temperature,
     check_weights,
+    result_dtype,
 )
-
-# Rows per kernel call when only the sum is wanted: the per-row losses go through a 256 KiB
-# buffer that is reused, instead of an array with one entry per row.
-SUM_BLOCK_ROWS = 1 << 15
-
-
-# Fewer elements than this per thread and a call runs on fewer threads: waking a thread costs
-# microseconds, and far more when another process holds its core. Results are the same.
-MIN_ELEMENTS_PER_THREAD = 1 << 14
-
-
-def threads_for(n_threads, n_rows, n_classes):
-    """The threads a call of n_rows x n_classes logits uses: at most n_threads, and one per
-    MIN_ELEMENTS_PER_THREAD logits."""
-    return max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
-
-
-def _kl_rows(student_rows, teacher_rows, temperature, out, n_threads):
-    """``out[i] = T^2 KL`` of row i of two 2-D views."""
-    n_rows, n_classes = teacher_rows.shape
-    n_threads = threads_for(n_threads, n_rows, n_classes)
-    contiguous = student_rows.strides[1] == student_rows.itemsize and teacher_rows.strides[1] == teacher_rows.itemsize
-    # Per-thread row buffers, needed only when a class axis is not contiguous.
-    scratch_rows = 0 if contiguous else max(1, min(n_threads, n_rows))
-    scratch = np.empty((scratch_rows, 2 * n_classes), dtype=teacher_rows.dtype)
-    _kernel.kl_rows(student_rows, teacher_rows, temperature, out, scratch, n_threads)
 
 
 def _row_losses(student, teacher, temperature, num_threads):
@@ -54,49 +28,25 @@ def _row_losses(student, teacher, temperature, num_threads):
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
     for student_rows, teacher_rows, out in row_blocks((student, teacher, losses), (1, 1, 0)):
-        _kl_rows(student_rows, teacher_rows, temperature, out, n_threads)
+        _engine.rows(student_rows, teacher_rows, temperature, out, n_threads)
     return losses
 
 
 def _summed_losses(student, teacher, temperature, num_threads):
-    """The sum of T^2 KL over all rows, for validated arrays, without a per-row array.
-
-    Rows are taken in C order, SUM_BLOCK_ROWS at a time, through one reused buffer; each block
-    is summed pairwise and the block sums are added exactly (``math.fsum``). The blocks depend
-    on the shape alone, so the result is the same for every layout and thread count.
-    """
+    """The sum of T^2 KL over all rows, for validated arrays, without a per-row array: rows in
+    C order go through the reused buffer of a :class:`_reduction.BlockwiseSum`, so the result is
+    ``blockwise_sum`` of the per-row losses, the same for every layout and thread count."""
     n_threads = resolve_num_threads(num_threads)
-    buffer = np.empty(min(SUM_BLOCK_ROWS, math.prod(teacher.shape[:-1])), dtype=np.float64)
-    filled, block_sums = 0, []
+    total = _reduction.BlockwiseSum(math.prod(teacher.shape[:-1]))
     for student_rows, teacher_rows in row_blocks((student, teacher), (1, 1)):
         start = 0
         while start < teacher_rows.shape[0]:
-            stop = min(start + buffer.size - filled, teacher_rows.shape[0])
-            out = buffer[filled : filled + stop - start]
-            _kl_rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads)
-            filled += stop - start
+            out = total.space()[: teacher_rows.shape[0] - start]
+            stop = start + out.size
+            _engine.rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads)
+            total.commit(out.size)
             start = stop
-            if filled == buffer.size:
-                block_sums.append(float(np.sum(buffer)))
-                filled = 0
-    if filled:
-        block_sums.append(float(np.sum(buffer[:filled])))
-    return math.fsum(block_sums)
-
-
-def blockwise_sum(values):
-    """The sum of a float64 array of per-row values in C order, as ``_summed_losses`` adds its
-    rows: pairwise within blocks of SUM_BLOCK_ROWS, the block sums exactly."""
-    values = np.ravel(values)
-    if values.size <= SUM_BLOCK_ROWS:  # one block: fsum of one value is that value
-        return float(np.sum(values))
-    return math.fsum(float(np.sum(values[i : i + SUM_BLOCK_ROWS])) for i in range(0, values.size, SUM_BLOCK_ROWS))
-
-
-def weighted_losses(losses, weights):
-    """``weights * losses``, and exactly 0 where a weight is 0 (even if that row's loss is NaN)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(weights != 0.0, weights * losses, 0.0)
+    return total.value
 
 
 Reduction = Literal["mean", "sum", "none", "batchmean"]
@@ -134,8 +84,9 @@ def kd_loss(
     student_logits, teacher_logits : array_like, same shape ``(..., classes)``
         The last axis holds classes; every leading axis is a row (1-D is one row, ``(B, C)``
         a batch, ``(B, L, V)`` token-level distillation). float32 and float64 are computed
-        and kept; mixed precision promotes to float64; ints and bools become float64;
-        float16 is computed as float32. Any memory layout works; inputs are never written.
+        and kept; float16 and bfloat16 (``ml_dtypes``) are read as float32 and give float32;
+        mixed dtypes promote (with float64: float64; otherwise float32); ints and bools become
+        float64. Any memory layout works; inputs are never written.
     temperature : float
         Softening temperature ``T``, finite and > 0.
     reduction : {"mean", "sum", "none", "batchmean"}
@@ -180,45 +131,30 @@ def kd_loss(
         # One row already in the kernel's form (1-D float arrays, a float temperature): the
         # kernel recognises it and returns the same value as below, without the conversions.
         # (One row of at most 16,384 classes runs on one thread whatever num_threads says.)
-        loss = _kernel.single_row_loss(student_logits, teacher_logits, temperature)
+        loss = _engine.single_row_loss(student_logits, teacher_logits, temperature)
         if loss is not None:
             return loss
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
     weights = check_weights(weights, teacher.shape[:-1])
+    if weights is None and reduction != "none":
+        total = _summed_losses(student, teacher, temperature, num_threads)
+        return total if reduction == "sum" else _reduction.mean(total, math.prod(teacher.shape[:-1]))
+    losses = _row_losses(student, teacher, temperature, num_threads)
     if weights is not None:
-        losses = weighted_losses(_row_losses(student, teacher, temperature, num_threads), weights)
-        if reduction == "none":
-            with np.errstate(over="ignore"):
-                return losses.astype(teacher.dtype, copy=False)
-        total = blockwise_sum(losses)
-        if reduction == "sum":
-            return total
-        weight_total = float(np.sum(weights))
-        return total / weight_total if weight_total else 0.0
-    if reduction == "none":
-        losses = _row_losses(student, teacher, temperature, num_threads)
-        with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
-            return losses.astype(teacher.dtype, copy=False)
-    total = _summed_losses(student, teacher, temperature, num_threads)
-    if reduction == "sum":
-        return total
-    n_rows = math.prod(teacher.shape[:-1])
-    return total / n_rows if n_rows else 0.0
+        losses = _reduction.weighted(losses, weights)
+    denominator = _reduction.mean_denominator(losses.shape, weights)
+    return _reduction.reduce(losses, reduction, denominator, result_dtype(teacher.dtype))
 
 
 def _softmax(logits, temperature, num_threads, take_log):
     array = as_logits(logits)
     temperature = check_temperature(temperature)
     n_threads = resolve_num_threads(num_threads)
-    out = np.empty(array.shape, dtype=array.dtype)
+    out = np.empty(array.shape, dtype=result_dtype(array.dtype))
     for rows, out_rows in row_blocks((array, out), (1, 1)):
-        threads = max(1, min(n_threads, rows.shape[0]))  # rows are the unit of parallel work
-        # Per-thread row buffers, needed only when the class axis is not contiguous.
-        scratch_rows = threads if rows.strides[1] != rows.itemsize else 0
-        scratch = np.empty((scratch_rows, rows.shape[1]), dtype=rows.dtype)
-        _kernel.softmax_rows(rows, temperature, out_rows, scratch, take_log, threads)
+        _engine.softmax_rows(rows, temperature, out_rows, take_log, n_threads)
     return out
 
 
@@ -237,8 +173,8 @@ def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | N
     Returns
     -------
     numpy.ndarray
-        The input's shape, in the compute dtype (float32 or float64). A row with a NaN or +inf,
-        or with every entry -inf, becomes NaN; -inf entries become 0.
+        The input's shape: float64 for float64 (and integer) input, float32 otherwise. A row
+        with a NaN or +inf, or with every entry -inf, becomes NaN; -inf entries become 0.
 
     Examples
     --------

@@ -4,9 +4,9 @@ import time
 
 import numpy as np
 
-from ._api import distillation_loss, kd_loss, threads_for
+from ._api import distillation_loss, kd_loss
 from ._config import openmp_enabled
-from ._threads import resolve_num_threads
+from ._threads import resolve_num_threads, threads_for
 from ._validation import check_temperature
 
 # The three examples of the user's task document, (student, teacher, T), each with loss 0.0000:

@@ -1,38 +1,37 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled kernel of kdloss.
+"""The compiled kernel of kdloss: one row engine for the loss and its gradient.
 
-Three layers, as in scikit-learn's ``sklearn/_loss``:
+Layers, as in scikit-learn's ``sklearn/_loss``:
 
-1. Row helpers (``noexcept nogil``) work on one contiguous row of ``n`` classes. They return
-   special values (inf, NaN) rather than raising.
-2. Row loops (``*_rows``) run a helper over every row of a 2-D view under ``prange`` with a
-   static (for gradients, dynamic) schedule and an explicit thread count; short rows go in
-   blocks, one row per vector lane, and a few long rows are split into chunks shared among the
-   threads. Each row's result depends on that row alone, and chunks merge in a fixed order,
-   so results are bitwise identical for every thread count.
-3. The Python layer (``kdloss._api``, and ``kdloss._training`` for gradients) validates and
-   converts inputs, allocates outputs and resolves the thread count. The loops below assume its
-   contract:
+0. The C passes (``_simd/``, see ``simd.h``): per instruction-set target (scalar libm, baseline,
+   AVX2, AVX-512, chosen at run time) and per input dtype, the extrema, the sums, the finish and
+   the gradient of one row (or of a chunk of one, or of a group of short rows one per vector
+   lane), from the divergence's own terms (``divergence_kl.h``).
+1. Row helpers (``noexcept nogil``) below run those passes over one contiguous row: its value
+   and, when asked, its gradient in the same sweep. Special values come back as values (inf,
+   NaN), never as errors.
+2. Row loops run the helpers over the rows of a 2-D view under ``prange``, in blocks of rows
+   under a dynamic schedule (a thread another process holds up does not hold up the call), with
+   per-thread scratch allocated here. Three shapes of work: ordinary rows one at a time, short
+   rows (at most ``SHORT_ROW_CLASSES`` classes) one per vector lane, and a few long rows split
+   into chunks shared among the threads. Each row's result depends on that row alone, and
+   chunks merge in a fixed order, so results are bitwise identical for every thread count.
+   The loss alone is the same loop with the gradient off: ``kd_loss`` and ``kd_loss_and_grad``
+   give the same loss bits by construction.
+3. The Python layer (``kdloss._api``, ``kdloss._training``) validates and converts, allocates the
+   outputs and resolves the thread count. The loops assume its contract:
 
-   - ``student`` and ``teacher`` have the same shape ``(rows, classes)`` and dtype, classes >= 1;
-     any strides (a row whose classes are not contiguous is copied into per-thread scratch);
-   - ``temperature`` is finite and > 0; ``num_threads`` >= 1;
-   - ``out`` has one element per row (or the input's shape, C-contiguous, for softmax);
-   - ``scratch`` has at least ``min(num_threads, rows)`` rows of ``2 * classes`` elements when
-     the class axis is not contiguous (it is not touched otherwise).
-
-All arithmetic is in double, whatever the input dtype. The KL of a row is computed by the
-vectorised passes of ``_simd/`` (a polynomial exp, compiled for several instruction sets and
-chosen at run time), finished here; rows with special values, and rows close to zero KL, are
-recomputed by the scalar libm code below, which decides their documented values.
-
-The training half (a row's loss with its gradient, Hinton's cross-entropy term, and their loop
-over rows) is in ``_gradient.pxi``, included at the end, with the same layers.
+   - ``student`` and ``teacher`` have the same shape ``(rows, classes)`` and dtype (float32 or
+     float64), classes >= 1, any strides (a row whose classes are not contiguous is copied into
+     per-thread scratch);
+   - ``temperature`` is finite and > 0 with ``1 / temperature`` finite; ``num_threads`` >= 1;
+   - per-row arrays (``out``, labels, weights, ``grad_output``) have one entry per row, gradients
+     the inputs' shape, C-contiguous.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, exp, expm1, fabs, isfinite, log, log1p
+from cython.parallel cimport parallel, prange
+from libc.math cimport INFINITY, NAN, exp, fabs, isfinite, log
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
@@ -45,56 +44,43 @@ cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
     enum: KD_SHORT_ROW
     enum: KD_MAX_STEP
-    const double KD_EXACT_PATH_RATIO
-    ctypedef struct kd_chunk_stats:
-        double top_t, top_s
-        double rest_t, rest_t_err
-        double rest_s, rest_s_err
-        double gap, gap_err
-        double gap_scale
+    enum: KD_FLOAT32
+    enum: KD_FLOAT64
     ctypedef struct kd_row_range:
         double t_max, s_max, t_min, s_min
+    ctypedef struct kd_row_sums:
+        double zp, zp_err, zq, zq_err, gap, gap_err, g, g_err
+    ctypedef struct kd_row_finish:
+        double value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y
     enum: KD_CE_NONE
     enum: KD_CE_FROM_Q
     enum: KD_CE_OWN_EXP
     ctypedef struct kd_grad_row:
         kd_row_range range
-        double inv_T
-        double inv_zt, inv_zs
-        double mean_gap
-        double kl_coef, teacher_coef, ce_coef
-        double inv_z1
-        const double* exp_a
-        const double* exp_b
-        int with_kl
-        int same_normaliser
+        kd_row_finish finish
+        double inv_T, kl_coef, ce_coef, inv_z1
+        const double* kept_a
+        const double* kept_w
         int ce_mode
     ctypedef struct kd_short_grad:
         const double* coef
         char* d_s
         char* d_t
         ptrdiff_t row_bytes
+    ctypedef struct kd_dtype_passes:
+        void (*range)(const void*, const void*, ptrdiff_t, kd_row_range*) noexcept nogil
+        void (*sums)(const void*, const void*, ptrdiff_t, const kd_row_range*, double,
+                     kd_row_sums*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
+        void (*short_rows)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                           ptrdiff_t, ptrdiff_t, double, double*, const kd_short_grad*) noexcept nogil
+        void (*gradient)(const void*, const void*, ptrdiff_t, const kd_grad_row*, void*,
+                         void*) noexcept nogil
+        void (*normaliser)(const void*, ptrdiff_t, double, double*, double*) noexcept nogil
     ctypedef struct kd_target:
         const char* name
-        void (*range_f32)(const float*, const float*, ptrdiff_t, kd_row_range*) noexcept nogil
-        void (*range_f64)(const double*, const double*, ptrdiff_t, kd_row_range*) noexcept nogil
-        void (*stats_f32)(const float*, const float*, ptrdiff_t, const kd_row_range*, double,
-                          kd_chunk_stats*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
-        void (*stats_f64)(const double*, const double*, ptrdiff_t, const kd_row_range*, double,
-                          kd_chunk_stats*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
-        void (*short_f32)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
-                          double*, const kd_short_grad*) noexcept nogil
-        void (*short_f64)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                          ptrdiff_t, ptrdiff_t, double, kd_row_range*, kd_chunk_stats*,
-                          double*, const kd_short_grad*) noexcept nogil
-        void (*grad_f32)(const float*, const float*, ptrdiff_t, const kd_grad_row*, float*,
-                         float*) noexcept nogil
-        void (*grad_f64)(const double*, const double*, ptrdiff_t, const kd_grad_row*, double*,
-                         double*) noexcept nogil
-        void (*normaliser_f32)(const float*, ptrdiff_t, double, double*, double*) noexcept nogil
-        void (*normaliser_f64)(const double*, ptrdiff_t, double, double*, double*) noexcept nogil
-    const kd_target* kd_active_target  # NULL: the scalar path
+        kd_dtype_passes dtype[2]
+        void (*finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
+    const kd_target* kd_active_target
     int kd_select_target(const char* name)
     const char* kd_available_targets()
 
@@ -121,16 +107,10 @@ cdef extern from *:
     const char* KDLOSS_ISA
 
 
-# KD_EXACT_PATH_RATIO (simd.h): rows whose KL is below that share of the terms the fast
-# evaluation subtracts are recomputed by the cancellation-free path, row_kl_exact.
-
-
 # The kernel's fixed partitions, for tests: classes per chunk of a long row, and the longest row
 # that the short-row pass takes (one row per vector lane).
 CHUNK_CLASSES = KD_CHUNK
 SHORT_ROW_CLASSES = KD_SHORT_ROW
-# Doubles of per-thread scratch the gradient pass uses for a row of n classes: 2 * (n + this).
-EXP_SCRATCH_PADDING = KD_MAX_STEP
 
 
 def openmp_enabled():
@@ -150,7 +130,7 @@ def available_targets():
 
 def active_target():
     """The kernel target in use: "scalar" (libm), "baseline", "avx2" or "avx512"."""
-    return "scalar" if kd_active_target == NULL else kd_active_target.name.decode().split("+")[0]
+    return kd_active_target.name.decode().split("+")[0]
 
 
 def select_target(str name):
@@ -180,6 +160,14 @@ _select_target_from_environment()
 # Layer 1: row helpers
 # ---------------------------------------------------------------------------------------------
 
+cdef inline const kd_dtype_passes* passes(floating dtype_tag) noexcept nogil:
+    """The active target's passes for rows of this dtype (the dtype table's row)."""
+    if floating is float:
+        return &kd_active_target.dtype[KD_FLOAT32]
+    else:
+        return &kd_active_target.dtype[KD_FLOAT64]
+
+
 cdef inline const floating* contiguous_row(
     const char* row, Py_ssize_t class_stride, Py_ssize_t n, floating* scratch
 ) noexcept nogil:
@@ -192,17 +180,19 @@ cdef inline const floating* contiguous_row(
     return scratch
 
 
+cdef inline void fill_row(floating* x, Py_ssize_t n, double value) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        x[j] = <floating> value
+
+
 cdef struct CompensatedSum:
     double total
     double error  # what the additions to `total` rounded away
 
 
 cdef inline void add_to(CompensatedSum* acc, double x) noexcept nogil:
-    """acc += x with Neumaier's compensation.
-
-    Plain summation can lose n * eps relative accuracy over n terms, and does when many terms
-    are equal (a label-smoothed teacher); the compensated sum stays within a few eps.
-    """
+    """acc += x with Neumaier's compensation (a few eps for any number of terms)."""
     cdef double total = acc.total + x
     if fabs(acc.total) >= fabs(x):
         acc.error += (acc.total - total) + x
@@ -214,52 +204,6 @@ cdef inline void add_to(CompensatedSum* acc, double x) noexcept nogil:
 cdef inline double value_of(CompensatedSum acc) noexcept nogil:
     # An inf or NaN total makes the error NaN; the total is then the answer.
     return acc.total + acc.error if isfinite(acc.total) else acc.total
-
-
-cdef inline double exp_minus_one_plus(double v) noexcept nogil:
-    """e^v - 1 - v, accurate to a few ulp also where it is tiny (no cancellation)."""
-    if fabs(v) >= 0.25:
-        return expm1(v) - v
-    # Taylor series sum_{k>=2} v^k / k!; the terms up to v^16 reach double precision for |v| < 1/4.
-    cdef double s = 1.0 / 355687428096000.0  # 1/16!
-    s = s * v + 1.0 / 1307674368000.0
-    s = s * v + 1.0 / 87178291200.0
-    s = s * v + 1.0 / 6227020800.0
-    s = s * v + 1.0 / 479001600.0
-    s = s * v + 1.0 / 39916800.0
-    s = s * v + 1.0 / 3628800.0
-    s = s * v + 1.0 / 362880.0
-    s = s * v + 1.0 / 40320.0
-    s = s * v + 1.0 / 5040.0
-    s = s * v + 1.0 / 720.0
-    s = s * v + 1.0 / 120.0
-    s = s * v + 1.0 / 24.0
-    s = s * v + 1.0 / 6.0
-    s = s * v + 0.5
-    return s * v * v
-
-
-cdef inline double log1p_minus_identity(double y) noexcept nogil:
-    """log(1 + y) - y, accurate also where it is tiny (no cancellation)."""
-    if fabs(y) >= 0.0625:
-        return log1p(y) - y
-    # Taylor series sum_{k>=2} (-1)^(k+1) y^k / k; the terms up to y^16 reach double precision.
-    cdef double s = -1.0 / 16.0
-    s = s * y + 1.0 / 15.0
-    s = s * y - 1.0 / 14.0
-    s = s * y + 1.0 / 13.0
-    s = s * y - 1.0 / 12.0
-    s = s * y + 1.0 / 11.0
-    s = s * y - 1.0 / 10.0
-    s = s * y + 1.0 / 9.0
-    s = s * y - 1.0 / 8.0
-    s = s * y + 1.0 / 7.0
-    s = s * y - 1.0 / 6.0
-    s = s * y + 1.0 / 5.0
-    s = s * y - 1.0 / 4.0
-    s = s * y + 1.0 / 3.0
-    s = s * y - 0.5
-    return s * y * y
 
 
 cdef inline double exact_difference(double x, double y, double* low) noexcept nogil:
@@ -288,52 +232,6 @@ cdef inline double log_sum(double top, double rest) noexcept nogil:
     return log1p_by_log(rest) if top == 1.0 else log(top + rest)
 
 
-cdef struct RowSums:
-    # Sums over a row, with a = (t - t_max) / T and b = (s - s_max) / T. Each normaliser is kept
-    # as (number of classes at the maximum, where e^0 = 1) + (the rest), so that log Z stays
-    # accurate when Z is 1 + tiny.
-    double top_t, top_s
-    CompensatedSum rest_t, rest_s  # sum of e^a over a != 0, of e^b over b != 0
-    CompensatedSum gap             # sum of e^a (a - b) over classes with e^a > 0
-    double gap_scale               # sum of e^a (|a| + |b|): bounds the rounding error of gap
-
-
-cdef inline void merge_chunk(RowSums* row, const kd_chunk_stats* chunk) noexcept nogil:
-    """Adds one chunk's sums (from the vectorised pass) to the row's."""
-    row.top_t += chunk.top_t
-    row.top_s += chunk.top_s
-    add_to(&row.rest_t, chunk.rest_t)
-    row.rest_t.error += chunk.rest_t_err
-    add_to(&row.rest_s, chunk.rest_s)
-    row.rest_s.error += chunk.rest_s_err
-    add_to(&row.gap, chunk.gap)
-    row.gap.error += chunk.gap_err
-    row.gap_scale += chunk.gap_scale
-
-
-cdef inline double kl_from_sums(
-    const RowSums* sums, double* mean_gap, double* z_teacher, double* magnitude
-) noexcept nogil:
-    """KL = E_P[a - b] - log Za + log Zb, and the size of the terms it subtracts."""
-    cdef double rest_t = value_of(sums.rest_t), rest_s = value_of(sums.rest_s)
-    cdef double log_zt = log_sum(sums.top_t, rest_t), log_zs = log_sum(sums.top_s, rest_s)
-    z_teacher[0] = sums.top_t + rest_t
-    mean_gap[0] = value_of(sums.gap) / z_teacher[0]
-    magnitude[0] = sums.gap_scale / z_teacher[0] + log_zt + log_zs
-    return mean_gap[0] - log_zt + log_zs
-
-
-cdef inline void chunk_range(
-    const floating* t, const floating* s, Py_ssize_t start, Py_ssize_t n, kd_row_range* out
-) noexcept nogil:
-    """The extrema of classes [start, start + KD_CHUNK) of a row of n classes (vectorised)."""
-    cdef Py_ssize_t length = min(<Py_ssize_t> KD_CHUNK, n - start)
-    if floating is float:
-        kd_active_target.range_f32(t + start, s + start, length, out)
-    else:
-        kd_active_target.range_f64(t + start, s + start, length, out)
-
-
 cdef inline void merge_range(kd_row_range* row, const kd_row_range* chunk) noexcept nogil:
     # Extrema are exact: merging chunks gives the same values as one pass over the row.
     row.t_max = chunk.t_max if chunk.t_max > row.t_max else row.t_max
@@ -342,357 +240,523 @@ cdef inline void merge_range(kd_row_range* row, const kd_row_range* chunk) noexc
     row.s_min = chunk.s_min if chunk.s_min < row.s_min else row.s_min
 
 
-cdef inline void chunk_stats(
-    const floating* t, const floating* s, Py_ssize_t start, Py_ssize_t n,
-    const kd_row_range* extremes, double inv_T, kd_chunk_stats* out,
-    double* exp_a=NULL, double* exp_b=NULL, ptrdiff_t ahead_t=0, ptrdiff_t ahead_s=0,
+cdef inline void merge_sums(kd_row_sums* row, const kd_row_sums* chunk) noexcept nogil:
+    """Adds one chunk's sums to the row's, compensated, in chunk order."""
+    cdef CompensatedSum acc
+    acc = CompensatedSum(row.zp, row.zp_err)
+    add_to(&acc, chunk.zp)
+    row.zp, row.zp_err = acc.total, acc.error + chunk.zp_err
+    acc = CompensatedSum(row.zq, row.zq_err)
+    add_to(&acc, chunk.zq)
+    row.zq, row.zq_err = acc.total, acc.error + chunk.zq_err
+    acc = CompensatedSum(row.gap, row.gap_err)
+    add_to(&acc, chunk.gap)
+    row.gap, row.gap_err = acc.total, acc.error + chunk.gap_err
+    acc = CompensatedSum(row.g, row.g_err)
+    add_to(&acc, chunk.g)
+    row.g, row.g_err = acc.total, acc.error + chunk.g_err
+
+
+cdef inline Py_ssize_t chunk_length(Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+    return min(<Py_ssize_t> KD_CHUNK, n - start)
+
+
+cdef void row_extrema(
+    const floating* t, const floating* s, Py_ssize_t n, kd_row_range* out
 ) noexcept nogil:
-    """The vectorised sums over classes [start, start + KD_CHUNK) of a row of n classes. Unless
-    NULL, exp_a and exp_b (indexed like the row) keep e^a and e^b for the gradient pass; unless 0,
-    ahead_t and ahead_s are the bytes to the next row, which is prefetched meanwhile."""
-    cdef Py_ssize_t length = min(<Py_ssize_t> KD_CHUNK, n - start)
-    if exp_a != NULL:
-        exp_a += start
-        exp_b += start
-    if floating is float:
-        kd_active_target.stats_f32(t + start, s + start, length, extremes, inv_T, out, exp_a, exp_b,
-                                   ahead_t, ahead_s)
-    else:
-        kd_active_target.stats_f64(t + start, s + start, length, extremes, inv_T, out, exp_a, exp_b,
-                                   ahead_t, ahead_s)
+    """The extrema of a whole row (NaN ignored), chunk by chunk."""
+    cdef Py_ssize_t c, start
+    cdef kd_row_range chunk
+    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    p.range(t, s, chunk_length(0, n), out)
+    for c in range(1, (n + KD_CHUNK - 1) // KD_CHUNK):
+        start = c * KD_CHUNK
+        p.range(t + start, s + start, chunk_length(start, n), &chunk)
+        merge_range(out, &chunk)
 
 
-cdef inline bint takes_short_row_pass(Py_ssize_t n) noexcept nogil:
-    """Whether rows of n classes go through the short-row pass (one row per lane). kl_rows and
-    one_row_loss both ask this, so a row gets the same bits alone as in a batch."""
-    return n <= KD_SHORT_ROW and kd_active_target != NULL
-
-
-cdef double row_kl(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
-    ptrdiff_t ahead_t=0, ptrdiff_t ahead_s=0,
+cdef void row_sums(
+    const floating* t, const floating* s, Py_ssize_t n, double inv_T, const kd_row_range* extremes,
+    kd_row_sums* sums, double* kept_a, double* kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s,
 ) noexcept nogil:
-    """KL(softmax(t / T) || softmax(s / T)) for one row (without the T^2 factor). Unless 0,
-    ahead_t and ahead_s are the bytes from this row to the next, prefetched meanwhile.
-
-    The vectorised passes: the row's extrema, then its sums chunk by chunk, merged in order (a
-    long row split across threads, in ``kl_long_rows``, merges the same chunks in the same
-    order). Special values (documented in README "Semantics"): NaN anywhere, +inf anywhere, or a
-    teacher row that is all -inf gives NaN; a student -inf where the teacher is finite gives
-    +inf; a teacher -inf masks its class (it adds nothing, whatever the student holds there).
-    """
-    if kd_active_target == NULL:
-        return row_kl_scalar(t, s, n, inv_T)
-    cdef Py_ssize_t c, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK
-    cdef kd_row_range extremes, chunk_extremes
-    cdef kd_chunk_stats chunk
-    cdef RowSums sums
-    chunk_range(t, s, 0, n, &extremes)
-    for c in range(1, n_chunks):
-        chunk_range(t, s, c * KD_CHUNK, n, &chunk_extremes)
-        merge_range(&extremes, &chunk_extremes)
-    memset(&sums, 0, sizeof(sums))
-    for c in range(n_chunks):
-        chunk_stats(t, s, c * KD_CHUNK, n, &extremes, inv_T, &chunk, NULL, NULL, ahead_t, ahead_s)
-        merge_chunk(&sums, &chunk)
-    return finish_row_kl(t, s, n, inv_T, extremes.t_max, extremes.s_max, &sums)
+    """The sums of a row whose extrema are known, chunk by chunk, merged in order. Unless NULL,
+    kept_a and kept_w (indexed like the row) keep each class's values for the gradient pass."""
+    cdef Py_ssize_t c, start
+    cdef kd_row_sums chunk
+    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    memset(sums, 0, sizeof(kd_row_sums))
+    for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
+        start = c * KD_CHUNK
+        p.sums(t + start, s + start, chunk_length(start, n), extremes, inv_T, &chunk,
+               kept_a + start if kept_a != NULL else NULL,
+               kept_w + start if kept_w != NULL else NULL, ahead_t, ahead_s)
+        merge_sums(sums, &chunk)
 
 
-cdef double finish_row_kl(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
-    double t_max, double s_max, const RowSums* sums,
-) noexcept nogil:
-    """The KL from the vectorised sums, or the scalar path's value where those cannot decide."""
-    cdef double mean_gap, z_teacher, magnitude
-    cdef double kl = kl_from_sums(sums, &mean_gap, &z_teacher, &magnitude)
-    if kl != kl:  # a NaN or +inf logit, or a row all -inf: the scalar path sorts out which
-        return row_kl_scalar(t, s, n, inv_T)
-    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
-        return kl  # inf: the student rules out a class the teacher allows
-    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
-
-
-cdef double row_kl_scalar(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T
-) noexcept nogil:
-    """The same KL in scalar code with libm's exp: where the vectorised passes are not
-    compiled (the "scalar" target), and for rows with special values, which it decides."""
+cdef double settle_special(const floating* t, const floating* s, Py_ssize_t n) noexcept nogil:
+    """The documented KL of a row the formulas leave as NaN (README "Semantics"): NaN for a NaN
+    or +inf logit anywhere or a teacher row all -inf; +inf where the student rules out (-inf) a
+    class the teacher allows, a student row all -inf included."""
     cdef Py_ssize_t i
-    cdef double ti, si
     cdef double t_max = -INFINITY, s_max = -INFINITY
-    cdef bint has_nan = False, student_gap = False
-
-    # Pass 1: row maxima and special values.
+    cdef bint has_nan = False, ruled_out = False
     for i in range(n):
-        ti = t[i]
-        si = s[i]
-        if ti > t_max:
-            t_max = ti
-        if si > s_max:
-            s_max = si
-        has_nan |= (ti != ti) | (si != si)
-        student_gap |= (si == -INFINITY) & (ti != -INFINITY)
+        has_nan |= (t[i] != t[i]) | (s[i] != s[i])
+        t_max = t[i] if t[i] > t_max else t_max
+        s_max = s[i] if s[i] > s_max else s_max
+        ruled_out |= (s[i] == -INFINITY) & (t[i] != -INFINITY)
     if has_nan or t_max == INFINITY or t_max == -INFINITY or s_max == INFINITY:
         return NAN
-    if student_gap:
-        return INFINITY
-
-    # Pass 2: the sums of RowSums.
-    cdef RowSums sums
-    scalar_row_sums(t, s, n, inv_T, t_max, s_max, &sums)
-    cdef double mean_gap, z_teacher, magnitude
-    cdef double kl = kl_from_sums(&sums, &mean_gap, &z_teacher, &magnitude)
-    if kl > magnitude * KD_EXACT_PATH_RATIO or kl == INFINITY:
-        return kl  # inf: a logit gap over T beyond the double range
-    return row_kl_exact(t, s, n, inv_T, t_max, s_max, mean_gap, z_teacher)
+    return INFINITY if ruled_out else NAN
 
 
-cdef void scalar_row_sums(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T, double t_max, double s_max,
-    RowSums* sums,
+cdef struct LossTerms:
+    double temperature, inv_T
+    double kl_weight  # 0: no KL term, and the teacher row is not read
+    double ce_weight  # 0: no cross-entropy term, and the label is not read
+    # Bytes from a row to the next, which the sums' pass prefetches while it sums this row (0:
+    # rows are copied to scratch first, nothing to prefetch).
+    ptrdiff_t ahead_t, ahead_s
+
+
+cdef double label_kl_part(
+    const floating* t, const floating* s, Py_ssize_t y, const kd_grad_row* row
 ) noexcept nogil:
-    """The sums of RowSums for a row with these maxima, in scalar code with libm's exp."""
-    cdef Py_ssize_t i
-    cdef double a, b, ea, eb
-    memset(sums, 0, sizeof(RowSums))
-    for i in range(n):
-        a = (t[i] - t_max) * inv_T
-        b = (s[i] - s_max) * inv_T
-        ea = exp(a)
-        eb = exp(b)
-        sums.top_t += (a == 0.0)
-        add_to(&sums.rest_t, ea if a != 0.0 else 0.0)
-        sums.top_s += (b == 0.0)
-        add_to(&sums.rest_s, eb if b != 0.0 else 0.0)
-        if ea > 0.0:  # a class the teacher masks (or underflows) adds nothing to E_P[a - b]
-            add_to(&sums.gap, ea * (a - b))
-            sums.gap_scale += ea * (fabs(a) + fabs(b))
+    """Q_y - P_y from the kept values, as divergence_kl.h's gradient computes it (scalar)."""
+    cdef double shift_lo, shift = exact_difference(row.range.t_max, row.range.s_max, &shift_lo)
+    cdef double lo, hi = exact_difference(t[y], s[y], &lo)
+    cdef double a = (t[y] - row.range.t_max) * row.inv_T
+    cdef double d = ((hi - shift) + (lo - (shift_lo if isfinite(shift) else 0.0))) * row.inv_T
+    cdef double p = row.kept_a[y] * row.finish.inv_zp, w = row.kept_w[y]
+    if a >= -700.0 and -700.0 <= d <= 700.0:
+        return p * ((w - row.finish.y) * row.finish.inv_one_plus_y)
+    return w * row.finish.inv_zq - p
 
 
-cdef double row_kl_exact(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T,
-    double t_max, double s_max, double mean_gap, double z_teacher,
+cdef double row_loss_and_grad(
+    const floating* t, const floating* s, Py_ssize_t n, const LossTerms* terms, Py_ssize_t label,
+    double short_kd, double grad_scale, floating* d_s, floating* d_t, double* kept,
 ) noexcept nogil:
-    """KL for a row close to zero KL, without cancellation.
+    """The loss of one row, ``kl_weight T^2 KL + ce_weight CE``; and, unless d_s is NULL,
+    grad_scale times its gradient into d_s and (unless NULL) d_t. kept: 2 * (n + KD_MAX_STEP)
+    doubles for the per-class values the gradient pass reads (needed only with a gradient).
+    short_kd: T^2 KL of a row that takes the short-row pass, as that pass computed it (so that
+    the loss has the bits the loss alone gives); ignored for other rows.
 
-    With d = ((t - s) - (t_max - s_max)) / T and u = d - c for any constant c:
-    KL = E_P[u] + log(E_P[e^-u] + R e^c), where R is the student mass on classes outside the
-    teacher's support, relative to Za. Writing F = E_P[e^-u - 1 + u] >= 0 and
-    y = F - E_P[u] + R e^c, this is KL = F + R e^c + (log1p(y) - y): the dominant term F is a
-    sum of non-negative terms, and the rest is O(y^2) (computed by a series where it is tiny). c = E_P[d] (from the fast pass) keeps u,
-    and so the correction, small. t - s is taken exactly (as a sum hi + lo), so u is accurate to
-    a few ulp of itself even when the student is the teacher plus an offset, and is exactly
-    0 where t - s is constant over the row.
-    """
-    cdef Py_ssize_t i
-    cdef double a, ea, u, ti, si, hi, lo
-    cdef double shift_lo, shift = exact_difference(t_max, s_max, &shift_lo)
-    cdef double c = mean_gap
-    cdef double u_sum = 0.0  # only enters at second order: plain summation is enough
-    cdef CompensatedSum f_sum = CompensatedSum(0.0, 0.0)
-    cdef CompensatedSum outside_mass = CompensatedSum(0.0, 0.0)
-    for i in range(n):
-        ti = t[i]
-        si = s[i]
-        a = (ti - t_max) * inv_T
-        ea = exp(a)
-        if ea > 0.0:
-            hi = exact_difference(ti, si, &lo)
-            u = ((hi - shift) + (lo - shift_lo)) * inv_T - c
-            add_to(&f_sum, ea * exp_minus_one_plus(-u))
-            u_sum += ea * u
+    Special values, for the KL term: NaN makes d_s and d_t NaN; +inf from a class the student
+    rules out leaves d_s finite (T (Q - P), as autograd gives) and makes d_t NaN; +inf from a
+    student row all -inf makes both NaN. A NaN cross-entropy makes d_s NaN."""
+    cdef kd_grad_row row
+    cdef kd_row_sums sums
+    cdef double T = terms.temperature, kd_value = 0.0, ce = 0.0, top1 = 1.0, rest1 = 0.0
+    cdef bint with_kl = terms.kl_weight != 0.0, with_ce = terms.ce_weight != 0.0
+    cdef bint want_grad = d_s != NULL, short_row = n <= KD_SHORT_ROW
+    cdef bint need_sums = with_kl and (want_grad or not short_row)
+    memset(&row, 0, sizeof(row))
+    row.inv_T = terms.inv_T
+    row.ce_mode = KD_CE_NONE
+    if with_kl or with_ce:
+        # With the cross-entropy alone, the student's extrema in both halves (t is not read).
+        row_extrema(t if with_kl else s, s, n, &row.range)
+    if need_sums:
+        if want_grad:
+            row.kept_a = kept
+            row.kept_w = kept + n + KD_MAX_STEP
+        row_sums(t, s, n, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
+                 kept + n + KD_MAX_STEP if want_grad else NULL, terms.ahead_t, terms.ahead_s)
+        kd_active_target.finish(&sums, &row.finish)
+    # The formulas settle every row but those with special values (NaN in the value).
+    cdef bint settled = not need_sums or row.finish.value == row.finish.value
+    if with_kl:
+        if short_row and short_kd == short_kd:
+            kd_value = short_kd
+        elif short_row or not settled:
+            kd_value = T * (T * settle_special(t, s, n))
         else:
-            add_to(&outside_mass, exp((si - s_max) * inv_T))
-    cdef double f = value_of(f_sum) / z_teacher
-    cdef double r = exp(c) * value_of(outside_mass) / z_teacher
-    cdef double y = f - u_sum / z_teacher + r
-    cdef double kl = f + r + log1p_minus_identity(y)
-    return kl if kl > 0.0 else 0.0
+            kd_value = T * (T * row.finish.value)  # T^2 alone overflows for T > 1e154
+    if with_ce:
+        # Its own pass also at T = 1, where the KL's sums hold it too: the loss must not depend
+        # on whether a gradient is asked for. The gradient pass then takes R = Q.
+        passes(<floating> 0).normaliser(s, n, row.range.s_max, &top1, &rest1)
+        row.ce_mode = KD_CE_FROM_Q if with_kl and terms.inv_T == 1.0 else KD_CE_OWN_EXP
+        # CE = log Z1 - (s_y - s_max); NaN, +inf, or a row all -inf make Z1 NaN.
+        ce = log_sum(top1, rest1) - (s[label] - row.range.s_max)
+    cdef double loss = ((terms.kl_weight * kd_value if with_kl else 0.0)
+                        + (terms.ce_weight * ce if with_ce else 0.0))
+    if not want_grad:
+        return loss
 
-
-cdef void row_softmax(
-    const floating* x, Py_ssize_t n, double inv_T, floating* out, bint take_log
-) noexcept nogil:
-    """softmax(x / T) or log_softmax(x / T) of one row into ``out``.
-
-    NaN or +inf anywhere, or a row that is all -inf, gives a row of NaN; -inf gives 0 (or -inf).
-    These follow from the arithmetic: the max or the normaliser becomes NaN.
-    """
-    cdef Py_ssize_t i
-    cdef double m = -INFINITY, a, top = 0.0, rest, z, log_z
-    cdef CompensatedSum rest_sum = CompensatedSum(0.0, 0.0)
-    for i in range(n):
-        if x[i] > m:
-            m = x[i]
-    for i in range(n):
-        a = (x[i] - m) * inv_T
-        top += (a == 0.0)
-        add_to(&rest_sum, exp(a) if a != 0.0 else 0.0)  # a NaN in the row makes the sum NaN
-    rest = value_of(rest_sum)
-    if m == INFINITY or m == -INFINITY:
-        rest = NAN
-    if take_log:
-        log_z = log_sum(top, rest)
-        for i in range(n):
-            out[i] = <floating> ((x[i] - m) * inv_T - log_z)
-    else:
-        z = top + rest
-        for i in range(n):
-            out[i] = <floating> (exp((x[i] - m) * inv_T) / z)
+    if with_kl:
+        row.kl_coef = grad_scale * terms.kl_weight * T
+    if with_ce:
+        row.inv_z1 = 1.0 / (top1 + rest1)
+        row.ce_coef = grad_scale * terms.ce_weight
+    if with_kl and not settled:
+        fill_row(d_s, n, NAN)
+        if d_t != NULL:
+            fill_row(d_t, n, NAN)
+        return loss
+    passes(<floating> 0).gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
+    if with_ce:
+        # R_y - 1 would cancel in the pass's rounding; (e^(s_y - s_max) - Z1) / Z1 is exact
+        # where s_y is the maximum.
+        d_s[label] = <floating> ((label_kl_part(t, s, label, &row) * row.kl_coef if with_kl else 0.0)
+                                 + ((exp(s[label] - row.range.s_max) - top1) - rest1)
+                                 * row.inv_z1 * row.ce_coef)
+    if d_t != NULL and not with_kl:
+        fill_row(d_t, n, 0.0)
+    if with_kl and kd_value == INFINITY and d_t != NULL:
+        fill_row(d_t, n, NAN)
+    if with_ce and ce != ce:
+        fill_row(d_s, n, NAN)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------
 # Layer 2: loops over rows
 # ---------------------------------------------------------------------------------------------
 
+cdef enum:
+    SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
+
+
+cdef struct RowsJob:
+    # One call of the row loop, as the block helper below needs it.
+    const char* t_base
+    const char* s_base
+    Py_ssize_t t_row, t_col, s_row, s_col, n_classes
+    LossTerms terms
+    const int64_t* labels        # NULL: no labels
+    const double* row_weights    # NULL: all 1
+    const double* grad_output    # NULL: all 1
+    double grad_scale
+    double* out
+    char* d_student              # NULL: no student gradient (or none at all)
+    char* d_teacher              # NULL: no teacher gradient
+    bint want_grad
+
+
+cdef struct ThreadScratch:
+    # One thread's buffers, allocated by the loop: row copies (classes not contiguous), the
+    # kept per-class values (gradients), a row for a student gradient nobody wants.
+    void* rows
+    double* kept
+    void* student_sink
+
+
+cdef void short_rows_block(
+    const RowsJob* job, Py_ssize_t first, Py_ssize_t count, double* kd_values, bint* written,
+    floating dtype_tag,
+) noexcept nogil:
+    """T^2 KL of rows [first, first + count) (count <= SHORT_ROWS_BLOCK, short rows, any strides)
+    from the short-row pass, one row per lane; with the KL term alone and a student gradient
+    wanted, the pass writes the gradient too (written[r]: row r's gradient is written)."""
+    cdef Py_ssize_t n = job.n_classes, r, i
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef double coef[SHORT_ROWS_BLOCK]
+    cdef kd_short_grad grad
+    cdef bint lane_gradient = job.terms.ce_weight == 0.0 and job.d_student != NULL
+    if lane_gradient:
+        for r in range(count):
+            i = first + r
+            coef[r] = (job.grad_scale * (job.row_weights[i] if job.row_weights != NULL else 1.0)
+                       * (job.grad_output[i] if job.grad_output != NULL else 1.0)
+                       * job.terms.kl_weight * job.terms.temperature)
+        grad.coef = coef
+        grad.d_s = job.d_student + first * row_bytes
+        grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
+        grad.row_bytes = row_bytes
+    passes(<floating> 0).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
+                                    job.t_row, job.s_row, job.t_col, job.s_col, count, n,
+                                    job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
+    for r in range(count):
+        written[r] = lane_gradient and kd_values[r] == kd_values[r]
+        kd_values[r] = job.terms.temperature * (job.terms.temperature * kd_values[r])
+
+
+cdef void rows_block(
+    const RowsJob* job, Py_ssize_t first, Py_ssize_t count, ThreadScratch* scratch,
+    floating dtype_tag,
+) noexcept nogil:
+    """The loop's work for rows [first, first + count): short rows get their KL from the
+    short-row pass (one row per lane) and, for the KL term alone, their gradient too; every
+    other row, and short rows with a cross-entropy term, go through row_loss_and_grad."""
+    cdef Py_ssize_t n = job.n_classes, r, i, label
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef double short_kd[SHORT_ROWS_BLOCK]
+    cdef bint written[SHORT_ROWS_BLOCK]
+    cdef double weight
+    cdef floating* d_s
+    cdef floating* d_t
+    cdef floating* t_copy = <floating*> scratch.rows
+    cdef floating* s_copy = t_copy + n if t_copy != NULL else NULL
+    cdef bint short_kl = job.terms.kl_weight != 0.0 and n <= KD_SHORT_ROW
+    if short_kl:
+        short_rows_block(job, first, count, short_kd, written, <floating> 0)
+    for r in range(count):
+        i = first + r
+        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
+        if d_s == NULL and job.want_grad:
+            d_s = <floating*> scratch.student_sink
+        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+        weight = job.row_weights[i] if job.row_weights != NULL else 1.0
+        label = job.labels[i] if job.labels != NULL else 0
+        if weight == 0.0 or label < 0:  # left out: whatever it holds, 0
+            job.out[i] = 0.0
+            if d_s != NULL:
+                fill_row(d_s, n, 0.0)
+            if d_t != NULL:
+                fill_row(d_t, n, 0.0)
+            continue
+        if short_kl and (written[r] or (not job.want_grad and job.terms.ce_weight == 0.0
+                                        and short_kd[r] == short_kd[r])):
+            job.out[i] = weight * (job.terms.kl_weight * short_kd[r] + 0.0)  # as row_loss_and_grad
+            continue
+        job.out[i] = weight * row_loss_and_grad(
+            contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy),
+            contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy),
+            n,
+            &job.terms,
+            label,
+            short_kd[r] if short_kl else NAN,
+            job.grad_scale * weight * (job.grad_output[i] if job.grad_output != NULL else 1.0),
+            d_s,
+            d_t,
+            scratch.kept,
+        )
+
+
+cdef bint long_rows(
+    const RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dtype_tag,
+) noexcept nogil:
+    """The loop for a few long contiguous rows and the KL term alone: each row's chunks are
+    shared among the threads, for the extrema, the sums and the gradient. The chunks, and the
+    order in which their sums are merged, are those of row_sums, so the results are bitwise
+    those of one thread. Returns False (nothing done) if out of memory."""
+    cdef Py_ssize_t n = job.n_classes, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK, i, c, start
+    cdef size_t row_bytes = n * sizeof(floating)
+    cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
+    cdef kd_row_sums* chunks = <kd_row_sums*> malloc(n_chunks * sizeof(kd_row_sums))
+    cdef double* kept = NULL
+    cdef floating* sink = NULL
+    cdef double T = job.terms.temperature, inv_T = job.terms.inv_T, weight, kd_value
+    cdef const floating* t
+    cdef const floating* s
+    cdef floating* d_s
+    cdef floating* d_t
+    cdef kd_grad_row row
+    cdef kd_grad_row chunk_row
+    cdef kd_row_sums sums
+    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    if job.want_grad:
+        kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
+        if job.d_student == NULL:
+            sink = <floating*> malloc(row_bytes)
+    if extrema == NULL or chunks == NULL or (job.want_grad and (kept == NULL or (
+            job.d_student == NULL and sink == NULL))):
+        free(extrema)
+        free(chunks)
+        free(kept)
+        free(sink)
+        return False
+    for i in range(n_rows):
+        t = <const floating*> (job.t_base + i * job.t_row)
+        s = <const floating*> (job.s_base + i * job.s_row)
+        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else sink
+        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+        weight = job.row_weights[i] if job.row_weights != NULL else 1.0
+        if weight == 0.0 or (job.labels != NULL and job.labels[i] < 0):  # left out: never read
+            job.out[i] = 0.0
+            if d_s != NULL:
+                fill_row(d_s, n, 0.0)
+            if d_t != NULL:
+                fill_row(d_t, n, 0.0)
+            continue
+        memset(&row, 0, sizeof(row))
+        row.inv_T = inv_T
+        row.ce_mode = KD_CE_NONE
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            p.range(t + c * KD_CHUNK, s + c * KD_CHUNK, chunk_length(c * KD_CHUNK, n), &extrema[c])
+        row.range = extrema[0]
+        for c in range(1, n_chunks):
+            merge_range(&row.range, &extrema[c])
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            start = c * KD_CHUNK
+            p.sums(t + start, s + start, chunk_length(start, n), &row.range, inv_T, &chunks[c],
+                   kept + start if kept != NULL else NULL,
+                   kept + n + KD_MAX_STEP + start if kept != NULL else NULL, 0, 0)
+        memset(&sums, 0, sizeof(sums))
+        for c in range(n_chunks):
+            merge_sums(&sums, &chunks[c])
+        kd_active_target.finish(&sums, &row.finish)
+        kd_value = T * (T * (row.finish.value if row.finish.value == row.finish.value
+                             else settle_special(t, s, n)))
+        job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
+        if not job.want_grad:
+            continue
+        if row.finish.value != row.finish.value:
+            fill_row(d_s, n, NAN)
+            if d_t != NULL:
+                fill_row(d_t, n, NAN)
+            continue
+        row.kl_coef = (job.grad_scale * weight * (job.grad_output[i] if job.grad_output != NULL else 1.0)
+                       * job.terms.kl_weight * T)
+        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            start = c * KD_CHUNK
+            chunk_row = row  # the same row constants, with the kept values of this chunk
+            chunk_row.kept_a = kept + start
+            chunk_row.kept_w = kept + n + KD_MAX_STEP + start
+            p.gradient(t + start, s + start, chunk_length(start, n), &chunk_row, d_s + start,
+                       d_t + start if d_t != NULL else NULL)
+        if kd_value == INFINITY and d_t != NULL:
+            fill_row(d_t, n, NAN)
+    free(extrema)
+    free(chunks)
+    free(kept)
+    free(sink)
+    return True
+
+
+cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dtype_tag) noexcept nogil:
+    """Every row of the job, in blocks under a dynamic schedule; 0, or -1 if out of memory."""
+    cdef Py_ssize_t n = job.n_classes, b
+    cdef bint contiguous = job.t_col == <Py_ssize_t> sizeof(floating) and job.s_col == <Py_ssize_t> sizeof(floating)
+    if (n_rows < num_threads and n > KD_CHUNK and contiguous and job.terms.ce_weight == 0.0):
+        # Fewer rows than threads: share each row's chunks among them.
+        if long_rows(job, n_rows, num_threads, <floating> 0):
+            return 0
+    # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
+    # at a time, leaving every thread several blocks.
+    cdef Py_ssize_t block = SHORT_ROWS_BLOCK if n <= KD_SHORT_ROW else max(
+        1, min(16, n_rows // (4 * num_threads)))
+    cdef Py_ssize_t n_blocks = (n_rows + block - 1) // block
+    cdef ThreadScratch* scratch
+    cdef int failed = 0
+    cdef int* failure = &failed
+    cdef bint keeps = job.want_grad and job.terms.kl_weight != 0.0
+    cdef bint sinks = job.want_grad and job.d_student == NULL
+    num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
+    with parallel(num_threads=num_threads, use_threads_if=num_threads > 1):
+        # Assigned here, so private to each thread: its own buffers.
+        scratch = <ThreadScratch*> malloc(sizeof(ThreadScratch))
+        if scratch != NULL:
+            scratch.rows = malloc(2 * n * sizeof(floating)) if not contiguous else NULL
+            scratch.kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double)) if keeps else NULL
+            scratch.student_sink = malloc(n * sizeof(floating)) if sinks else NULL
+        if (scratch == NULL or (not contiguous and scratch.rows == NULL)
+                or (keeps and scratch.kept == NULL) or (sinks and scratch.student_sink == NULL)):
+            failure[0] = 1
+        for b in prange(n_blocks, schedule="dynamic"):
+            if not failure[0]:
+                rows_block(job, b * block, min(block, n_rows - b * block), scratch, <floating> 0)
+        if scratch != NULL:
+            free(scratch.rows)
+            free(scratch.kept)
+            free(scratch.student_sink)
+            free(scratch)
+    return -1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 3: the entries Python calls (kdloss._api, kdloss._training)
+# ---------------------------------------------------------------------------------------------
+
+cdef void run_rows(
+    const floating[:, :] student,
+    const floating[:, :] teacher,
+    const int64_t* labels,
+    double temperature,
+    double kl_weight,
+    double ce_weight,
+    const double* row_weights,
+    const double* grad_output,
+    double grad_scale,
+    double* out,
+    char* d_student,
+    char* d_teacher,
+    int num_threads,
+) except *:
+    """The row loop over every row of two 2-D views (the entries below unpack their arguments)."""
+    cdef Py_ssize_t n_rows = teacher.shape[0]
+    if n_rows == 0:
+        return
+    cdef RowsJob job
+    job.t_base = <const char*> &teacher[0, 0]
+    job.s_base = <const char*> &student[0, 0]
+    job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
+    job.s_row, job.s_col = student.strides[0], student.strides[1]
+    job.n_classes = teacher.shape[1]
+    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(floating)
+                            and student.strides[1] == <Py_ssize_t> sizeof(floating))
+    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
+                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0)
+    job.labels = labels
+    job.row_weights = row_weights
+    job.grad_output = grad_output
+    job.grad_scale = grad_scale
+    job.out = out
+    job.d_student = d_student
+    job.d_teacher = d_teacher
+    job.want_grad = d_student != NULL or d_teacher != NULL
+    cdef int status
+    with nogil:
+        status = rows_loop(&job, n_rows, num_threads, <floating> 0)
+    if status != 0:
+        raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
+
+
+def loss_grad_rows(
+    const floating[:, :] student,
+    const floating[:, :] teacher,
+    const int64_t[::1] labels,
+    double temperature,
+    double kl_weight,
+    double ce_weight,
+    const double[::1] row_weights,
+    const double[::1] grad_output,
+    double grad_scale,
+    double[::1] out,
+    floating[:, ::1] d_student,
+    floating[:, ::1] d_teacher,
+    int num_threads,
+):
+    """For every row i: ``out[i] = w_i * loss_i`` with ``loss_i = kl_weight T^2 KL + ce_weight
+    CE``, and ``d_student[i]`` (``d_teacher[i]``) = ``grad_scale * g_i * w_i`` times its gradient.
+
+    Contract, beyond the module's: ``labels`` (in [0, classes), or negative: the row is left
+    out), ``row_weights`` (w, finite and >= 0; a weight of 0 leaves the row out) and
+    ``grad_output`` (g) have one entry per row, or none (no cross-entropy term; all weights 1;
+    all g 1). ``d_student`` and ``d_teacher`` have the inputs' shape, or no rows: no such
+    gradient (with a teacher gradient only, the student's is computed into per-thread scratch
+    and dropped). A row left out gets ``out[i] = 0`` and zero gradients, whatever it holds (NaN
+    included): only the short-row pass reads it, beside its neighbours, and drops it.
+    """
+    if teacher.shape[0] == 0:
+        return
+    run_rows(student, teacher,
+             &labels[0] if labels.shape[0] > 0 else NULL,
+             temperature, kl_weight, ce_weight,
+             &row_weights[0] if row_weights.shape[0] > 0 else NULL,
+             &grad_output[0] if grad_output.shape[0] > 0 else NULL,
+             grad_scale, &out[0],
+             <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
+             <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
+             num_threads)
+
+
 def kl_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
     double temperature,
     double[::1] out,
-    floating[:, ::1] scratch,
     int num_threads,
 ):
-    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i.
-
-    Rows are shared among threads; when there are fewer rows than threads, long contiguous rows
-    are split into chunks instead, so that every thread has work.
-    """
-    cdef Py_ssize_t n_rows = teacher.shape[0], n_classes = teacher.shape[1], i
-    if n_rows == 0:
+    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i:
+    the row loop with the KL term alone and no gradient."""
+    if teacher.shape[0] == 0:
         return
-    cdef double inv_T = 1.0 / temperature
-    cdef const char* t_base = <const char*> &teacher[0, 0]
-    cdef const char* s_base = <const char*> &student[0, 0]
-    cdef Py_ssize_t t_row = teacher.strides[0], t_col = teacher.strides[1]
-    cdef Py_ssize_t s_row = student.strides[0], s_col = student.strides[1]
-    cdef bint contiguous = (t_col == <Py_ssize_t> sizeof(floating)
-                            and s_col == <Py_ssize_t> sizeof(floating))
-    cdef bint done = False
-    if (n_rows < num_threads and n_classes > KD_CHUNK and contiguous
-            and kd_active_target != NULL):
-        with nogil:
-            done = kl_long_rows(t_base, s_base, t_row, s_row, n_rows, n_classes, temperature,
-                                &out[0], num_threads, <floating> 0)
-    if done:
-        return
-    num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
-    cdef Py_ssize_t n_blocks = (n_rows + SHORT_ROWS_BLOCK - 1) // SHORT_ROWS_BLOCK
-    if takes_short_row_pass(n_classes):
-        # Blocks of rows, fixed by row index: which thread takes a block changes no bit.
-        num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
-        for i in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads,
-                        use_threads_if=num_threads > 1):
-            kl_short_rows(t_base, s_base, t_row, s_row, t_col, s_col, i * SHORT_ROWS_BLOCK,
-                          min(<Py_ssize_t> SHORT_ROWS_BLOCK, n_rows - i * SHORT_ROWS_BLOCK),
-                          n_classes, temperature, &out[0], <floating> 0)
-        return
-    cdef floating* t_scratch
-    cdef floating* s_scratch
-    cdef double kl
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=num_threads > 1):
-        t_scratch = NULL
-        s_scratch = NULL
-        if not contiguous:
-            t_scratch = &scratch[threadid(), 0]
-            s_scratch = t_scratch + n_classes
-        kl = row_kl(
-            contiguous_row(t_base + i * t_row, t_col, n_classes, t_scratch),
-            contiguous_row(s_base + i * s_row, s_col, n_classes, s_scratch),
-            n_classes,
-            inv_T,
-            t_row if contiguous else 0,  # the next row, prefetched while this one is summed
-            s_row if contiguous else 0,
-        )
-        out[i] = temperature * (temperature * kl)  # T^2 alone overflows for T > 1e154
-
-
-cdef enum:
-    SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
-
-
-cdef void kl_short_rows(
-    const char* t_base, const char* s_base, Py_ssize_t t_row, Py_ssize_t s_row,
-    Py_ssize_t t_col, Py_ssize_t s_col, Py_ssize_t first, Py_ssize_t n_rows,
-    Py_ssize_t n_classes, double temperature, double* out, floating dtype_tag,
-    const kd_short_grad* grad=NULL, bint* settled=NULL,
-) noexcept nogil:
-    """``kl_rows`` for rows [first, first + n_rows) of at most KD_SHORT_ROW classes (any
-    strides): the vectorised passes take one row per lane, then each row is finished here
-    (with the row contiguous, copied to a local buffer if need be, for the scalar and exact
-    paths). With grad, the vector code also writes the gradient of the rows it settles, which
-    are marked in settled[r] (rows [first, ...) are grad's rows 0, 1, ...)."""
-    cdef kd_row_range ranges[SHORT_ROWS_BLOCK]
-    cdef kd_chunk_stats stats[SHORT_ROWS_BLOCK]
-    cdef RowSums sums
-    cdef Py_ssize_t r
-    cdef double inv_T = 1.0 / temperature
-    cdef const char* t_first = t_base + first * t_row
-    cdef const char* s_first = s_base + first * s_row
-    cdef double kl[SHORT_ROWS_BLOCK]
-    cdef floating t_copy[KD_SHORT_ROW]
-    cdef floating s_copy[KD_SHORT_ROW]
-    if floating is float:
-        kd_active_target.short_f32(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats, kl, grad)
-    else:
-        kd_active_target.short_f64(t_first, s_first, t_row, s_row, t_col, s_col, n_rows,
-                                   n_classes, inv_T, ranges, stats, kl, grad)
-    for r in range(n_rows):
-        if settled != NULL:
-            settled[r] = kl[r] == kl[r]
-        if kl[r] == kl[r]:  # settled by the vector code
-            out[first + r] = temperature * (temperature * kl[r])
-            continue
-        memset(&sums, 0, sizeof(sums))
-        merge_chunk(&sums, &stats[r])
-        out[first + r] = temperature * (temperature * finish_row_kl(
-            contiguous_row(t_first + r * t_row, t_col, n_classes, t_copy),
-            contiguous_row(s_first + r * s_row, s_col, n_classes, s_copy),
-            n_classes, inv_T, ranges[r].t_max, ranges[r].s_max, &sums))
-
-
-cdef bint kl_long_rows(
-    const char* t_base, const char* s_base, Py_ssize_t t_row, Py_ssize_t s_row,
-    Py_ssize_t n_rows, Py_ssize_t n_classes, double temperature, double* out,
-    int num_threads, floating dtype_tag,
-) noexcept nogil:
-    """``kl_rows`` for a few long contiguous rows: each row's chunks are shared among threads.
-
-    The chunks, and the order in which their sums are merged, are those of ``row_kl``, so the
-    result is bitwise the same as one thread's. Returns False (nothing done) if out of memory.
-    """
-    cdef Py_ssize_t n_chunks = (n_classes + KD_CHUNK - 1) // KD_CHUNK, i, c
-    cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
-    cdef kd_chunk_stats* chunks = <kd_chunk_stats*> malloc(n_chunks * sizeof(kd_chunk_stats))
-    cdef const floating* t
-    cdef const floating* s
-    cdef double inv_T = 1.0 / temperature
-    cdef kd_row_range extremes
-    cdef RowSums sums
-    if extrema == NULL or chunks == NULL:
-        free(extrema)
-        free(chunks)
-        return False
-    for i in range(n_rows):
-        t = <const floating*> (t_base + i * t_row)
-        s = <const floating*> (s_base + i * s_row)
-        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
-            chunk_range(t, s, c * KD_CHUNK, n_classes, &extrema[c])
-        extremes = extrema[0]
-        for c in range(1, n_chunks):
-            merge_range(&extremes, &extrema[c])
-        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
-            chunk_stats(t, s, c * KD_CHUNK, n_classes, &extremes, inv_T, &chunks[c])
-        memset(&sums, 0, sizeof(sums))
-        for c in range(n_chunks):
-            merge_chunk(&sums, &chunks[c])
-        out[i] = temperature * (temperature * finish_row_kl(
-            t, s, n_classes, inv_T, extremes.t_max, extremes.s_max, &sums))
-    free(extrema)
-    free(chunks)
-    return True
+    run_rows(student, teacher, NULL, temperature, 1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL,
+             num_threads)
 
 
 def single_row_loss(object student, object teacher, object temperature):
@@ -701,13 +765,13 @@ def single_row_loss(object student, object teacher, object temperature):
 
     The shortcut for the commonest small call, ``kd_loss(s, t, T)`` on one row: it recognises
     input already in the kernel's form (no conversion, no validation needed) and computes the
-    row by the path ``kl_rows`` takes for it, so the result has the same bits. Everything else
+    row by the path the row loop takes for it, so the result has the same bits. Everything else
     returns None and goes through the general path, which validates.
     """
     if type(student) is not np.ndarray or type(teacher) is not np.ndarray or type(temperature) is not float:
         return None
     cdef double T = temperature
-    if not (T > 0.0 and isfinite(T)):
+    if not (T > 0.0 and isfinite(T) and isfinite(1.0 / T)):
         return None
     cdef Py_buffer s_view, t_view
     try:
@@ -740,20 +804,62 @@ def single_row_loss(object student, object teacher, object temperature):
 cdef double one_row_loss(
     const floating* t, const floating* s, Py_ssize_t n, double temperature
 ) noexcept nogil:
-    """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as ``kl_rows`` computes it."""
+    """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as the row loop computes it."""
+    cdef RowsJob job
     cdef double out
-    if takes_short_row_pass(n):
-        kl_short_rows(<const char*> t, <const char*> s, 0, 0, sizeof(floating), sizeof(floating),
-                      0, 1, n, temperature, &out, <floating> 0)
-        return out
-    return temperature * (temperature * row_kl(t, s, n, 1.0 / temperature))
+    cdef ThreadScratch scratch
+    memset(&job, 0, sizeof(job))
+    memset(&scratch, 0, sizeof(scratch))
+    job.t_base = <const char*> t
+    job.s_base = <const char*> s
+    job.t_col = job.s_col = sizeof(floating)
+    job.n_classes = n
+    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0)
+    job.grad_scale = 1.0
+    job.out = &out
+    rows_block(&job, 0, 1, &scratch, <floating> 0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax and log_softmax (scalar code with libm; not in the speed targets)
+# ---------------------------------------------------------------------------------------------
+
+cdef void row_softmax(
+    const floating* x, Py_ssize_t n, double inv_T, floating* out, bint take_log
+) noexcept nogil:
+    """softmax(x / T) or log_softmax(x / T) of one row into ``out``.
+
+    NaN or +inf anywhere, or a row that is all -inf, gives a row of NaN; -inf gives 0 (or -inf).
+    These follow from the arithmetic: the max or the normaliser becomes NaN.
+    """
+    cdef Py_ssize_t i
+    cdef double m = -INFINITY, a, top = 0.0, rest, z, log_z
+    cdef CompensatedSum rest_sum = CompensatedSum(0.0, 0.0)
+    for i in range(n):
+        if x[i] > m:
+            m = x[i]
+    for i in range(n):
+        a = (x[i] - m) * inv_T
+        top += (a == 0.0)
+        add_to(&rest_sum, exp(a) if a != 0.0 else 0.0)  # a NaN in the row makes the sum NaN
+    rest = value_of(rest_sum)
+    if m == INFINITY or m == -INFINITY:
+        rest = NAN
+    if take_log:
+        log_z = log_sum(top, rest)
+        for i in range(n):
+            out[i] = <floating> ((x[i] - m) * inv_T - log_z)
+    else:
+        z = top + rest
+        for i in range(n):
+            out[i] = <floating> (exp((x[i] - m) * inv_T) / z)
 
 
 def softmax_rows(
     const floating[:, :] logits,
     double temperature,
     floating[:, ::1] out,
-    floating[:, ::1] scratch,
     bint take_log,
     int num_threads,
 ):
@@ -764,19 +870,21 @@ def softmax_rows(
     cdef double inv_T = 1.0 / temperature
     cdef const char* base = <const char*> &logits[0, 0]
     cdef Py_ssize_t row_stride = logits.strides[0], class_stride = logits.strides[1]
+    cdef bint contiguous = class_stride == <Py_ssize_t> sizeof(floating)
     cdef floating* row_scratch
-    for i in prange(n_rows, nogil=True, schedule="static", num_threads=num_threads,
-                    use_threads_if=num_threads > 1):
+    cdef int failed = 0
+    cdef int* failure = &failed
+    num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
+    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1):
         row_scratch = NULL
-        if class_stride != <Py_ssize_t> sizeof(floating):
-            row_scratch = &scratch[threadid(), 0]
-        row_softmax(
-            contiguous_row(base + i * row_stride, class_stride, n_classes, row_scratch),
-            n_classes,
-            inv_T,
-            &out[i, 0],
-            take_log,
-        )
-
-
-include "_gradient.pxi"
+        if not contiguous:
+            row_scratch = <floating*> malloc(n_classes * sizeof(floating))
+            if row_scratch == NULL:
+                failure[0] = 1
+        for i in prange(n_rows, schedule="static"):
+            if not failure[0]:
+                row_softmax(contiguous_row(base + i * row_stride, class_stride, n_classes, row_scratch),
+                            n_classes, inv_T, &out[i, 0], take_log)
+        free(row_scratch)
+    if failed:
+        raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")

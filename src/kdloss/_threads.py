@@ -14,8 +14,13 @@ extension linked to the same libgomp may have started its thread pool.
 
 import functools
 import math
-import numbers
 import os
+
+from ._validation import check_num_threads
+
+# Fewer elements than this per thread and a call runs on fewer threads: waking a thread costs
+# microseconds, and far more when another process holds its core. Results are the same.
+MIN_ELEMENTS_PER_THREAD = 1 << 14
 
 _in_forked_child = False
 
@@ -70,18 +75,23 @@ def default_num_threads():
 
 
 def resolve_num_threads(num_threads):
-    """The thread count for a call: None = default, negative counts back (-1 = all), 0 raises."""
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
-    ):
-        raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
-    if num_threads == 0:
-        raise ValueError("num_threads must not be 0: use None for the default, or -1 for all CPUs")
+    """The thread count for a call: None = default, negative counts back (-1 = all), 0 raises.
+
+    This is what the caller allows; :func:`threads_for` is what one kernel call of a given size
+    then uses."""
+    num_threads = check_num_threads(num_threads)
     if _in_forked_child:
         return 1
     default = default_num_threads()
     if num_threads is None:
         return default
     if num_threads < 0:
-        return max(1, default + 1 + int(num_threads))
-    return int(num_threads)
+        return max(1, default + 1 + num_threads)
+    return num_threads
+
+
+def threads_for(n_threads, n_rows, n_classes):
+    """The threads one kernel call on ``n_rows x n_classes`` logits uses: at most ``n_threads``
+    (resolved), and one per ``MIN_ELEMENTS_PER_THREAD`` logits. Every kernel call (losses,
+    gradients, softmax) goes by it; results do not depend on it."""
+    return max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))

@@ -1,21 +1,20 @@
 """What training needs: losses with their gradients, and Hinton's loss with hard labels.
 
 The same layers as ``_api``: validate and convert here, allocate the outputs, resolve threads,
-then one fused kernel pass per row (``_kernel.loss_grad_rows``) gives the loss and its gradient.
+then one fused kernel pass per row (``_engine.rows``) gives the loss and its gradient; the
+reduction's rules (denominator, gradient scale) are ``_reduction``'s.
 """
 
-from __future__ import (
-    annotations,  # help() shows "ArrayLike", not NumPy's expanded Union
-)
+# Postponed annotations: help() shows "ArrayLike", not NumPy's expanded Union.
+from __future__ import annotations
 
-import math
 from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernel
-from ._api import Reduction, blockwise_sum, threads_for
+from . import _engine, _reduction
+from ._api import Reduction
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
 from ._typing import ScalarReduction
@@ -27,55 +26,30 @@ from ._validation import (
     check_reduction,
     check_temperature,
     check_weights,
+    result_dtype,
 )
 
 
 def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_weight, weights,
                         grad_output, grad_scale, want_student_grad, want_teacher_grad, num_threads):
     """Per-row weighted losses (float64, shape ``teacher.shape[:-1]``) and the gradients (C-order
-    arrays of the logits' shape and dtype, or None), for validated inputs."""
-    dtype, n_classes = teacher.dtype, teacher.shape[-1]
+    arrays of the logits' shape and result dtype, or None), for validated inputs."""
+    dtype = result_dtype(teacher.dtype)
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
     d_student = np.empty(teacher.shape, dtype=dtype) if want_student_grad else None
     d_teacher = np.empty(teacher.shape, dtype=dtype) if want_teacher_grad else None
-    want_grad = want_student_grad or want_teacher_grad
-    no_rows = np.empty((0, n_classes), dtype=dtype)
 
     # The optional per-row arrays travel through row_blocks beside the logits.
-    arrays = {"student": student, "teacher": teacher, "losses": losses, "labels": labels,
+    arrays = {"student": student, "teacher": teacher, "out": losses, "labels": labels,
               "weights": weights, "grad_output": grad_output, "d_student": d_student,
               "d_teacher": d_teacher}
     names = [name for name, array in arrays.items() if array is not None]
     trailing = [1 if name in ("student", "teacher", "d_student", "d_teacher") else 0 for name in names]
     for views in row_blocks(tuple(arrays[name] for name in names), trailing):
         block = dict(zip(names, views))
-        s_rows, t_rows = block["student"], block["teacher"]
-        n_rows = t_rows.shape[0]
-        threads = threads_for(n_threads, n_rows, n_classes)
-        contiguous = s_rows.strides[1] == s_rows.itemsize and t_rows.strides[1] == t_rows.itemsize
-        scratch = np.empty((0 if contiguous else min(threads, n_rows), 2 * n_classes), dtype=dtype)
-        # Where each thread keeps a row's exponentials between the sums and the gradient pass,
-        # and, when only the teacher's gradient is wanted, the student's row it must discard.
-        per_thread = min(threads, n_rows)
-        exp_scratch = np.empty((per_thread if want_grad else 0, 2 * (n_classes + _kernel.EXP_SCRATCH_PADDING)))
-        student_sink = np.empty((per_thread if want_teacher_grad and not want_student_grad else 0, n_classes),
-                                dtype=dtype)
-        _kernel.loss_grad_rows(
-            s_rows, t_rows,
-            block.get("labels", np.empty(0, dtype=np.int64)),
-            temperature, kl_weight, ce_weight,
-            block.get("weights", np.empty(0)),
-            block.get("grad_output", np.empty(0)),
-            grad_scale,
-            block["losses"],
-            block.get("d_student", no_rows),
-            block.get("d_teacher", no_rows),
-            scratch,
-            exp_scratch,
-            student_sink,
-            threads,
-        )
+        _engine.rows(block.pop("student"), block.pop("teacher"), temperature, n_threads=n_threads,
+                     kl_weight=kl_weight, ce_weight=ce_weight, grad_scale=grad_scale, **block)
     return losses, d_student, d_teacher
 
 
@@ -84,32 +58,20 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
     """``(loss, d_student, d_teacher)`` for validated inputs: the reduced loss and the gradients
     asked for (None for the others; see ``kd_loss_and_grad``)."""
     rows_shape = teacher.shape[:-1]
-    # The rows that count: weight > 0 and (with labels) a label that is not ignored.
     denominator = 1.0
-    if reduction == "mean" and weights is None and labels is None:
-        denominator = float(math.prod(rows_shape))
-    elif reduction == "mean":
-        kept = np.ones(rows_shape, dtype=np.float64) if weights is None else weights
-        if labels is not None:
-            kept = np.where(labels >= 0, kept, 0.0)
-        denominator = float(np.sum(kept))
+    if reduction == "mean":  # the total weight of the rows that count
+        denominator = _reduction.mean_denominator(rows_shape, _reduction.kept_weights(rows_shape, weights, labels))
     want_grad = student_grad or teacher_grad
     grad_output = check_grad_output(grad_output if want_grad else None, reduction, rows_shape)
-    grad_scale = 1.0
-    if reduction != "none":
-        grad_scale = grad_output / denominator if denominator else 0.0
+    grad_scale = _reduction.grad_scale(reduction, grad_output, denominator)
+    if reduction != "none":  # a scalar: it is in grad_scale
         grad_output = None
     losses, d_student, d_teacher = _rows_loss_and_grad(
         student, teacher, temperature, labels=labels, kl_weight=kl_weight, ce_weight=ce_weight,
         weights=weights, grad_output=grad_output, grad_scale=grad_scale,
         want_student_grad=student_grad, want_teacher_grad=teacher_grad, num_threads=num_threads,
     )
-    if reduction == "none":
-        with np.errstate(over="ignore"):  # a float32 row loss beyond 3.4e38 is inf, as documented
-            loss = losses.astype(teacher.dtype, copy=False)
-    else:
-        total = blockwise_sum(losses)
-        loss = total if reduction == "sum" else (total / denominator if denominator else 0.0)
+    loss = _reduction.reduce(losses, reduction, denominator, result_dtype(teacher.dtype))
     return loss, d_student, d_teacher
 
 
@@ -208,8 +170,8 @@ def kd_loss_and_grad(
     -------
     (loss, d_student) or (loss, d_student, d_teacher)
         ``loss`` exactly as :func:`kd_loss` returns it (the same bits). The gradients are
-        arrays of the logits' shape and compute dtype, C-ordered, of
-        ``grad_output * loss``: per row, ``dL/ds = T (Q - P)`` and
+        arrays of the logits' shape and result dtype (float64 for float64 and integer
+        input, float32 otherwise), C-ordered, of ``grad_output * loss``: per row, ``dL/ds = T (Q - P)`` and
         ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher masks a class), times
         ``w / sum(w)`` for ``"mean"`` (``1 / rows`` without weights), ``w`` for ``"sum"``.
         Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss
@@ -224,7 +186,7 @@ def kd_loss_and_grad(
     >>> loss, d_student = kdloss.kd_loss_and_grad(student, teacher, temperature=2.0)
     >>> loss
     0.6403
-    >>> d_student  # T (Q - P) / rows
+    >>> d_student.round(4) + 0.0  # T (Q - P) / rows, to 4 decimals (+ 0.0: no -0.0)
     array([[-0.3202,  0.    ,  0.3202],
            [ 0.    ,  0.    ,  0.    ]])
     >>> loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 2.0, teacher_grad=True)

@@ -8,9 +8,10 @@ How it maps onto Dask:
 - Every block of rows is one task that calls :func:`kdloss.kd_loss` on that block
   (``dask.array.map_blocks``). A row needs all of its classes, so a class axis split into
   several chunks is first rechunked into one; the teacher is rechunked to the student's row
-  chunks if they differ. Any row chunking works.
+  chunks if they differ. Any row chunking works, also rows of unknown number (``x[mask]``), as
+  long as student and teacher have the same row chunks (then no rechunking is needed).
 - ``reduction="none"`` returns a lazy array of shape ``logits.shape[:-1]`` in the same dtype as
-  the in-memory ``kd_loss`` (float32 for float16/float32 inputs, float64 otherwise), bitwise
+  the in-memory ``kd_loss`` (float32 for float16, bfloat16 and float32 inputs, float64 otherwise), bitwise
   equal to it: the kernel computes each row from that row alone.
 - ``"sum"`` and ``"mean"`` (``"batchmean"``) return lazy 0-d float64 arrays. Each task returns
   ``kd_loss(block, reduction="sum")`` (float64, pairwise within the block) and its row count;
@@ -43,10 +44,18 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _reduction
 from . import kd_loss as _in_memory_kd_loss
 from ._api import Reduction
-from ._threads import resolve_num_threads
-from ._validation import _compute_dtype, check_reduction, check_temperature
+from ._validation import (
+    check_classes,
+    check_num_threads,
+    check_reduction,
+    check_same_shape,
+    check_temperature,
+    logits_row,
+    result_dtype,
+)
 
 __all__ = ["kd_loss"]
 
@@ -64,26 +73,34 @@ def _combine(partials, reduction):
     total = math.fsum(block_sum for block_sum, _ in partials)
     if reduction == "sum":
         return np.float64(total)
-    rows = sum(block_rows for _, block_rows in partials)
-    return np.float64(total / rows if rows else 0.0)
+    return np.float64(_reduction.mean(total, sum(block_rows for _, block_rows in partials)))
 
 
 def _as_dask_logits(logits, name):
     array = logits if isinstance(logits, da.Array) else da.asarray(logits)
-    _compute_dtype(array.dtype, name)  # TypeError for complex, object, string
-    if array.ndim == 0:
-        raise ValueError(f"{name} must have at least one axis (the classes), got a scalar")
-    classes = array.shape[-1]
-    if math.isnan(classes):
+    logits_row(array.dtype, name)  # TypeError for complex, object, string
+    if array.ndim > 0 and math.isnan(array.shape[-1]):
         raise ValueError(
             f"{name} has a class axis of unknown size, which cannot be rechunked into one chunk; "
             "call .compute_chunk_sizes() on it first"
         )
-    if classes == 0:
-        raise ValueError(f"{name} has zero classes (shape {array.shape}); the last axis holds classes")
+    check_classes(array.shape, name)
     if array.numblocks[-1] > 1:
         array = array.rechunk({array.ndim - 1: -1})  # a row needs all of its classes
     return array
+
+
+def _unknown(chunks):
+    return any(math.isnan(size) for axis in chunks for size in axis)
+
+
+def _same_chunks(a, b):
+    """Equal chunks, an unknown (NaN) size matching an unknown one: blocks of rows that came
+    from one array by the same selection (``x[mask]`` for both) line up."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(p == q or (math.isnan(p) and math.isnan(q)) for p, q in zip(x, y))
+        for x, y in zip(a, b)
+    )
 
 
 def kd_loss(
@@ -121,18 +138,19 @@ def kd_loss(
     """
     student = _as_dask_logits(student_logits, "student_logits")
     teacher = _as_dask_logits(teacher_logits, "teacher_logits")
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student and teacher logits must have the same shape, got student {student.shape} "
-            f"and teacher {teacher.shape}"
-        )
+    check_same_shape(student.shape, teacher.shape)  # rows of unknown number (NaN) match here
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
-    resolve_num_threads(num_threads)  # TypeError / ValueError now, not inside a task
-    threads = 1 if num_threads is None else num_threads
-    if teacher.chunks != student.chunks:
+    threads = check_num_threads(num_threads) or 1  # errors now, not inside a task
+    if not _same_chunks(teacher.chunks, student.chunks):
+        if _unknown(student.chunks) or _unknown(teacher.chunks):
+            raise ValueError(
+                f"student chunks {student.chunks} and teacher chunks {teacher.chunks} differ and some row "
+                "counts are unknown, so the teacher cannot be rechunked to the student's rows; call "
+                ".compute_chunk_sizes() on both first"
+            )
         teacher = teacher.rechunk(student.chunks)
-    dtype = np.result_type(_compute_dtype(student.dtype, ""), _compute_dtype(teacher.dtype, ""))
+    dtype = result_dtype(student.dtype, teacher.dtype)
 
     if reduction == "none":
         rows_ndim = student.ndim - 1

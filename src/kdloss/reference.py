@@ -7,24 +7,35 @@ to be read, not to be fast: every step is one whole-array NumPy expression.
 
 The functions and what they return:
 
-* :func:`softmax`, :func:`log_softmax`: along the last axis, in the compute dtype.
+* :func:`softmax`, :func:`log_softmax`: along the last axis, in the result dtype (``kdloss._dtypes``).
 * :func:`kd_loss`: ``T^2 KL(P || Q)`` per row, ``P = softmax(t / T)``, ``Q = softmax(s / T)``,
   optionally weighted per row, reduced.
 * :func:`kd_loss_and_grad`: the same loss and the gradient of ``grad_output * loss``.
 * :func:`hinton_loss`, :func:`hinton_loss_and_grad`: ``alpha T^2 KL + (1 - alpha) CE`` per
   row, with hard labels (``CE = logsumexp(s) - s_label`` at T = 1) and ``ignore_index``.
+* :func:`kl_rows`, :func:`cross_entropy_rows`: the per-row float64 oracles of the divergence
+  table's ``"kl"`` row and of Hinton's cross-entropy term (``kdloss._divergences``).
 
-Validation is shared with the kernel (``kdloss._validation``), so the oracle accepts and
-rejects exactly the same inputs, with the same messages.
+Validation (``kdloss._validation``) and the reduction rules (``kdloss._reduction``: weights,
+rows left out, the mean's denominator, gradient scaling, the blockwise sum) are shared with the
+kernel's front end, so the oracle accepts and rejects exactly the same inputs, with the same
+messages, and reduces the same way; the per-row arithmetic is its own, in float64 NumPy, and
+never calls the kernel.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _api, _training
+from . import _reduction as reduction_rules
 from ._typing import typed_as
+
+if TYPE_CHECKING:  # the front end imports the oracle: only the type checker reads these
+    from . import _api, _training  # noqa: TC004 (read only inside the never-called typed_as lambdas)
+    from ._api import Reduction
 from ._validation import (
     as_logits,
     as_logits_pair,
@@ -34,6 +45,7 @@ from ._validation import (
     check_reduction,
     check_temperature,
     check_weights,
+    result_dtype,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -59,9 +71,11 @@ def _kd_rows(student, teacher, temperature):
     log_p = _log_softmax64(teacher, temperature)
     log_q = _log_softmax64(student, temperature)
     masked = teacher == -np.inf
+    # A class the teacher masks (-inf) adds nothing, whatever the student holds there; nor does
+    # a class whose P underflows to 0 (p log p -> 0), where log P - log Q may be -inf - -inf.
+    vanishing = np.exp(log_p) == 0.0
     with np.errstate(invalid="ignore"):
-        # A class the teacher masks (-inf) adds nothing, whatever the student holds there.
-        terms = np.where(masked, 0.0, np.exp(log_p) * (log_p - log_q))
+        terms = np.where(masked | vanishing, 0.0, np.exp(log_p) * (log_p - log_q))
     kl = np.sum(terms, axis=-1)
     losses = np.maximum(temperature**2 * kl, 0.0)  # KL >= 0
 
@@ -71,7 +85,21 @@ def _kd_rows(student, teacher, temperature):
     # NaN or +inf anywhere, or a teacher that allows no class: the row is undefined.
     undefined = _undefined_rows(student, teacher) | np.all(masked, axis=-1)
     losses = np.where(undefined, np.nan, losses)
-    return losses, log_p, log_q, kl, masked
+    return losses, log_p, log_q, kl, masked | vanishing
+
+
+def kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.ndarray:
+    """The oracle of divergence ``"kl"`` (``kdloss._divergences``): ``T^2 KL(P || Q)`` per row,
+    float64, shape ``teacher.shape[:-1]``, for logits of one shape (any real dtype) and a
+    temperature already checked.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.kl_rows([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]], 2.0)
+    array([1.2806, 0.    ])
+    """
+    return _kd_rows(np.asarray(student), np.asarray(teacher), temperature)[0]
 
 
 def _kd_row_grads(student, teacher, temperature):
@@ -81,11 +109,11 @@ def _kd_row_grads(student, teacher, temperature):
     A NaN loss makes both NaN; a +inf loss (the student rules out a class the teacher allows)
     keeps the finite ``d_s`` and makes ``d_t`` NaN.
     """
-    losses, log_p, log_q, kl, masked = _kd_rows(student, teacher, temperature)
+    losses, log_p, log_q, kl, vanishing = _kd_rows(student, teacher, temperature)
     p, q = np.exp(log_p), np.exp(log_q)
     d_s = temperature * (q - p)
     with np.errstate(invalid="ignore"):
-        d_t = np.where(masked, 0.0, temperature * p * (log_p - log_q - kl[..., None]))
+        d_t = np.where(vanishing, 0.0, temperature * p * (log_p - log_q - kl[..., None]))
     nan_rows = np.isnan(losses)[..., None]
     d_s = np.where(nan_rows, np.nan, d_s)
     d_t = np.where(nan_rows | (losses == np.inf)[..., None], np.nan, d_t)
@@ -111,40 +139,19 @@ def _ce_row_grads(student, labels):
     return ce, np.where(nan_rows, np.nan, d_s)
 
 
-def _weighted(values, factors):
-    """``factors * values`` per row, and exactly 0 where a factor is 0 (even for NaN values)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(factors != 0.0, factors * values, 0.0)
+def cross_entropy_rows(student: ArrayLike, labels: np.ndarray) -> np.ndarray:
+    """The oracle of Hinton's cross-entropy term (``kdloss._divergences.HINTON_TERMS``):
+    ``logsumexp(s) - s_label`` per row at T = 1, float64, 0 where a label is ignored
+    (negative, as ``check_labels`` returns them).
 
-
-def _reduce(losses, reduction, kept, dtype):
-    """``losses`` (already weighted) reduced; ``kept`` is the weight of each row in the mean."""
-    if reduction == "none":
-        with np.errstate(over="ignore"):  # float32 output: a loss beyond 3.4e38 is inf
-            return losses.astype(dtype)
-    total = float(np.sum(losses))
-    if reduction == "sum":
-        return total
-    denominator = float(np.sum(kept))
-    return total / denominator if denominator else 0.0
-
-
-def _row_factors(reduction, kept, grad_output):
-    """The factor of each row's gradient: ``grad_output * w / sum(w)`` for "mean", ``grad_output
-    * w`` for "sum", ``grad_output[i] * w_i`` for "none" (``kept`` holds w, 0 for left-out rows)."""
-    if reduction == "none":
-        return kept if grad_output is None else grad_output * kept
-    if reduction == "sum":
-        return grad_output * kept
-    denominator = float(np.sum(kept))
-    return grad_output * kept / denominator if denominator else np.zeros_like(kept)
-
-
-def _scaled(grads, factors, kept):
-    """Each row of ``grads`` times its factor; exactly 0 in a row left out (``kept`` 0), even
-    a NaN row. A row that counts keeps its NaN under a factor of 0 (as autograd gives)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(kept[..., None] != 0.0, factors[..., None] * grads, 0.0)
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kdloss.reference
+    >>> kdloss.reference.cross_entropy_rows([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], np.array([2, -1]))
+    array([0.4076, 0.    ])
+    """
+    return np.where(labels >= 0, _ce_row_grads(np.asarray(student), labels)[0], 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ def _scaled(grads, factors, kept):
 # ---------------------------------------------------------------------------------------------
 
 
-@typed_as(_api.log_softmax)
+@typed_as(lambda: _api.log_softmax)
 def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`.
 
@@ -164,7 +171,7 @@ def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int
     Returns
     -------
     numpy.ndarray
-        The input's shape, in the compute dtype.
+        The input's shape, in the result dtype (as the kernel's).
 
     Examples
     --------
@@ -173,10 +180,10 @@ def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int
     array([-2.4076, -1.4076, -0.4076])
     """
     x = as_logits(logits)
-    return _log_softmax64(x, check_temperature(temperature)).astype(x.dtype)
+    return _log_softmax64(x, check_temperature(temperature)).astype(result_dtype(x.dtype))
 
 
-@typed_as(_api.softmax)
+@typed_as(lambda: _api.softmax)
 def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`.
 
@@ -188,7 +195,7 @@ def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | N
     Returns
     -------
     numpy.ndarray
-        The input's shape, in the compute dtype.
+        The input's shape, in the result dtype (as the kernel's).
 
     Examples
     --------
@@ -197,12 +204,12 @@ def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | N
     array([0.1863, 0.3072, 0.5065])
     """
     x = as_logits(logits)
-    return np.exp(_log_softmax64(x, check_temperature(temperature))).astype(x.dtype)
+    return np.exp(_log_softmax64(x, check_temperature(temperature))).astype(result_dtype(x.dtype))
 
 
-@typed_as(_api.kd_loss)
+@typed_as(lambda: _api.kd_loss)
 def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0, *,
-            reduction: _api.Reduction = "mean", weights: ArrayLike | None = None,
+            reduction: Reduction = "mean", weights: ArrayLike | None = None,
             num_threads: int | None = None) -> float | np.ndarray:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, reduced, as :func:`kdloss.kd_loss`.
 
@@ -217,7 +224,7 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: f
     Returns
     -------
     float or numpy.ndarray
-        Per row for ``"none"`` (in the compute dtype), a Python float otherwise.
+        Per row for ``"none"`` (in the result dtype), a Python float otherwise.
 
     Examples
     --------
@@ -234,20 +241,20 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: f
     reduction = check_reduction(reduction)
     weights = check_weights(weights, teacher.shape[:-1])
 
-    losses = _kd_rows(student, teacher, temperature)[0]
-    kept = np.ones(losses.shape) if weights is None else weights
+    losses = kl_rows(student, teacher, temperature)
     if weights is not None:
-        losses = _weighted(losses, weights)
-    return _reduce(losses, reduction, kept, teacher.dtype)
+        losses = reduction_rules.weighted(losses, weights)
+    denominator = reduction_rules.mean_denominator(losses.shape, weights)
+    return reduction_rules.reduce(losses, reduction, denominator, result_dtype(teacher.dtype))
 
 
-@typed_as(_training.kd_loss_and_grad)
+@typed_as(lambda: _training.kd_loss_and_grad)
 def kd_loss_and_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     temperature: float = 1.0,
     *,
-    reduction: _api.Reduction = "mean",
+    reduction: Reduction = "mean",
     weights: ArrayLike | None = None,
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
@@ -258,7 +265,7 @@ def kd_loss_and_grad(
     Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher
     masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
     or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
-    ``(loss, d_student, d_teacher)``, the gradients in the compute dtype.
+    ``(loss, d_student, d_teacher)``, the gradients in the result dtype.
 
     Parameters
     ----------
@@ -287,14 +294,20 @@ def kd_loss_and_grad(
 
     losses, d_s, d_t = _kd_row_grads(student, teacher, temperature)
     kept = np.ones(rows_shape) if weights is None else weights
-    if weights is not None:
-        losses = _weighted(losses, weights)
-    factors = _row_factors(reduction, kept, grad_output)
-    loss = _reduce(losses, reduction, kept, teacher.dtype)
-    d_student = _scaled(d_s, factors, kept).astype(teacher.dtype)
-    if not teacher_grad:
+    return _reduced_with_grads(losses, d_s, d_t if teacher_grad else None, reduction, kept, grad_output,
+                               result_dtype(teacher.dtype))
+
+
+def _reduced_with_grads(losses, d_s, d_t, reduction, kept, grad_output, dtype):
+    """``(loss, d_student)`` or ``(loss, d_student, d_teacher)`` (when ``d_t`` is given) from
+    unweighted float64 rows and gradients; ``kept`` is each row's weight (0: left out)."""
+    losses = reduction_rules.weighted(losses, kept)
+    loss = reduction_rules.reduce(losses, reduction, reduction_rules.mean_denominator(losses.shape, kept), dtype)
+    factors = reduction_rules.row_factors(reduction, kept, grad_output)
+    d_student = reduction_rules.scaled(d_s, factors, kept).astype(dtype)
+    if d_t is None:
         return loss, d_student
-    return loss, d_student, _scaled(d_t, factors, kept).astype(teacher.dtype)
+    return loss, d_student, reduction_rules.scaled(d_t, factors, kept).astype(dtype)
 
 
 def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
@@ -320,21 +333,17 @@ def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_i
         losses, d_s = losses + (1.0 - alpha) * ce, d_s + (1.0 - alpha) * ce_d_s
 
     # The rows that count: label not ignored, weight > 0.
-    kept = np.where(labels >= 0, 1.0 if weights is None else weights, 0.0)
-    losses = _weighted(losses, kept)
-    loss = _reduce(losses, reduction, kept, teacher.dtype)
+    kept = reduction_rules.kept_weights(rows_shape, weights, labels)
+    dtype = result_dtype(teacher.dtype)
     if not want_grad:
-        return loss
-    factors = _row_factors(reduction, kept, grad_output)
-    d_student = _scaled(d_s, factors, kept).astype(teacher.dtype)
-    if not teacher_grad:
-        return loss, d_student
-    return loss, d_student, _scaled(d_t, factors, kept).astype(teacher.dtype)
+        losses = reduction_rules.weighted(losses, kept)
+        return reduction_rules.reduce(losses, reduction, reduction_rules.mean_denominator(rows_shape, kept), dtype)
+    return _reduced_with_grads(losses, d_s, d_t if teacher_grad else None, reduction, kept, grad_output, dtype)
 
 
-@typed_as(_training.hinton_loss)
+@typed_as(lambda: _training.hinton_loss)
 def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0,
-                alpha: float = 0.5, *, ignore_index: int = -100, reduction: _api.Reduction = "mean",
+                alpha: float = 0.5, *, ignore_index: int = -100, reduction: Reduction = "mean",
                 weights: ArrayLike | None = None, num_threads: int | None = None) -> float | np.ndarray:
     """``alpha T^2 KL(P || Q) + (1 - alpha) CE(softmax(s), label)`` per row, as :func:`kdloss.hinton_loss`.
 
@@ -363,10 +372,10 @@ def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Ar
                    None, False, want_grad=False)
 
 
-@typed_as(_training.hinton_loss_and_grad)
+@typed_as(lambda: _training.hinton_loss_and_grad)
 def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
                          temperature: float = 1.0, alpha: float = 0.5, *, ignore_index: int = -100,
-                         reduction: _api.Reduction = "mean", weights: ArrayLike | None = None,
+                         reduction: Reduction = "mean", weights: ArrayLike | None = None,
                          grad_output: ArrayLike | None = None, teacher_grad: bool = False,
                          num_threads: int | None = None) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient, as :func:`kdloss.hinton_loss_and_grad`:

@@ -4,19 +4,19 @@
 #include "simd.h"
 
 #if KD_VECTOR_EXTENSIONS
-extern const kd_target kd_target_baseline;
+extern const kd_target kd_target_scalar, kd_target_baseline;
 #if KD_X86_64
 extern const kd_target kd_target_avx2, kd_target_avx512;
 #endif
 #endif
 
-/* Best last. The "scalar" target is NULL: the Cython layer's libm path. */
+/* The target of that name, if this build holds it and this CPU runs it. */
 static const kd_target *kd_find(const char *name, int *found)
 {
     *found = 1;
-    if (strcmp(name, "scalar") == 0)
-        return NULL;
 #if KD_VECTOR_EXTENSIONS
+    if (strcmp(name, "scalar") == 0)
+        return &kd_target_scalar;
     if (strcmp(name, "baseline") == 0)
         return &kd_target_baseline;
 #if KD_X86_64

@@ -1,15 +1,23 @@
-/* The vectorised half of the kdloss kernel, as Cython sees it.
+/* The C half of the kdloss kernel, as Cython sees it: the row engine's per-target passes.
  *
- * Two passes over a chunk of one row (at most KD_CHUNK classes), compiled once per instruction
- * set and chosen at run time (dispatch.c). Every target computes the same quantities in the
- * same order of blocks; targets differ only in vector width and in FMA contraction, so results
- * are bitwise identical for any thread count on one machine, and agree to rounding across
- * machines.
+ * Layers (the Cython half, _kernel.pyx, adds the loop over rows and the Python entry):
+ *   1. vector_math.h: vector types, loads per input dtype, exp / log polynomials (libm on the scalar
+ *      target);
+ *   2. divergence_*.h: one file per divergence (a row of the divergence table): its per-class
+ *      terms, how a row's sums finish into its value, its gradient terms, its special values;
+ *   3. rows_impl.h: the passes over one row (or one chunk of a long row, or a group of short rows
+ *      one per lane) that every divergence shares: extrema, sums (with the gradient's per-class
+ *      values kept), finish, gradient; compiled once per input dtype (target_impl.h) and per
+ *      instruction set (target_*.c), and chosen at run time (dispatch.c).
  *
- * Contract (the Cython layer keeps it): n >= 1, rows contiguous, inv_T finite and > 0, the
- * range passed to stats the exact extrema of the whole row (over all its chunks). Special values need no
- * care here: a NaN, +inf, or all -inf row makes the statistics NaN, and the caller then
- * recomputes that row on the scalar path, which decides its documented value.
+ * Every target computes the same quantities in the same order of blocks; targets differ only in
+ * vector width, FMA contraction and (scalar target) libm's exp and log, so results are bitwise
+ * identical for any thread count on one machine, and agree to rounding across targets.
+ *
+ * Contract (the Cython layer keeps it): n >= 1, rows contiguous, inv_T finite and > 0, the range
+ * passed to the sums the exact extrema of the whole row (over all its chunks). Special values
+ * need no care here: a row the formulas cannot settle (a NaN or +inf logit, a teacher or student
+ * row all -inf) finishes as NaN, and the caller decides its documented value.
  */
 #ifndef KDLOSS_SIMD_H
 #define KDLOSS_SIMD_H
@@ -17,7 +25,7 @@
 #include <stddef.h>
 
 /* The vector code is written in GCC/Clang vector extensions (with __builtin_convertvector:
- * GCC 9, Clang 3.7); other compilers get the scalar path. */
+ * GCC 9, Clang 3.7); other compilers get the scalar target only. */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
 #define KD_VECTOR_EXTENSIONS 1
 #else
@@ -33,111 +41,99 @@
  * are split across threads at the same boundaries, so the split cannot change a bit. */
 #define KD_CHUNK 16384
 
-/* The fast evaluation of KL subtracts terms of size `magnitude`; its relative error is about
- * eps * magnitude / KL. Rows whose KL is below magnitude * KD_EXACT_PATH_RATIO take the
- * cancellation-free (exact) path, which keeps ~1e-15 relative accuracy down to KL = 0. */
-#define KD_EXACT_PATH_RATIO (1.0 / 1024.0)
-
 /* The most classes a vector step takes (two vectors of 8 doubles, AVX-512): padding a row's
- * kept exponentials by this much leaves room for the step that takes its last classes. */
+ * kept values by this much leaves room for the step that takes its last classes. */
 #define KD_MAX_STEP 16
 
 /* Rows of at most this many classes go through short_rows, one row per vector lane. */
 #define KD_SHORT_ROW 64
+
+/* Input dtypes, a row each of the dtype table (target_impl.h instantiates the passes per row). */
+enum { KD_FLOAT32 = 0, KD_FLOAT64 = 1, KD_DTYPE_COUNT = 2 };
 
 /* Extrema of a row (NaN ignored). */
 typedef struct {
     double t_max, s_max, t_min, s_min;
 } kd_row_range;
 
-/* Sums over one chunk, with a = (t - t_max) / T and b = (s - s_max) / T (so a, b <= 0). Each
- * normaliser is kept as (classes at the maximum, where e^0 = 1 exactly) + (the rest), so that
- * log Z stays accurate when one class dominates and Z is 1 + tiny. Sums are compensated: *_err
- * holds what rounding took from the sum beside it. */
+/* Sums over a row (or a chunk of one), with a = (t - t_max) / T, b = (s - s_max) / T and
+ * d = a - b. Compensated: *_err holds what rounding took from the sum beside it. */
 typedef struct {
-    double top_t, top_s;           /* number of classes with a == 0, with b == 0 */
-    double rest_t, rest_t_err;     /* sum of e^a over classes with a != 0 */
-    double rest_s, rest_s_err;     /* sum of e^b over classes with b != 0 */
-    double gap, gap_err;           /* sum of e^a (a - b) over classes with e^a > 0 */
-    double gap_scale;              /* sum of e^a (|a| + |b|): bounds the rounding in gap */
-} kd_chunk_stats;
+    double zp, zp_err;   /* sum e^a: the teacher's normaliser */
+    double zq, zq_err;   /* sum e^b: the student's normaliser */
+    double gap, gap_err; /* sum e^a d over classes with e^a > 0 */
+    /* sum e^a (e^-d - 1 + d) over classes with e^a > 0, plus e^b over the others: a sum of
+     * terms >= 0 that is O(d^2) where the student is close to the teacher (no cancellation) */
+    double g, g_err;
+} kd_row_sums;
 
-/* What the gradient pass needs to know of a row (see gradient_impl.h), with a = (t - t_max) / T,
- * b = (s - s_max) / T, P = softmax(a), Q = softmax(b) and R = softmax(s) (the student at T = 1,
- * for the cross-entropy of Hinton's loss). */
+/* A finished row: its divergence and the constants of its gradient, with P = softmax(a),
+ * Q = softmax(b), m = E_P[d], F = E_P[e^-d - 1 + d] (+ the student's mass outside the teacher's
+ * support) and y = Z_Q / Z_P - 1 = F - m. */
+typedef struct {
+    double value;       /* KL(P || Q); NaN where the formulas cannot settle the row */
+    double inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
+} kd_row_finish;
+
+/* How the gradient pass scales a row: d_s = kl_coef (Q - P) + ce_coef R (R = softmax(s) at T = 1,
+ * for the cross-entropy of Hinton's loss) and d_t = kl_coef P (d - m). */
 enum { KD_CE_NONE = 0, KD_CE_FROM_Q = 1, KD_CE_OWN_EXP = 2 };
 typedef struct {
-    kd_row_range range;    /* the row's extrema */
+    kd_row_range range;
+    kd_row_finish finish;
     double inv_T;
-    double inv_zt, inv_zs; /* 1 / sum e^a, 1 / sum e^b */
-    double mean_gap;       /* E_P[a - b] */
-    double kl_coef;        /* d_s = kl_coef (Q - P) + ... */
-    double teacher_coef;   /* d_t = teacher_coef P (a - b - mean_gap) */
-    double ce_coef;        /* ... + ce_coef R */
+    double kl_coef, ce_coef;
     double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
-    const double *exp_a;   /* e^a and e^b of every class, kept by stats_*; NULL: recompute */
-    const double *exp_b;
-    int with_kl;           /* 0: no KL term, and t is not read */
-    int same_normaliser;   /* inv_zt == inv_zs */
+    const double *kept_a;  /* e^a of every class, kept by the sums' pass (NULL: no KL term) */
+    const double *kept_w;  /* e^-d - 1 (or e^b, away from the teacher) of every class */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
 } kd_grad_row;
 
-typedef void (*kd_range_f32_fn)(const float *t, const float *s, ptrdiff_t n, kd_row_range *out);
-typedef void (*kd_range_f64_fn)(const double *t, const double *s, ptrdiff_t n, kd_row_range *out);
-typedef void (*kd_stats_f32_fn)(const float *t, const float *s, ptrdiff_t n,
-                                const kd_row_range *range, double inv_T, kd_chunk_stats *out,
-                                double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s);
-typedef void (*kd_stats_f64_fn)(const double *t, const double *s, ptrdiff_t n,
-                                const kd_row_range *range, double inv_T, kd_chunk_stats *out,
-                                double *exp_a, double *exp_b, ptrdiff_t ahead_t, ptrdiff_t ahead_s);
-
-/* The gradient of the KL term, for short_rows to write beside the loss: row r (of the n_rows
- * it is given) gets d_s = coef[r] (Q - P) at d_s + r * row_bytes and, unless d_t is NULL,
- * d_t = coef[r] P (a - b - E_P[a - b]) at d_t + r * row_bytes, each a contiguous row. Rows whose
- * KL the vector code leaves to the scalar code (NaN in kl) are not written. */
+/* The gradient of the KL term for short_rows to write beside the value: row r (of the n_rows it
+ * is given) gets d_s = coef[r] (Q - P) at d_s + r * row_bytes and, unless d_t is NULL,
+ * d_t = coef[r] P (d - m) at d_t + r * row_bytes, each a contiguous row. Rows the formulas do
+ * not settle (NaN value) are not written. */
 typedef struct {
     const double *coef;
     char *d_s, *d_t;
     ptrdiff_t row_bytes;
 } kd_short_grad;
 
+typedef void (*kd_range_fn)(const void *t, const void *s, ptrdiff_t n, kd_row_range *out);
+typedef void (*kd_sums_fn)(const void *t, const void *s, ptrdiff_t n, const kd_row_range *range,
+                           double inv_T, kd_row_sums *out, double *kept_a, double *kept_w,
+                           ptrdiff_t ahead_t, ptrdiff_t ahead_s);
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
-                                 ptrdiff_t n_rows, ptrdiff_t n, double inv_T,
-                                 kd_row_range *ranges, kd_chunk_stats *stats, double *kl,
+                                 ptrdiff_t n_rows, ptrdiff_t n, double inv_T, double *value,
                                  const kd_short_grad *grad);
+typedef void (*kd_grad_fn)(const void *t, const void *s, ptrdiff_t n, const kd_grad_row *row,
+                           void *d_s, void *d_t);
+typedef void (*kd_normaliser_fn)(const void *s, ptrdiff_t n, double s_max, double *top,
+                                 double *rest);
 
-typedef void (*kd_grad_f32_fn)(const float *t, const float *s, ptrdiff_t n, const kd_grad_row *row,
-                               float *d_s, float *d_t);
-typedef void (*kd_grad_f64_fn)(const double *t, const double *s, ptrdiff_t n,
-                               const kd_grad_row *row, double *d_s, double *d_t);
-typedef void (*kd_normaliser_f32_fn)(const float *s, ptrdiff_t n, double s_max, double *top,
-                                     double *rest);
-typedef void (*kd_normaliser_f64_fn)(const double *s, ptrdiff_t n, double s_max, double *top,
-                                     double *rest);
+/* The passes of one input dtype. range: the extrema of t and s over n classes (pass 1). sums: the
+ * kd_row_sums of n <= KD_CHUNK classes of a row with extrema *range (pass 2), optionally keeping
+ * e^a and e^-d - 1 of each class for the gradient pass (kept_a, kept_w: room for
+ * n + KD_MAX_STEP values each), and prefetching the next row (ahead_t, ahead_s: bytes).
+ * short_rows: both passes, the finish and (unless grad is NULL) the gradient for n_rows rows of
+ * n <= KD_SHORT_ROW classes, one row per lane, any strides in bytes; NaN values for the rows the
+ * caller must settle. gradient: the gradient of one row of any length (d_t may be NULL).
+ * normaliser: sum_j e^(s_j - s_max) of one row, as top (classes at the maximum) + rest. */
+typedef struct {
+    kd_range_fn range;
+    kd_sums_fn sums;
+    kd_short_rows_fn short_rows;
+    kd_grad_fn gradient;
+    kd_normaliser_fn normaliser;
+} kd_dtype_passes;
 
-/* One compiled instruction set. range_*: the extrema of t and s over n classes (pass 1).
- * stats_*: kd_chunk_stats of n <= KD_CHUNK classes of a row with extrema *range (pass 2);
- * optionally keeping e^a and e^b of each class for the gradient pass (exp_a, exp_b, with room
- * for n + KD_MAX_STEP values each), and prefetching the next row (ahead_t, ahead_s: bytes).
- * short_*: both passes for n_rows rows of n <= KD_SHORT_ROW classes, one row per lane, any
- * strides (in bytes), and each row's KL where the vector code can settle it (else NaN, and the
- * row's extrema and sums for the scalar code to finish it); and, unless grad is NULL, the
- * gradient of the rows it settles.
- * grad_*: the gradient of one row of any length (d_t may be NULL: no teacher gradient).
- * normaliser_*: sum_j e^(s_j - s_max) of one row of any length, as top + rest. */
+/* One compiled instruction set: its passes for every input dtype, and the finish (shared by all
+ * dtypes: it sees only sums). */
 typedef struct {
     const char *name;
-    kd_range_f32_fn range_f32;
-    kd_range_f64_fn range_f64;
-    kd_stats_f32_fn stats_f32;
-    kd_stats_f64_fn stats_f64;
-    kd_short_rows_fn short_f32; /* rows of float */
-    kd_short_rows_fn short_f64; /* rows of double */
-    kd_grad_f32_fn grad_f32;
-    kd_grad_f64_fn grad_f64;
-    kd_normaliser_f32_fn normaliser_f32;
-    kd_normaliser_f64_fn normaliser_f64;
+    kd_dtype_passes dtype[KD_DTYPE_COUNT];
+    void (*finish)(const kd_row_sums *sums, kd_row_finish *out);
 } kd_target;
 
 /* The target in use; never NULL once the module is imported (kd_select_target ran). */

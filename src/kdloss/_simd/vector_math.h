@@ -11,6 +11,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef KD_LIBM
+#define KD_LIBM 0 /* 1: the scalar target (libm's exp and log, one lane) */
+#endif
+
 #define KD_INLINE static inline __attribute__((always_inline))
 
 /* Everything here is inlined, so no vector crosses a function-call ABI (setup.py passes
@@ -126,13 +130,29 @@ KD_INLINE double kd_lane_sum(kd_vd v)
  *    range. NaN fails the clamp's comparison and stays NaN. */
 #define KD_ROUND_MAGIC 6755399441055744.0 /* 1.5 * 2^52: adding it rounds to an integer */
 
+/* a * b + c: one fused multiply-add where the target has FMA, else two roundings. The build
+ * turns the compiler's own contraction off (-ffp-contract=off), so that each expression rounds
+ * the same way wherever it is inlined: a class gives the same bits in every path that takes it. */
+KD_INLINE kd_vd kd_fma(kd_vd a, kd_vd b, kd_vd c)
+{
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    return (kd_vd)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__FMA__) && KD_LANES == 4
+    return (kd_vd)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif defined(__clang__) && defined(__FMA__)
+    return __builtin_elementwise_fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 /* Horner's rule over `count` coefficients, highest degree first (unrolled: count is constant). */
 KD_INLINE kd_vd kd_horner(kd_vd r, const double *coefficients, const int count)
 {
     kd_vd q = kd_splat(coefficients[0]);
 #pragma GCC unroll 16
     for (int i = 1; i < count; i++)
-        q = q * r + coefficients[i];
+        q = kd_fma(q, r, kd_splat(coefficients[i]));
     return q;
 }
 
@@ -167,9 +187,9 @@ static const double KD_EXP2_SIXTEENTHS[16] __attribute__((aligned(64))) = {
 /* kd_exp_parts to full double precision, with the table. */
 KD_INLINE kd_vd kd_exp_parts_sixteenths(kd_vd x, kd_vi *m_bits)
 {
-    kd_vd shifted = x * 0x1.71547652b82fep+4 + KD_ROUND_MAGIC; /* 16 / ln 2; k in the low bits */
+    kd_vd shifted = kd_fma(x, kd_splat(0x1.71547652b82fep+4), kd_splat(KD_ROUND_MAGIC)); /* 16 / ln 2; k in the low bits */
     kd_vd k = shifted - KD_ROUND_MAGIC;
-    kd_vd r = x - k * 0x1.62e42fefa39efp-5; /* ln(2) / 16, fused: one rounding */
+    kd_vd r = kd_fma(-k, kd_splat(0x1.62e42fefa39efp-5), x); /* ln(2) / 16, fused: one rounding */
     r = r - k * 0x1.abc9e3b39803fp-60;      /* the rest of ln(2) / 16 */
     kd_vd q = kd_horner(r, KD_EXP_Q_DOUBLE_SIXTEENTHS, KD_COUNT(KD_EXP_Q_DOUBLE_SIXTEENTHS));
     /* The permute reads the low 4 bits of each index: k mod 16. */
@@ -178,7 +198,7 @@ KD_INLINE kd_vd kd_exp_parts_sixteenths(kd_vd x, kd_vi *m_bits)
     /* The low bits of shifted hold 2^51 + k; shifted right by 4, they hold 2^47 + floor(k / 16),
      * and shifted left by 52, only floor(k / 16) stays. */
     *m_bits = ((kd_vi)shifted >> 4) << 52;
-    return (kd_vd)entry * (r * (r * q + 1.0) + 1.0);
+    return (kd_vd)entry * kd_fma(r, kd_fma(r, q, kd_splat(1.0)), kd_splat(1.0));
 }
 #else
 #define KD_EXP_TABLE 0
@@ -192,21 +212,85 @@ KD_INLINE kd_vd kd_exp_parts(kd_vd x, const int for_double, kd_vi *m_bits)
     if (for_double) /* measured: 10% faster in float64; in float32, 5% slower than below */
         return kd_exp_parts_sixteenths(x, m_bits);
 #endif
-    kd_vd shifted = x * 1.4426950408889634 + KD_ROUND_MAGIC; /* 1 / ln 2; k in the low bits */
+    kd_vd shifted = kd_fma(x, kd_splat(1.4426950408889634), kd_splat(KD_ROUND_MAGIC)); /* 1 / ln 2; k in the low bits */
     kd_vd k = shifted - KD_ROUND_MAGIC;
     kd_vd r, q;
     if (for_double) { /* Cody and Waite, exact without FMA: k * 6.93145751953125e-1 is exact */
-        r = x - k * 6.93145751953125e-1;
-        r = r - k * 1.42860682030941723212e-6;
+        r = kd_fma(-k, kd_splat(6.93145751953125e-1), x); /* exact, fused or not */
+        r = kd_fma(-k, kd_splat(1.42860682030941723212e-6), r);
         q = kd_horner(r, KD_EXP_Q_DOUBLE, KD_COUNT(KD_EXP_Q_DOUBLE));
     } else { /* |k| <= 1076: r off by at most 1076 * 2.3e-17 = 2.5e-14, below the fit's 5e-12 */
-        r = x - k * 0x1.62e42fefa39efp-1;
+        r = kd_fma(-k, kd_splat(0x1.62e42fefa39efp-1), x);
         q = kd_horner(r, KD_EXP_Q_SINGLE, KD_COUNT(KD_EXP_Q_SINGLE));
     }
     *m_bits = (kd_vi)shifted << 52; /* the low bits hold 2^51 + k: only k survives the shift */
-    return r * (r * q + 1.0) + 1.0;
+    return kd_fma(r, kd_fma(r, q, kd_splat(1.0)), kd_splat(1.0));
 }
 
+#if KD_LIBM
+/* The scalar target: the same functions from libm, lane by lane (one lane). An independent
+ * reference for the polynomials above, and the target of compilers without vector extensions. */
+#define KD_LANEWISE(x, expr)                                                                       \
+    ({                                                                                             \
+        kd_vd out_;                                                                                \
+        for (int lane_ = 0; lane_ < KD_LANES; lane_++) {                                           \
+            const double v = (x)[lane_];                                                           \
+            out_[lane_] = (expr);                                                                  \
+        }                                                                                          \
+        out_;                                                                                      \
+    })
+
+KD_INLINE kd_vd kd_exp_moderate(kd_vd x, const int for_double)
+{
+    (void)for_double;
+    return KD_LANEWISE(x, exp(v));
+}
+
+KD_INLINE kd_vd kd_exp_wide(kd_vd x, const int for_double)
+{
+    (void)for_double;
+    return KD_LANEWISE(x, exp(v));
+}
+
+/* e^x - 1 - x without cancellation: a Taylor series (to x^16) for |x| < 1/4, else expm1(x) - x. */
+static inline double kd_exp_minus_one_plus_scalar(double x)
+{
+    if (fabs(x) >= 0.25)
+        return expm1(x) - x;
+    double s = 1.0 / 355687428096000.0; /* 1/16! */
+    static const double inverse_factorials[] = {
+        1.0 / 1307674368000.0, 1.0 / 87178291200.0, 1.0 / 6227020800.0, 1.0 / 479001600.0,
+        1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+        1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5,
+    };
+    for (int i = 0; i < (int)(sizeof inverse_factorials / sizeof inverse_factorials[0]); i++)
+        s = s * x + inverse_factorials[i];
+    return s * x * x;
+}
+
+KD_INLINE kd_vd kd_exp_minus_one_parts(kd_vd x, const int for_double, const int wide, kd_vd *em1,
+                                       kd_vd *f)
+{
+    (void)for_double;
+    (void)wide;
+    *em1 = KD_LANEWISE(x, expm1(v));
+    *f = KD_LANEWISE(x, kd_exp_minus_one_plus_scalar(v));
+    return KD_LANEWISE(x, exp(v));
+}
+
+KD_INLINE kd_vd kd_log_positive(kd_vd x) { return KD_LANEWISE(x, log(v)); }
+
+static const double KD_LOG1P_SERIES[] = {
+    -1.0 / 16.0, 1.0 / 15.0, -1.0 / 14.0, 1.0 / 13.0, -1.0 / 12.0, 1.0 / 11.0, -1.0 / 10.0,
+    1.0 / 9.0, -1.0 / 8.0, 1.0 / 7.0, -1.0 / 6.0, 1.0 / 5.0, -1.0 / 4.0, 1.0 / 3.0, -0.5,
+};
+KD_INLINE kd_vd kd_log1p_minus_identity(kd_vd y)
+{
+    kd_vd series = kd_horner(y, KD_LOG1P_SERIES, KD_COUNT(KD_LOG1P_SERIES)) * y * y;
+    kd_vd logged = KD_LANEWISE(y, log1p(v) - v);
+    return kd_select((y < 0.0625) & (y > -0.0625), series, logged);
+}
+#else
 KD_INLINE kd_vd kd_exp_moderate(kd_vd x, const int for_double)
 {
     kd_vi m_bits;
@@ -222,10 +306,59 @@ KD_INLINE kd_vd kd_exp_nonpositive(kd_vd x, const int for_double)
     return p * (kd_vd)(m_bits + (1083LL << 52)) * 0x1p-60; /* 2^(m + 60), then 2^-60 */
 }
 
-/* log(x) for finite x >= 1, within 1 ulp: fdlibm's e_log.c algorithm, lane by lane.
+/* exp(x) for any x <= 709 (-inf gives 0, NaN stays NaN), rounded once also into the subnormal
+ * range: p 2^m applied as two exact scalings 2^(m - m / 2) 2^(m / 2), each a normal number. Where
+ * kd_exp_moderate applies it gives the same bits, so a row's values do not depend on which one ran. */
+KD_INLINE kd_vd kd_exp_wide(kd_vd x, const int for_double)
+{
+    x = kd_select(x < -746.0, kd_splat(-746.0), x);
+    kd_vi m_bits;
+    kd_vd p = kd_exp_parts(x, for_double, &m_bits);
+    kd_vi m = m_bits >> 52, half = m >> 1;
+    return p * (kd_vd)((m - half + 1023) << 52) * (kd_vd)((half + 1023) << 52);
+}
+
+/* e^x, e^x - 1 and e^x - 1 - x together, for x in [-700, 700] (`wide`: any x <= 709, -inf, NaN),
+ * each accurate relative to itself: where |x| <= ln(2) / 2 (k = 0) they come from r = x and the
+ * polynomial's parts, so e^x - 1 - x = x^2 q(x) does not cancel; elsewhere from e^x, where the
+ * subtractions lose at most a few ulp. The N = 1 reduction always (the table's |r| is smaller,
+ * but e^x - 1 - x would then cancel for ln(2) / 32 < |x| <= ln(2) / 2). */
+KD_INLINE kd_vd kd_exp_minus_one_parts(kd_vd x, const int for_double, const int wide, kd_vd *em1,
+                                       kd_vd *f)
+{
+    kd_vd clamped = wide ? kd_select(x < -746.0, kd_splat(-746.0), x) : x;
+    kd_vd shifted = kd_fma(clamped, kd_splat(1.4426950408889634), kd_splat(KD_ROUND_MAGIC));
+    kd_vd k = shifted - KD_ROUND_MAGIC;
+    kd_vd r, q;
+    if (for_double) {
+        r = kd_fma(-k, kd_splat(6.93145751953125e-1), clamped);
+        r = kd_fma(-k, kd_splat(1.42860682030941723212e-6), r);
+        q = kd_horner(r, KD_EXP_Q_DOUBLE, KD_COUNT(KD_EXP_Q_DOUBLE));
+    } else {
+        r = kd_fma(-k, kd_splat(0x1.62e42fefa39efp-1), clamped);
+        q = kd_horner(r, KD_EXP_Q_SINGLE, KD_COUNT(KD_EXP_Q_SINGLE));
+    }
+    kd_vd small = r * (r * q); /* e^r - 1 - r */
+    kd_vd r_em1 = small + r;   /* e^r - 1 */
+    kd_vd p = r_em1 + 1.0;
+    kd_vi m = (kd_vi)shifted - (kd_vi)kd_splat(KD_ROUND_MAGIC); /* same exponent: the bits differ by k */
+    kd_vd e;
+    if (wide) {
+        kd_vi half = m >> 1;
+        e = p * (kd_vd)((m - half + 1023) << 52) * (kd_vd)((half + 1023) << 52);
+    } else {
+        e = (kd_vd)((kd_vi)p + (m << 52));
+    }
+    kd_vi central = k == 0.0;
+    *em1 = kd_select(central, r_em1, e - 1.0);
+    *f = kd_select(central, small, (e - 1.0) - x);
+    return e;
+}
+
+/* log(x) for finite normal x > 0, within 1 ulp: fdlibm's e_log.c algorithm, lane by lane.
  * x = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f), and
  * log(m) = f - (f^2 / 2 - s (f^2 / 2 + R(s^2))), R a minimax polynomial (fdlibm's Lg1..Lg7). */
-KD_INLINE kd_vd kd_log_at_least_one(kd_vd x)
+KD_INLINE kd_vd kd_log_positive(kd_vd x)
 {
     typedef uint64_t kd_vu __attribute__((vector_size(8 * KD_LANES)));
     kd_vu bits = (kd_vu)x;
@@ -245,5 +378,24 @@ KD_INLINE kd_vd kd_log_at_least_one(kd_vd x)
     kd_vd half_f2 = 0.5 * f * f;
     return k * 6.93147180369123816490e-01 - ((half_f2 - (s * (half_f2 + r) + k * 1.90821492927058770002e-10)) - f);
 }
+
+/* log(1 + y) - y for y >= -1/2, accurate relative to itself also where it is tiny: a Taylor series
+ * for |y| < 1/16 (terms to y^16 reach double precision), else log(u) y / (u - 1) - y with
+ * u = 1 + y rounded (Goldberg 1991, theorem 4: the factor undoes the rounding of u). */
+static const double KD_LOG1P_SERIES[] = {
+    -1.0 / 16.0, 1.0 / 15.0, -1.0 / 14.0, 1.0 / 13.0, -1.0 / 12.0, 1.0 / 11.0, -1.0 / 10.0,
+    1.0 / 9.0, -1.0 / 8.0, 1.0 / 7.0, -1.0 / 6.0, 1.0 / 5.0, -1.0 / 4.0, 1.0 / 3.0, -0.5,
+};
+KD_INLINE kd_vd kd_log1p_minus_identity(kd_vd y)
+{
+    kd_vd series = kd_horner(y, KD_LOG1P_SERIES, KD_COUNT(KD_LOG1P_SERIES)) * y * y;
+    kd_vd u = 1.0 + y;
+    kd_vd safe_u = kd_select(u == 1.0, kd_splat(2.0), u); /* lanes that take the series */
+    kd_vd logged = kd_log_positive(safe_u) * (y / (safe_u - 1.0)) - y;
+    kd_vi tiny = (y < 0.0625) & (y > -0.0625);
+    return kd_select(tiny, series, logged);
+}
+
+#endif /* KD_LIBM */
 
 #endif

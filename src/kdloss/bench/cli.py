@@ -4,6 +4,7 @@ import json
 import sys
 
 from .._threads import default_num_threads
+from .._validation import check_temperature
 from .cases import DTYPES, ISSUE_SHAPES, TEMPERATURE, parse_shape
 
 DEFAULT_SHAPES = ",".join(f"{rows}x{classes}" for rows, classes in ISSUE_SHAPES)
@@ -66,8 +67,7 @@ def settings_from(args):
         temperature = float(args.temperature)
     except ValueError:
         raise ValueError(f"--temperature must be a number, got {args.temperature!r}") from None
-    if not 0 < temperature < float("inf"):
-        raise ValueError(f"--temperature must be finite and > 0, got {args.temperature}")
+    temperature = check_temperature(temperature, "--temperature")
     settings = Settings(
         shapes=tuple(parse_shape(part) for part in args.shapes.split(",")),
         dtypes=_names(args.dtype, tuple(DTYPES), "--dtype"),

@@ -14,10 +14,8 @@ import sys
 import threading
 from collections import namedtuple
 
-import numpy as np
-
 from .._threads import resolve_num_threads
-from .._validation import _compute_dtype, check_temperature
+from .._validation import check_num_threads, check_reduction, check_temperature, pair_row
 from . import _score
 from ._inputs import InputError, open_logits
 from ._paths import resolve_output
@@ -27,7 +25,6 @@ CHUNK_BYTES = 32 << 20  # default chunk: 32 MiB of each input
 # ... and at most this many rows, so that short rows' per-row losses (and kd_loss's working
 # copy of them) stay a few MB per chunk beside the mapped input.
 CHUNK_ROWS_MAX = 1 << 20
-REDUCTIONS = ("none", "sum", "mean")
 
 DESCRIPTION = """\
 Score stored logits row by row: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the
@@ -147,11 +144,7 @@ def validate(args):
     except ValueError:
         raise InputError(f"temperature must be a real number, got {args.temperature!r}") from None
     temperature = check_temperature(temperature)
-    reduction = args.reduction or ("none" if args.out else "mean")
-    if reduction == "batchmean":
-        reduction = "mean"
-    if reduction not in REDUCTIONS:
-        raise InputError(f"--reduction must be one of none, sum, mean; got {reduction!r}")
+    reduction = check_reduction(args.reduction or ("none" if args.out else "mean"), "--reduction")
     if args.out and reduction != "none":
         raise InputError(f"--out writes per-row losses; it cannot be used with --reduction {reduction}")
     chunk_rows = None if args.chunk_rows is None else _positive_int(args.chunk_rows, "--chunk-rows")
@@ -161,7 +154,7 @@ def validate(args):
             num_threads = int(args.num_threads)
         except ValueError:
             raise InputError(f"--num-threads must be an integer, got {args.num_threads!r}") from None
-        resolve_num_threads(num_threads)  # ValueError for 0
+        check_num_threads(num_threads)  # ValueError for 0
     if args.dask is not None and args.dask != "local" and "://" not in args.dask:
         raise InputError(f"--dask must be 'local' or a scheduler address such as tcp://HOST:PORT, got {args.dask!r}")
 
@@ -173,7 +166,7 @@ def validate(args):
             f"and teacher {teacher.shape} ({args.teacher})"
         )
     out = _check_out(args.out, (student, teacher)) if args.out else None
-    dtype = np.result_type(_compute_dtype(student.dtype, "student"), _compute_dtype(teacher.dtype, "teacher"))
+    dtype = pair_row(student.dtype, teacher.dtype, ("student", "teacher")).result_dtype
     if chunk_rows is None:
         row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)  # as read
         chunk_rows = max(1, min(CHUNK_BYTES // row_bytes, CHUNK_ROWS_MAX))

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 from .._api import Reduction
-from .._validation import check_alpha, check_reduction, check_temperature
-from ._ops import _check_ignore_index, hinton_loss, kd_loss
+from .._validation import (
+    check_alpha,
+    check_ignore_index,
+    check_reduction,
+    check_temperature,
+)
+from ._ops import hinton_loss, kd_loss
 
 
 class KDLoss(torch.nn.Module):
@@ -65,7 +70,7 @@ class HintonLoss(torch.nn.Module):
         super().__init__()
         self.temperature = check_temperature(temperature)
         self.alpha = check_alpha(alpha)
-        self.ignore_index = _check_ignore_index(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
         check_reduction(reduction)
         self.reduction = reduction
 

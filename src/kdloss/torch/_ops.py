@@ -12,7 +12,7 @@ import torch
 
 from .. import _api, _training
 from .._api import Reduction
-from .._validation import check_alpha, check_reduction, check_temperature
+from .._validation import check_alpha, check_ignore_index, check_reduction, check_same_shape, check_temperature
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -234,11 +234,7 @@ def _check_logits(student, teacher):
             f"student and teacher must have the same dtype (float32 or float64); got student "
             f"{student.dtype} and teacher {teacher.dtype}"
         )
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student and teacher logits must have the same shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
+    check_same_shape(tuple(student.shape), tuple(teacher.shape))
 
 
 def _per_row(values, name):
@@ -249,12 +245,6 @@ def _per_row(values, name):
     if values.device.type != "cpu":
         raise TypeError(f"kdloss.torch supports CPU tensors; got {name} on device {values.device}")
     return values.detach()  # constants: no gradient flows to weights
-
-
-def _check_ignore_index(ignore_index):
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    return int(ignore_index)
 
 
 def _wants_grad(tensor):
@@ -302,7 +292,7 @@ def kd_loss(
     >>> loss.item()
     0.6403
     >>> loss.backward()
-    >>> student.grad
+    >>> student.grad + 0.0  # + 0.0: no -0.0
     tensor([[-0.3202,  0.0000,  0.3202],
             [ 0.0000,  0.0000,  0.0000]])
     """
@@ -369,6 +359,6 @@ def hinton_loss(
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
         temperature, alpha = check_temperature(temperature), check_alpha(alpha)
-        ignore_index = _check_ignore_index(ignore_index)
+        ignore_index = check_ignore_index(ignore_index)
     return _run(hinton_loss_op, _hinton_loss_numpy, student, teacher, _per_row(labels, "labels"), temperature,
                 alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"))

@@ -1,0 +1,125 @@
+"""Reductions, in one place: how per-row losses become what a call returns, and how the
+reduction scales each row's gradient.
+
+Rules (README "Semantics", "Weights", "Hinton's loss and ignore_index"):
+
+- ``"none"``: one value per row, in the result dtype (a float32 value beyond 3.4e38 is inf).
+- ``"sum"``: the float64 sum of the rows in C order, pairwise (``np.sum``) within blocks of
+  ``SUM_BLOCK_ROWS`` rows and the block sums added exactly (``math.fsum``): the order depends on
+  the shape alone, never on threads or layout.
+- ``"mean"`` (``"batchmean"``): the sum over the mean's denominator, the total weight of the rows
+  that count (rows with weight > 0 and, with labels, a label that is not ignored; without
+  weights or labels, the number of rows). 0.0 when the denominator is 0 (no rows count).
+- Weights: a row's value is ``w * loss``, exactly 0 where ``w == 0`` even when the loss is NaN.
+  A NaN row that counts makes ``"sum"`` and ``"mean"`` NaN.
+- Gradients: a row's gradient of its own loss times ``grad_output * w / denominator``
+  (``"mean"``), ``grad_output * w`` (``"sum"``) or ``grad_output[i] * w_i`` (``"none"``); a row
+  left out (``w == 0``) gets exactly 0.
+"""
+
+import math
+
+import numpy as np
+
+SUM_BLOCK_ROWS = 1 << 15
+
+
+def blockwise_sum(values):
+    """The sum of a float64 array of per-row values in C order: pairwise within blocks of
+    ``SUM_BLOCK_ROWS``, the block sums exactly. :class:`BlockwiseSum` adds the same way."""
+    values = np.ravel(values)
+    if values.size <= SUM_BLOCK_ROWS:  # one block: fsum of one value is that value
+        return float(np.sum(values))
+    return math.fsum(float(np.sum(values[i : i + SUM_BLOCK_ROWS])) for i in range(0, values.size, SUM_BLOCK_ROWS))
+
+
+class BlockwiseSum:
+    """:func:`blockwise_sum` of ``n_values`` values written a piece at a time into one reused
+    buffer of at most ``SUM_BLOCK_ROWS`` values, so a sum needs no per-row array.
+
+    ``space()`` is where the next values go (write a prefix of it), ``commit(n)`` takes the
+    first ``n`` of them; ``value`` is the sum once all are in.
+    """
+
+    def __init__(self, n_values):
+        self._buffer = np.empty(min(SUM_BLOCK_ROWS, n_values), dtype=np.float64)
+        self._filled = 0
+        self._block_sums = []
+
+    def space(self):
+        return self._buffer[self._filled :]
+
+    def commit(self, n):
+        self._filled += n
+        if self._filled == self._buffer.size:
+            self._block_sums.append(float(np.sum(self._buffer)))
+            self._filled = 0
+
+    @property
+    def value(self):
+        tail = [float(np.sum(self._buffer[: self._filled]))] if self._filled else []
+        return math.fsum(self._block_sums + tail)
+
+
+def weighted(values, factors):
+    """``factors * values`` per row, and exactly 0 where a factor is 0 (even for a NaN value)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(factors != 0.0, factors * values, 0.0)
+
+
+def kept_weights(rows_shape, weights, labels):
+    """Each row's weight in the mean (float64, ``rows_shape``): ``weights`` (1 without), 0 where
+    a label is ignored (negative after ``check_labels``). None when every row counts once."""
+    if labels is None:
+        return weights
+    return np.where(labels >= 0, 1.0 if weights is None else weights, 0.0)
+
+
+def mean_denominator(rows_shape, kept):
+    """The mean's denominator: the number of rows, or the total of ``kept`` weights."""
+    return float(math.prod(rows_shape)) if kept is None else float(np.sum(kept))
+
+
+def mean(total, denominator):
+    """``total / denominator``, and 0.0 when no row counts."""
+    return total / denominator if denominator else 0.0
+
+
+def as_result(losses, dtype):
+    """Per-row float64 losses in the result dtype (a float32 loss beyond 3.4e38 is inf)."""
+    with np.errstate(over="ignore"):
+        return losses.astype(dtype, copy=False)
+
+
+def reduce(losses, reduction, denominator, result_dtype):
+    """Per-row float64 losses (already weighted) reduced: an array of ``result_dtype`` for
+    ``"none"``, a float otherwise."""
+    if reduction == "none":
+        return as_result(losses, result_dtype)
+    total = blockwise_sum(losses)
+    return total if reduction == "sum" else mean(total, denominator)
+
+
+def grad_scale(reduction, grad_output, denominator):
+    """The factor every row's gradient is scaled by, besides its weight, for ``"sum"`` and
+    ``"mean"``: ``grad_output`` (a float) or ``grad_output / denominator`` (0.0 when no row
+    counts). ``"none"`` scales each row by its own ``grad_output``: 1.0 here."""
+    if reduction == "none":
+        return 1.0
+    return grad_output if reduction == "sum" else mean(grad_output, denominator)
+
+
+def row_factors(reduction, kept, grad_output):
+    """The factor of each row's gradient, as an array (``kept``: each row's weight, 0 for a row
+    left out): ``grad_output * w / sum(w)`` for "mean", ``grad_output * w`` for "sum",
+    ``grad_output[i] * w_i`` for "none" (``grad_output`` None: all ones)."""
+    if reduction == "none":
+        return kept if grad_output is None else grad_output * kept
+    return grad_scale(reduction, grad_output, float(np.sum(kept))) * kept
+
+
+def scaled(grads, factors, kept):
+    """Each row of ``grads`` times its factor; exactly 0 in a row left out (``kept`` 0), even a
+    NaN row. A row that counts keeps its NaN under a factor of 0 (as autograd gives)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(kept[..., None] != 0.0, factors[..., None] * grads, 0.0)

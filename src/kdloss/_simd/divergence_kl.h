@@ -1,0 +1,169 @@
+/* The forward KL row of the divergence table: KL(P || Q), P = softmax(t / T), Q = softmax(s / T).
+ *
+ * One formula for every row, with no cancellation as the student approaches the teacher
+ * (../shared/notes/engineering.md, sections 1 and 5). With a = (t - t_max) / T, b = (s - s_max) / T,
+ * d = a - b, Z_P = sum e^a, Z_Q = sum e^b = Z_P (1 + y):
+ *
+ *     KL = E_P[d] + log(Z_Q / Z_P) = m + log1p(y),     m = E_P[d],
+ *     y  = E_P[e^-d - 1] (+ R, the student's mass where the teacher has none, over Z_P)
+ *        = F - m,                                      F = E_P[e^-d - 1 + d] + R >= 0,
+ *     KL = F + (log1p(y) - y).
+ *
+ * F is a sum of terms >= 0 of size d^2 where d is small, and log1p(y) - y = O(y^2) is computed by
+ * a series where y is small: nothing cancels, so the relative error stays a few ulp down to KL = 0.
+ * The per-class exponentials are e^a and e^-d (the student's e^b = e^a e^-d): two, as the usual
+ * log-sum-exp form needs, the second of a small argument. Where |d| > 700 or a < -700 (e^-d could
+ * overflow, or e^a underflow) a class takes e^b directly ("far" classes): its term of F is then
+ * e^b - e^a + e^a d, computed without cancellation because d is large. Where y < -1/2 (the
+ * normalisers differ by half or more, so KL is not small) the value is m + log Z_Q - log Z_P.
+ *
+ * Special values come out of the arithmetic: a class the teacher masks (-inf) adds its student
+ * mass to R; a student -inf where the teacher is finite makes F (so KL) +inf; NaN, +inf, or a row
+ * all -inf makes the sums NaN, and the caller decides the documented value.
+ *
+ * Gradient of KL (times T^2, over the logits): d_s = T (Q - P), d_t = T P (d - m), with
+ * Q - P = P (e^-d - 1 - y) / (1 + y) for near classes (accurate relative to itself where the
+ * student is close to the teacher) and e^b / Z_Q - P for far ones. Identical rows give d = 0,
+ * e^-d - 1 = 0, y = 0: exactly 0 everywhere, whatever multiply-adds the compiler fuses.
+ *
+ * Included by target_impl.h after vector_math.h (kd_vd has KD_LANES lanes). */
+
+/* The row's constants the per-class arithmetic needs: its maxima, 1 / T, and t_max - s_max as an
+ * exact sum hi + lo (TwoSum), so that d can be taken from t - s without rounding its shift. */
+typedef struct {
+    kd_vd t_max, s_max, shift_hi, shift_lo;
+    double inv_T;
+} kd_kl_row;
+
+KD_INLINE kd_kl_row kd_kl_row_constants(double t_max, double s_max, double inv_T)
+{
+    const double hi = t_max - s_max, s_part = hi - t_max;
+    const double lo = (t_max - (hi - s_part)) + (-s_max - s_part);
+    const kd_kl_row row = {kd_splat(t_max), kd_splat(s_max), kd_splat(hi), kd_splat(isfinite(hi) ? lo : 0.0), inv_T};
+    return row;
+}
+
+/* The same, lane by lane, for short rows (one row per lane). */
+KD_INLINE kd_kl_row kd_kl_lane_constants(kd_vd t_max, kd_vd s_max, double inv_T)
+{
+    const kd_vd hi = t_max - s_max, s_part = hi - t_max;
+    const kd_vd lo = (t_max - (hi - s_part)) + (-s_max - s_part);
+    const kd_kl_row row = {t_max, s_max, hi, kd_select(lo == lo, lo, kd_splat(0.0)), inv_T};
+    return row;
+}
+
+/* d = a - b = ((t - s) - (t_max - s_max)) / T. Where the student is close to the teacher, t - s is
+ * small and is taken exactly (TwoSum; float inputs need no help, their difference is exact in
+ * double), so d is accurate relative to itself even when the student is the teacher plus an
+ * offset; and d is exactly 0 where the rows agree, whatever multiply-adds the compiler fuses. */
+KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_double)
+{
+    const kd_vd hi = t - s;
+    if (!for_double)
+        return (hi - row->shift_hi) * row->inv_T;
+    const kd_vd s_part = hi - t;
+    const kd_vd lo = (t - (hi - s_part)) + (-s - s_part); /* NaN where hi is +-inf: then 0 */
+    return ((hi - row->shift_hi) + (kd_select(lo == lo, lo, kd_splat(0.0)) - row->shift_lo)) * row->inv_T;
+}
+
+/* The terms of KD_LANES classes of logits t, s. `moderate`: every a and b of the row lies in
+ * [-700, 0], so every class is near and the cheaper exp applies. */
+typedef struct {
+    kd_vd zp, zq, gap, g;   /* their shares of kd_row_sums */
+    kd_vd kept_a, kept_w;   /* e^a, and e^-d - 1 (near classes) or e^b (far), for the gradient */
+} kd_kl_terms;
+
+KD_INLINE kd_vi kd_kl_near(kd_vd a, kd_vd d)
+{
+    return (a >= -700.0) & (d >= -700.0) & (d <= 700.0);
+}
+
+KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, const int moderate,
+                                        const int for_double)
+{
+    kd_kl_terms out;
+    const double inv_T = row->inv_T;
+    const kd_vd at = t - row->t_max, a = at * inv_T;
+    const kd_vd d = kd_kl_gap(t, s, row, for_double);
+    kd_vd em1, f;
+    if (moderate) {
+        const kd_vd ea = kd_exp_moderate(a, for_double);
+        const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f);
+        out.zp = ea;
+        out.zq = ea * e;
+        out.gap = ea * d;
+        out.g = ea * f;
+        out.kept_a = ea;
+        out.kept_w = em1;
+        return out;
+    }
+    const kd_vd bs = s - row->s_max;
+    const kd_vd ea = kd_exp_wide(a, for_double);
+    const kd_vi near = kd_kl_near(a, d), in_support = ea > 0.0;
+    const kd_vd e = kd_exp_minus_one_parts(kd_select(near, -d, bs * inv_T), for_double, 1, &em1, &f);
+    /* Each term is written as the moderate path's product (e^a times something), with the far
+     * classes' values behind a factor of 1: the compiler then fuses the same multiply-adds in
+     * both paths, and a class gives the same bits in either (short rows share a path per group). */
+    const kd_vd near_a = kd_select(near, ea, kd_splat(1.0));
+    const kd_vd eb = near_a * e;                               /* far: e^b itself */
+    const kd_vd gap = ea * kd_select(in_support, d, kd_splat(0.0)); /* masked: 0, not 0 * inf */
+    /* A student -inf where the teacher is finite rules out a class P allows: KL = +inf, also
+     * where e^a underflows (the raw logits decide, not their exponentials). */
+    const kd_vi ruled_out = (bs == -INFINITY) & (at != -INFINITY);
+    const kd_vd far_g = (eb - ea) + kd_keep(in_support, ea * d);
+    out.zp = ea;
+    out.zq = eb;
+    out.gap = gap;
+    out.g = kd_select(ruled_out, kd_splat(1.0), near_a)
+          * kd_select(ruled_out, kd_splat(INFINITY), kd_select(near, f, far_g));
+    out.kept_a = ea;
+    out.kept_w = kd_select(near, em1, eb);
+    return out;
+}
+
+/* The value and the gradient's row constants, lane by lane, from each lane's row sums. */
+typedef struct {
+    kd_vd value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
+} kd_kl_finished;
+
+KD_INLINE kd_kl_finished kd_kl_finish_lanes(kd_vd zp, kd_vd zq, kd_vd gap, kd_vd g)
+{
+    kd_kl_finished out;
+    out.inv_zp = 1.0 / zp;
+    out.inv_zq = 1.0 / zq;
+    out.mean_gap = gap * out.inv_zp;
+    const kd_vd f = g * out.inv_zp, y = f - out.mean_gap;
+    const kd_vi central = y >= -0.5, infinite = g == INFINITY;
+    const kd_vd exact = f + kd_log1p_minus_identity(kd_select(central, y, kd_splat(0.0)));
+    const kd_vd ok_zq = kd_select(zq > 0.0, zq, kd_splat(1.0)); /* NaN rows: anything finite */
+    const kd_vd ok_zp = kd_select(zp > 0.0, zp, kd_splat(1.0));
+    const kd_vd direct = out.mean_gap + (kd_log_positive(ok_zq) - kd_log_positive(ok_zp));
+    kd_vd value = kd_select(central, exact, direct);
+    value = kd_select(value < 0.0, kd_splat(0.0), value); /* rounding; NaN stays NaN */
+    value = kd_select(infinite, kd_splat(INFINITY), value);
+    /* Any NaN in the sums: a row with special values, for the caller to settle. */
+    const kd_vi unsettled = (zp != zp) | (zq != zq) | (gap != gap) | (g != g);
+    out.value = kd_select(unsettled, kd_splat(NAN), value);
+    /* 1 + y for the gradient: the cancellation-free y where it is accurate, else Z_Q / Z_P (which
+     * leaves out the classes a student -inf rules out, as Q does). */
+    out.y = kd_select(central & ~infinite, y, zq * out.inv_zp - 1.0);
+    out.inv_one_plus_y = 1.0 / (1.0 + out.y);
+    return out;
+}
+
+/* Q - P and the KL's teacher direction P (d - m) of KD_LANES classes, from the kept values. */
+KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
+                                    const kd_kl_finished *row, const int moderate,
+                                    const int for_double, kd_vd *q_minus_p, kd_vd *teacher_direction)
+{
+    const double inv_T = constants->inv_T;
+    const kd_vd d = kd_kl_gap(t, s, constants, for_double);
+    const kd_vd at = t - constants->t_max;
+    const kd_vd p = ea * row->inv_zp;
+    const kd_vd near_value = p * ((w - row->y) * row->inv_one_plus_y);
+    if (moderate)
+        *q_minus_p = near_value;
+    else
+        *q_minus_p = kd_select(kd_kl_near(at * inv_T, d), near_value, w * row->inv_zq - p);
+    *teacher_direction = kd_keep(ea > 0.0, p * (d - row->mean_gap));
+}

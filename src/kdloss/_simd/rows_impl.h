@@ -1,0 +1,342 @@
+/* The passes over one row for one input dtype: extrema, sums, short rows, gradient, normaliser.
+ *
+ * Included once per row of the dtype table by target_impl.h, with KD_REAL (the element type),
+ * KD_FN(name) (a name with the dtype in it), KD_LOAD / KD_LOAD_PARTIAL (KD_LANES elements as
+ * doubles) and KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for float inputs, whose
+ * results are rounded to float32). The divergence's own arithmetic is in divergence_kl.h. */
+
+typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
+
+KD_INLINE KD_FN(vr) KD_FN(vmax)(KD_FN(vr) x, KD_FN(vr) m)
+{
+    __typeof__(x > m) greater = x > m;
+    return (KD_FN(vr))((greater & (__typeof__(greater))x) | (~greater & (__typeof__(greater))m));
+}
+
+/* Pass 1: the extrema of t and s over n classes. NaN never wins a comparison, so it is ignored
+ * here; pass 2 lets it through to the sums. */
+static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd_row_range *out)
+{
+    const KD_REAL *t = t_in, *s = s_in;
+    enum { LANES = sizeof(KD_FN(vr)) / sizeof(KD_REAL) };
+    const KD_FN(vr) inf = (KD_FN(vr)){0} + (KD_REAL)INFINITY;
+    KD_FN(vr) t_max = -inf, s_max = -inf, t_min = inf, s_min = inf, x, y;
+    ptrdiff_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        memcpy(&x, t + i, sizeof x);
+        memcpy(&y, s + i, sizeof y);
+        t_max = KD_FN(vmax)(x, t_max);
+        s_max = KD_FN(vmax)(y, s_max);
+        t_min = -KD_FN(vmax)(-x, -t_min);
+        s_min = -KD_FN(vmax)(-y, -s_min);
+    }
+    double tM = -INFINITY, sM = -INFINITY, tm = INFINITY, sm = INFINITY;
+    for (int lane = 0; lane < LANES; lane++) {
+        tM = t_max[lane] > tM ? t_max[lane] : tM;
+        sM = s_max[lane] > sM ? s_max[lane] : sM;
+        tm = t_min[lane] < tm ? t_min[lane] : tm;
+        sm = s_min[lane] < sm ? s_min[lane] : sm;
+    }
+    for (; i < n; i++) {
+        const double ti = t[i], si = s[i];
+        tM = ti > tM ? ti : tM;
+        sM = si > sM ? si : sM;
+        tm = ti < tm ? ti : tm;
+        sm = si < sm ? si : sm;
+    }
+    out->t_max = tM;
+    out->s_max = sM;
+    out->t_min = tm;
+    out->s_min = sm;
+}
+
+/* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise; t0, s0 the
+ * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
+ * classes are stored at keep_a and keep_w. */
+KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const kd_kl_row *row,
+                               const int moderate, kd_block_sums *block, const int keeping,
+                               double *keep_a, double *keep_w)
+{
+    kd_kl_terms x = kd_kl_class_terms(t0, s0, row, moderate, KD_EXP_FOR_DOUBLE);
+    kd_kl_terms y = kd_kl_class_terms(t1, s1, row, moderate, KD_EXP_FOR_DOUBLE);
+    block->zp += x.zp + y.zp;
+    block->zq += x.zq + y.zq;
+    block->gap += x.gap + y.gap;
+    block->g += x.g + y.g;
+    if (keeping) {
+        memcpy(keep_a, &x.kept_a, sizeof x.kept_a);
+        memcpy(keep_a + KD_LANES, &y.kept_a, sizeof y.kept_a);
+        memcpy(keep_w, &x.kept_w, sizeof x.kept_w);
+        memcpy(keep_w + KD_LANES, &y.kept_w, sizeof y.kept_w);
+    }
+}
+
+KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
+                                double s_max, double inv_T, const int moderate, kd_row_sums *out,
+                                const int keeping, double *keep_a, double *keep_w,
+                                ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+{
+    const kd_kl_row row = kd_kl_row_constants(t_max, s_max, inv_T);
+    for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
+        const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
+        const KD_REAL *bt = t + start, *bs = s + start;
+        const kd_vd zero = kd_splat(0.0);
+        kd_block_sums block = {zero, zero, zero, zero};
+        ptrdiff_t i = 0;
+        for (; i + KD_STEP <= len; i += KD_STEP) {
+            if (ahead_t) { /* the next row, a step at a time: it is in cache when its turn comes */
+                for (size_t byte = 0; byte < KD_STEP * sizeof(KD_REAL); byte += 64) {
+                    __builtin_prefetch((const char *)(bt + i) + ahead_t + byte);
+                    __builtin_prefetch((const char *)(bs + i) + ahead_s + byte);
+                }
+            }
+            KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
+                            KD_LOAD(bs + i + KD_LANES), &row, moderate, &block, keeping,
+                            keep_a + start + i, keep_w + start + i);
+        }
+        if (i < len) {
+            /* The last few classes, padded with -inf in both rows: a class both mask, which adds
+             * exactly 0 to every sum (the general terms; for real classes they give the same bits
+             * as the moderate ones). */
+            const int count = (int)(len - i), count0 = count < KD_LANES ? count : KD_LANES;
+            KD_FN(add_step)(KD_LOAD_PARTIAL(bt + i, count0, -INFINITY),
+                            KD_LOAD_PARTIAL(bs + i, count0, -INFINITY),
+                            KD_LOAD_PARTIAL(bt + i + count0, count - count0, -INFINITY),
+                            KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
+                            &row, 0, &block, keeping, keep_a + start + i, keep_w + start + i);
+        }
+        kd_add_block(out, &block);
+    }
+}
+
+/* Pass 2: kd_row_sums of n <= KD_CHUNK classes of a row whose extrema are *range.
+ * kept_a, kept_w: unless NULL, where e^a and w of every class are kept for the gradient pass
+ * (room for n + KD_MAX_STEP values each: the tail's padding is stored too).
+ * ahead_t, ahead_s: unless 0, bytes from this row to the next, which is prefetched a step at a
+ * time, so that its first pass finds it in cache rather than waiting for memory. */
+static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
+                            const kd_row_range *range, double inv_T, kd_row_sums *out,
+                            double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+{
+    const KD_REAL *t = t_in, *s = s_in;
+    memset(out, 0, sizeof *out);
+    const int moderate = kd_is_moderate(range, inv_T);
+    const double t_max = range->t_max, s_max = range->s_max;
+    if (kept_a == NULL && moderate)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 0, NULL, NULL, ahead_t, ahead_s);
+    else if (kept_a == NULL)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 0, NULL, NULL, ahead_t, ahead_s);
+    else if (moderate)
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 1, kept_a, kept_w, ahead_t, ahead_s);
+    else
+        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 1, kept_a, kept_w, ahead_t, ahead_s);
+}
+
+/* Stores `count` lanes of x as KD_REAL, each rounded once. */
+KD_INLINE void KD_FN(store)(KD_REAL *p, kd_vd x, int count)
+{
+    if (sizeof(KD_REAL) == sizeof(float)) {
+        kd_vf narrow = __builtin_convertvector(x, kd_vf);
+        memcpy(p, &narrow, count * sizeof(float));
+    } else {
+        memcpy(p, &x, count * sizeof(double));
+    }
+}
+
+/* The KL's gradient for one group of short rows, one row per lane (see kd_short_grad): from the
+ * group's columns, maxima, kept values and finish. Lanes the finish did not settle (NaN) and
+ * spare lanes are not written. */
+static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, int rows, ptrdiff_t n,
+                                  const kd_kl_row *constants, const kd_kl_finished *row,
+                                  const kd_vd *columns_t, const kd_vd *columns_s,
+                                  const kd_vd *kept_a, const kd_vd *kept_w, const int moderate)
+{
+    kd_vd coef = kd_splat(0.0);
+    for (int lane = 0; lane < rows; lane++)
+        coef[lane] = grad->coef[first + lane];
+    const kd_vi infinite = row->value == INFINITY;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        kd_vd q_minus_p, teacher_direction;
+        kd_kl_gradient_lanes(columns_t[j], columns_s[j], kept_a[j], kept_w[j], constants, row,
+                             moderate, KD_EXP_FOR_DOUBLE, &q_minus_p, &teacher_direction);
+        const kd_vd d_s = q_minus_p * coef;
+        /* An infinite KL (the student rules out a class the teacher allows): d_t is NaN. */
+        const kd_vd d_t = kd_select(infinite, kd_splat(NAN), teacher_direction * coef);
+        for (int lane = 0; lane < rows; lane++) {
+            if (row->value[lane] != row->value[lane])
+                continue;
+            const ptrdiff_t offset = (first + lane) * grad->row_bytes + j * (ptrdiff_t)sizeof(KD_REAL);
+            *(KD_REAL *)(grad->d_s + offset) = (KD_REAL)d_s[lane];
+            if (grad->d_t)
+                *(KD_REAL *)(grad->d_t + offset) = (KD_REAL)d_t[lane];
+        }
+    }
+}
+
+/* Short rows (n <= KD_SHORT_ROW), one row per lane: no reduction across lanes, and no per-row
+ * call. Class j of row r is at t_base + r * t_row + j * t_col bytes (any strides). value[r] is
+ * the row's KL, or NaN where the caller must settle the row (special values). A row's values do
+ * not depend on the rows beside it: the moderate terms give the same bits as the general ones
+ * wherever both apply. */
+static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
+                              ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
+                              ptrdiff_t n, double inv_T, double *value, const kd_short_grad *grad)
+{
+    for (ptrdiff_t first = 0; first < n_rows; first += KD_LANES) {
+        const int rows = n_rows - first < KD_LANES ? (int)(n_rows - first) : KD_LANES;
+        const char *t[KD_LANES], *s[KD_LANES];
+        for (int lane = 0; lane < KD_LANES; lane++) { /* spare lanes repeat the first row */
+            ptrdiff_t row = first + (lane < rows ? lane : 0);
+            t[lane] = t_base + row * t_row;
+            s[lane] = s_base + row * s_row;
+        }
+        kd_vd columns_t[KD_SHORT_ROW], columns_s[KD_SHORT_ROW];
+        kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            kd_vd ct, cs; /* built lane by lane: faster than a gather instruction on AMD Zen 4 */
+            for (int lane = 0; lane < KD_LANES; lane++) {
+                ct[lane] = *(const KD_REAL *)(t[lane] + j * t_col);
+                cs[lane] = *(const KD_REAL *)(s[lane] + j * s_col);
+            }
+            columns_t[j] = ct;
+            columns_s[j] = cs;
+            t_max = kd_select(ct > t_max, ct, t_max);
+            s_max = kd_select(cs > s_max, cs, s_max);
+            t_min = kd_select(ct < t_min, ct, t_min);
+            s_min = kd_select(cs < s_min, cs, s_min);
+        }
+        const kd_vi moderate_lanes = ((t_min - t_max) * inv_T >= -700.0)
+                                   & ((s_min - s_max) * inv_T >= -700.0);
+        int moderate = 1;
+        for (int lane = 0; lane < KD_LANES; lane++)
+            moderate &= moderate_lanes[lane] != 0;
+        const kd_vd zero = kd_splat(0.0);
+        kd_block_sums sum = {zero, zero, zero, zero};
+        kd_vd kept_a[KD_SHORT_ROW], kept_w[KD_SHORT_ROW];
+        const kd_kl_row constants = kd_kl_lane_constants(t_max, s_max, inv_T);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            kd_kl_terms x = moderate
+                ? kd_kl_class_terms(columns_t[j], columns_s[j], &constants, 1, KD_EXP_FOR_DOUBLE)
+                : kd_kl_class_terms(columns_t[j], columns_s[j], &constants, 0, KD_EXP_FOR_DOUBLE);
+            sum.zp += x.zp;
+            sum.zq += x.zq;
+            sum.gap += x.gap;
+            sum.g += x.g;
+            kept_a[j] = x.kept_a;
+            kept_w[j] = x.kept_w;
+        }
+        const kd_kl_finished row = kd_kl_finish_lanes(sum.zp, sum.zq, sum.gap, sum.g);
+        if (grad)
+            KD_FN(short_gradient)(grad, first, rows, n, &constants, &row, columns_t, columns_s,
+                                  kept_a, kept_w, moderate);
+        for (int lane = 0; lane < rows; lane++)
+            value[first + lane] = row.value[lane];
+    }
+}
+
+/* The gradient of KD_LANES classes: d_s = kl_coef (Q - P) + ce_coef R and d_t = kl_coef P (d - m),
+ * where a class the teacher masks (P = 0) gets exactly 0 in d_t. The flags are constants, so each
+ * combination compiles to its own loop. */
+KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
+                                     const kd_kl_row *constants, const kd_kl_finished *finish,
+                                     ptrdiff_t i, const int with_kl, const int ce_mode,
+                                     const int moderate, kd_vd *d_s, kd_vd *d_t)
+{
+    kd_vd grad = kd_splat(0.0), q = grad;
+    const kd_vd bs = s - row->range.s_max;
+    if (with_kl) {
+        const kd_vd ea = kd_load_f64(row->kept_a + i), w = kd_load_f64(row->kept_w + i);
+        kd_vd q_minus_p, teacher_direction;
+        kd_kl_gradient_lanes(t, s, ea, w, constants, finish, moderate, KD_EXP_FOR_DOUBLE,
+                             &q_minus_p, &teacher_direction);
+        grad = q_minus_p * row->kl_coef;
+        q = ea * finish->inv_zp + q_minus_p;
+        *d_t = teacher_direction * row->kl_coef;
+    }
+    if (ce_mode == KD_CE_FROM_Q)
+        grad += q * row->ce_coef;
+    else if (ce_mode == KD_CE_OWN_EXP)
+        grad += kd_exp_wide(bs, KD_EXP_FOR_DOUBLE) * (row->inv_z1 * row->ce_coef);
+    *d_s = grad;
+}
+
+KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
+                                    const kd_grad_row *row, KD_REAL *d_s, KD_REAL *d_t,
+                                    const int with_kl, const int ce_mode, const int moderate)
+{
+    const kd_row_finish *f = &row->finish;
+    const kd_kl_finished finish = {kd_splat(f->value), kd_splat(f->inv_zp), kd_splat(f->inv_zq),
+                                   kd_splat(f->mean_gap), kd_splat(f->y), kd_splat(f->inv_one_plus_y)};
+    const kd_kl_row constants = kd_kl_row_constants(row->range.t_max, row->range.s_max, row->inv_T);
+    kd_vd grad_s, grad_t = kd_splat(0.0);
+    ptrdiff_t i = 0;
+    for (; i + KD_LANES <= n; i += KD_LANES) {
+        kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
+        KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
+                              moderate, &grad_s, &grad_t);
+        KD_FN(store)(d_s + i, grad_s, KD_LANES);
+        if (d_t)
+            KD_FN(store)(d_t + i, grad_t, KD_LANES);
+    }
+    if (i < n) { /* the tail, padded with the maxima (harmless, and not stored) */
+        const int count = (int)(n - i);
+        kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
+        KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
+                              &finish, i, with_kl, ce_mode, moderate, &grad_s, &grad_t);
+        KD_FN(store)(d_s + i, grad_s, count);
+        if (d_t)
+            KD_FN(store)(d_t + i, grad_t, count);
+    }
+}
+
+/* The gradient of one row of n classes (any n), into d_s and, unless it is NULL, d_t. Without a
+ * KL term (kept_a NULL) only the cross-entropy's part, and t is not read. */
+static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
+                                const kd_grad_row *row, void *d_s_out, void *d_t_out)
+{
+    const KD_REAL *t = t_in, *s = s_in;
+    KD_REAL *d_s = d_s_out, *d_t = d_t_out;
+    if (row->kept_a == NULL) {
+        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0);
+        return;
+    }
+    const int moderate = kd_is_moderate(&row->range, row->inv_T);
+    switch (row->ce_mode * 2 + moderate) {
+    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0); break;
+    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1); break;
+    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0); break;
+    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1); break;
+    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0); break;
+    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1); break;
+    }
+}
+
+/* sum_j e^(s_j - s_max) over a row of n classes, as top (classes at the maximum, each adding
+ * exactly 1) + rest, so that log of it stays accurate when it is 1 + tiny. Lane sums over
+ * blocks of KD_BLOCK classes, compensated across blocks. NaN, +inf, or a row all -inf makes
+ * rest NaN. */
+static void KD_FN(student_normaliser)(const void *s_in, ptrdiff_t n, double s_max, double *top,
+                                      double *rest)
+{
+    const KD_REAL *s = s_in;
+    const kd_vd s_top = kd_splat(s_max), zero = kd_splat(0.0);
+    double total = 0.0, error = 0.0, count = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
+        const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
+        kd_vi tops = (kd_vi)zero;
+        kd_vd sums = zero;
+        for (ptrdiff_t i = 0; i < len; i += KD_LANES) {
+            const int lanes = len - i < KD_LANES ? (int)(len - i) : KD_LANES;
+            /* The tail is padded with -inf, which adds exactly 0. */
+            kd_vd x = (lanes == KD_LANES ? KD_LOAD(s + start + i)
+                                         : KD_LOAD_PARTIAL(s + start + i, lanes, -INFINITY)) - s_top;
+            kd_vi at_top = x == 0.0;
+            tops -= at_top;
+            sums += kd_keep(~at_top, kd_exp_wide(x, KD_EXP_FOR_DOUBLE));
+        }
+        count += kd_lane_count(tops);
+        kd_add_compensated(&total, &error, kd_lane_sum(sums));
+    }
+    *top = count;
+    *rest = isfinite(total) ? total + error : total;
+}

@@ -1,0 +1,115 @@
+"""The divergence table (``kdloss._divergences``): its rows, their oracles, and resolving a choice."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import kdloss
+from kdloss import _divergences, reference
+from kdloss._divergences import DIVERGENCES, HINTON_TERMS, Divergence, resolve_divergence
+
+
+def pair(shape=(7, 11), seed=0):
+    rng = np.random.default_rng(seed)
+    teacher = 3 * rng.standard_normal(shape)
+    return teacher + rng.standard_normal(shape), teacher
+
+
+def test_kl_is_row_zero_of_the_kernel_without_parameters():
+    kl = DIVERGENCES["kl"]
+    assert (kl.name, kl.kernel_code, kl.parameters, kl.parameter_ranges) == ("kl", 0, {}, {})
+    assert kl.oracle is reference.kl_rows and "KL" in kl.summary
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        kl.kernel_code = 1
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_every_row_is_complete(name):
+    row = DIVERGENCES[name]
+    assert row.name == name and isinstance(row.kernel_code, int) and row.summary
+    assert set(row.parameters) == set(row.parameter_ranges)
+    for key, default in row.parameters.items():
+        lo, hi = row.parameter_ranges[key]
+        assert lo <= default <= hi
+    codes = [r.kernel_code for r in DIVERGENCES.values()]
+    assert len(set(codes)) == len(codes)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_the_kl_oracle_is_t2_kl_per_row_in_float64(temperature):
+    student, teacher = pair()
+    rows = DIVERGENCES["kl"].oracle(student, teacher, temperature)
+    assert rows.dtype == np.float64 and rows.shape == (7,)
+    log_p = teacher / temperature - np.log(np.sum(np.exp(teacher / temperature), -1, keepdims=True))
+    log_q = student / temperature - np.log(np.sum(np.exp(student / temperature), -1, keepdims=True))
+    direct = temperature**2 * np.sum(np.exp(log_p) * (log_p - log_q), -1)
+    np.testing.assert_allclose(rows, direct, rtol=1e-12)
+    np.testing.assert_allclose(rows, kdloss.kd_loss(student, teacher, temperature, reduction="none"), rtol=1e-12)
+
+
+def test_the_cross_entropy_term_oracle():
+    term = HINTON_TERMS["cross_entropy"]
+    assert (term.weight, term.at_temperature, term.needs) == ("1 - alpha", False, "labels")
+    student, teacher = pair()
+    labels = np.array([0, 3, -1, 10, 5, -1, 2])  # -1: ignored, as check_labels returns them
+    rows = term.oracle(student, labels)
+    want = np.log(np.sum(np.exp(student), -1)) - student[np.arange(7), np.maximum(labels, 0)]
+    np.testing.assert_allclose(rows, np.where(labels >= 0, want, 0.0), rtol=1e-13)
+    # Hinton's loss with alpha = 0 is the cross-entropy term alone.
+    np.testing.assert_allclose(
+        kdloss.hinton_loss(student, teacher, np.where(labels < 0, -100, labels), alpha=0.0, reduction="none"),
+        rows, rtol=1e-13)
+    assert HINTON_TERMS["divergence"].weight == "alpha" and HINTON_TERMS["divergence"].at_temperature
+
+
+def test_resolve_the_default_and_by_name():
+    assert resolve_divergence() == (DIVERGENCES["kl"], {})
+    assert resolve_divergence("kl") == (DIVERGENCES["kl"], {})
+
+
+@pytest.mark.parametrize("name", ["jsd", "KL", "", None, 0])
+def test_unknown_divergence_lists_the_known_ones(name):
+    with pytest.raises(ValueError, match=r"divergence must be one of 'kl'; got " + repr(name).replace("(", r"\(")):
+        resolve_divergence(name)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.0, np.float64(0.25)])
+def test_a_parameter_given_to_kl_is_refused_by_name(beta):
+    with pytest.raises(ValueError) as info:
+        resolve_divergence("kl", beta=beta)
+    message = str(info.value)
+    assert "'kl'" in message and "takes no parameters" in message and f"beta={float(beta)!r}" in message
+
+
+@pytest.fixture
+def with_a_parameter_row(monkeypatch):
+    """A row with a parameter, as the next divergences (JSD(beta)) will add: one dict entry."""
+    row = Divergence(name="test_jsd", kernel_code=99, parameters={"beta": 0.5},
+                     parameter_ranges={"beta": (0.0, 1.0)}, oracle=reference.kl_rows, summary="a test row")
+    monkeypatch.setitem(_divergences.DIVERGENCES, "test_jsd", row)
+    return row
+
+
+def test_a_row_with_a_parameter_takes_its_default_and_checks_its_range(with_a_parameter_row):
+    assert resolve_divergence("test_jsd") == (with_a_parameter_row, {"beta": 0.5})
+    assert resolve_divergence("test_jsd", beta=np.float32(0.25)) == (with_a_parameter_row, {"beta": 0.25})
+    assert resolve_divergence("test_jsd", beta=1) == (with_a_parameter_row, {"beta": 1.0})
+    for bad in (1.5, -0.1, math.nan, math.inf, np.float64(2.0)):
+        with pytest.raises(ValueError) as info:
+            resolve_divergence("test_jsd", beta=bad)
+        assert str(info.value) == f"beta of divergence 'test_jsd' must be in [0.0, 1.0], got {float(bad)!r}"
+    for bad in ("0.5", True, [0.5], 1j):
+        with pytest.raises(TypeError, match="beta must be a real number"):
+            resolve_divergence("test_jsd", beta=bad)
+    with pytest.raises(ValueError, match="one of 'kl', 'test_jsd'"):
+        resolve_divergence("tvd")
+
+
+def test_the_engine_refuses_a_divergence_the_kernel_lacks(with_a_parameter_row):
+    from kdloss import _engine
+
+    student, teacher = pair()
+    with pytest.raises(ValueError, match="'test_jsd'"):
+        _engine.rows(student, teacher, 1.0, np.empty(7), 1, divergence=with_a_parameter_row)

@@ -1,0 +1,264 @@
+"""The invariants, over the project's tables: every divergence (``kdloss._divergences``) x every
+input dtype (``kdloss._dtypes``) x every kernel target. A new row of a table is tested here
+without new test code (a divergence also needs its case in divergence_cases.py).
+
+- memory layouts give the C-contiguous bits, and inputs are never written;
+- the thread count changes no bit (on inputs big enough to use several threads);
+- the registry's oracle agrees, row by row and in the reductions;
+- gradients agree with central finite differences;
+- losses and gradients are accurate against mpmath.
+
+2-byte inputs (float16, bfloat16) are computed from their exactly widened values: every
+expectation is computed on ``widened(x)``, and tolerances come from the dtype row of the result
+(``result_row(row).eps``, the unit roundoff of the value returned).
+"""
+
+import functools
+import math
+
+import mpmath
+import numpy as np
+import pytest
+from conftest import (
+    DTYPE_ROWS,
+    LAYOUTS,
+    THREAD_COUNTS,
+    result_row,
+    rng_for,
+    thread_counts_for,
+)
+from divergence_cases import CASES
+from exact_reference import DPS
+from gradient_checks import (
+    central_differences,
+    double_double,
+    errors_against_exact,
+    finite_difference_atol,
+    intermediate_eps,
+)
+
+import kdloss
+from kdloss._divergences import DIVERGENCES
+
+# Every test here runs once per kernel target (see conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_target")
+
+inf = math.inf
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def test_every_divergence_has_its_test_case():
+    assert set(CASES) == set(DIVERGENCES), "add the divergence's row to tests/divergence_cases.py"
+
+
+def widened(array):
+    """The exact values of ``array`` as float64 (every dtype of the table widens exactly)."""
+    return np.asarray(array).astype(np.float64)
+
+
+def logits_pair(shape, row, kind="masked", seed=0):
+    """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
+    (student = teacher + 1e-2 noise) or "masked" (independent; the teacher masks every fourth
+    class, never a whole row), with every other row of "near" rows close to KL = 0."""
+    rng = rng_for(shape, row.name, kind, seed)
+    teacher = rng.normal(0, 3, shape)
+    noise = rng.normal(0, 1, shape)
+    student = teacher + (1e-2 * noise if kind == "close" else noise)
+    if kind == "masked":
+        teacher[..., 1::4] = -inf
+    return student.astype(row.numpy_dtype), teacher.astype(row.numpy_dtype)
+
+
+def bits(value):
+    return np.asarray(value).dtype, np.asarray(value).shape, np.asarray(value).tobytes()
+
+
+def everything(case, student, teacher, temperature, num_threads=None):
+    """Every result of one divergence on one pair, as bits: per-row losses, the reductions, the
+    loss and gradients of the weighted mean, and of the per-row losses times a grad_output."""
+    rng = rng_for(teacher.shape, "weights")
+    weights = rng.uniform(0, 2, teacher.shape[:-1])
+    grad_output = rng.uniform(-2, 2, teacher.shape[:-1])
+    losses = [
+        case.loss(student, teacher, temperature, reduction=reduction, num_threads=num_threads)
+        for reduction in ("none", "sum", "mean")
+    ]
+    weighted_mean = case.loss_and_grad(student, teacher, temperature, weights=weights, teacher_grad=True,
+                                       num_threads=num_threads)
+    per_row = case.loss_and_grad(student, teacher, temperature, reduction="none", grad_output=grad_output,
+                                 teacher_grad=True, num_threads=num_threads)
+    return [bits(v) for v in (*losses, *weighted_mean, *per_row)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts and threads: the same bits
+# ---------------------------------------------------------------------------------------------
+
+LAYOUT_SHAPES = ((1025,), (13, 9), (3, 5, 17))  # one row; short rows in 2-D; (B, L, V)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_gives_the_contiguous_bits(layout, divergence, dtype_row, layout_of):
+    case = CASES[divergence.name]
+    for shape in LAYOUT_SHAPES:
+        pair = logits_pair(shape, dtype_row)
+        expected = everything(case, *pair, 1.5)
+        assert expected[0][0] == dtype_row.result_dtype and expected[-1][0] == dtype_row.result_dtype
+        views = [layout_of(x, layout) for x in pair]
+        copies = [v.copy() for v in views]
+        assert everything(case, *views, 1.5) == expected, shape
+        for view, copy in zip(views, copies):
+            assert bits(view) == bits(copy)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_softmax_every_layout_gives_the_contiguous_bits(layout, dtype_row, layout_of):
+    for shape in LAYOUT_SHAPES:
+        logits = logits_pair(shape, dtype_row)[1]
+        view = layout_of(logits, layout)
+        for function in (kdloss.softmax, kdloss.log_softmax):
+            expected = function(logits, 0.7)
+            assert expected.dtype == dtype_row.result_dtype
+            assert bits(function(view, 0.7)) == bits(expected)
+        assert bits(view) == bits(logits)
+
+
+# Each uses every thread count: many ordinary rows; many short rows (one per vector lane); two
+# rows longer than the chunk (their chunks are shared among the threads).
+THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
+def test_every_thread_count_gives_the_same_bits(shape, divergence, dtype_row):
+    assert thread_counts_for(shape) == THREAD_COUNTS  # big enough to share
+    case = CASES[divergence.name]
+    student, teacher = logits_pair(shape, dtype_row, seed=1)
+    student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it: the cancellation-free path
+    student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
+    student = np.asfortranarray(student)  # one side strided: per-thread row copies
+    results = {n: everything(case, student, teacher, 2.0, n) for n in THREAD_COUNTS}
+    assert all(r == results[1] for r in results.values())
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES[:2], ids=str)
+def test_softmax_every_thread_count_gives_the_same_bits(shape, dtype_row):
+    logits = logits_pair(shape, dtype_row, seed=2)[1]
+    for function in (kdloss.softmax, kdloss.log_softmax):
+        results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
+        assert len(results) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle
+# ---------------------------------------------------------------------------------------------
+
+ORACLE_SHAPES = ((9,), (7, 33), (2, 3, 300))
+
+
+def oracle_atol(temperature, student, teacher):
+    """The oracle's absolute error: plain NumPy subtracts log-softmax values as large as the
+    finite logits' spread over T (so eps64 * T^2 * (log C + spread / T))."""
+    finite = np.concatenate([a[np.isfinite(a)] for a in (student, teacher)])
+    spread = float(np.ptp(finite)) if finite.size else 0.0
+    return 16 * EPS64 * temperature**2 * (1 + math.log(teacher.shape[-1]) + spread / temperature)
+
+
+@pytest.mark.parametrize("temperature", (0.5, 1.0, 4.0))
+@pytest.mark.parametrize("kind", ("independent", "close", "masked"))
+def test_oracle_agrees(kind, temperature, divergence, dtype_row):
+    case = CASES[divergence.name]
+    rtol = max(8 * result_row(dtype_row).eps, 1e-9)
+    for shape in ORACLE_SHAPES:
+        student, teacher = logits_pair(shape, dtype_row, kind)
+        want = divergence.oracle(widened(student), widened(teacher), temperature, **divergence.parameters)
+        assert want.dtype == np.float64 and want.shape == shape[:-1]
+        got = case.loss(student, teacher, temperature, reduction="none")
+        assert got.dtype == dtype_row.result_dtype
+        atol = oracle_atol(temperature, widened(student), widened(teacher))
+        np.testing.assert_allclose(widened(got), want, rtol=rtol, atol=atol, err_msg=str(shape))
+        # Sums and means of the float64 row losses, whatever the input dtype.
+        total = case.loss(student, teacher, temperature, reduction="sum")
+        assert type(total) is float
+        np.testing.assert_allclose(total, math.fsum(want.ravel()), rtol=1e-9, atol=atol * want.size)
+        mean = case.loss(student, teacher, temperature, reduction="mean")
+        np.testing.assert_allclose(mean, math.fsum(want.ravel()) / want.size, rtol=1e-9, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite differences
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", (0.5, 2.0))
+@pytest.mark.parametrize("shape", ((5,), (3, 4)), ids=str)
+def test_gradients_match_finite_differences(shape, temperature, divergence, dtype_row):
+    """The gradient at the widened point: central differences of the float64 loss there."""
+    case = CASES[divergence.name]
+    student, teacher = logits_pair(shape, dtype_row, "independent", seed=3)
+
+    def objective(s, t):
+        return case.loss(s, t, temperature, reduction="sum")
+
+    loss, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="sum", teacher_grad=True)
+    assert d_s.dtype == d_t.dtype == dtype_row.result_dtype
+    assert loss == objective(student, teacher)  # the same loss bits with or without gradients
+    point = (widened(student), widened(teacher))
+    atol = finite_difference_atol(objective(*point), temperature)
+    for index, got in ((0, d_s), (1, d_t)):
+        numeric = central_differences(objective, point, index, temperature)
+        rounding = 2 * result_row(dtype_row).eps * np.abs(numeric)
+        assert np.all(np.abs(widened(got) - numeric) <= atol + rounding), (index, got, numeric)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy against mpmath
+# ---------------------------------------------------------------------------------------------
+
+EXACT_KINDS = ("independent", "close", "masked")
+EXACT_CLASSES = (9, 300)
+EXACT_TEMPERATURES = (1.0, 4.0)
+# Relative error of a row loss, before the rounding to the result dtype, by the dtype the
+# kernel reads (README "Accuracy": 1e-11 for float64; float32 results are checked to 1e-5 there,
+# which the rounding dominates).
+LOSS_RTOL = {"float64": 1e-11, "float32": 1e-9}
+# Gradient error in units of the intermediate accuracy times the scales (test_gradients.EXACT_K).
+GRADIENT_K = 4
+
+
+@functools.cache
+def exact_case(divergence_name, dtype_name, kind, n_classes, temperature):
+    """Inputs of a dtype row and their exact losses and gradients (computed once, on the widened
+    values): ``student, teacher, losses (mpf), d_student (hi, lo), d_teacher (hi, lo)``."""
+    case = CASES[divergence_name]
+    row = next(r for r in DTYPE_ROWS if r.name == dtype_name)
+    student, teacher = logits_pair((2, n_classes), row, kind, seed=4)
+    pairs = list(zip(widened(student).tolist(), widened(teacher).tolist()))
+    losses = [case.exact(s, t, temperature) for s, t in pairs]
+    grads = [case.exact_grad(s, t, temperature) for s, t in pairs]
+    d_s = double_double([v for g in grads for v in g[0]])
+    d_t = double_double([v for g in grads for v in g[1]])
+    return student, teacher, losses, d_s, d_t
+
+
+@pytest.mark.parametrize("temperature", EXACT_TEMPERATURES)
+@pytest.mark.parametrize("n_classes", EXACT_CLASSES)
+@pytest.mark.parametrize("kind", EXACT_KINDS)
+def test_accurate_against_mpmath(kind, n_classes, temperature, divergence, dtype_row):
+    case = CASES[divergence.name]
+    student, teacher, want, exact_s, exact_t = exact_case(divergence.name, dtype_row.name, kind, n_classes,
+                                                          temperature)
+    kernel = dtype_row.kernel_dtype.name
+    u = result_row(dtype_row).eps  # the rounding of the returned value
+    got = case.loss(student, teacher, temperature, reduction="none")
+    with mpmath.workdps(DPS):
+        for g, w in zip(got.tolist(), want):
+            error = abs(mpmath.mpf(g) - w)
+            assert error <= (LOSS_RTOL[kernel] + u) * abs(w), (g, mpmath.nstr(w, 17))
+
+    _, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="sum", teacher_grad=True)
+    scales = case.gradient_error_scales(widened(student), widened(teacher), temperature)
+    for what, got, exact, scale in (("d_student", d_s, exact_s, scales[0]), ("d_teacher", d_t, exact_t, scales[1])):
+        error = errors_against_exact(widened(got), exact)
+        rounding = (u if dtype_row.result_dtype != np.float64 else 0.0) * np.abs(exact[0])
+        bound = GRADIENT_K * intermediate_eps(student.dtype) * scale.ravel() + rounding * (1 + 1e-6)
+        bad = ~(error <= bound)
+        assert not bad.any(), f"{what}: worst error {error.max():.3g}; got {widened(got).ravel()[bad][:4]}"
