@@ -66,6 +66,8 @@ KL = DivergenceCase(
         "student NaN": ([0, 0, nan], [0, 0, 0], lambda T: nan),
         "student NaN on a masked class": ([nan, 0, 0], [-inf, 0, 0], lambda T: nan),
         "teacher NaN, student -inf": ([-inf, 0, 0], [nan, 0, 0], lambda T: nan),
+        "student all -inf": ([-inf, -inf, -inf], [0, 1, 0], lambda T: inf),
+        "one class, student -inf": ([-inf], [3], lambda T: inf),
         "one class": ([7], [-3], lambda T: 0.0),
         "one class, huge": (["H"], ["-H"], lambda T: 0.0),
     },

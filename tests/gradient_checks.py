@@ -1,6 +1,6 @@
 """Shared by the gradient tests: finite differences, tolerances, and errors against mpmath.
 
-Tolerances are derived from what the kernel computes (see ``_gradient.pxi``): per row, in
+Tolerances are derived from what the kernel computes (see ``_simd/divergence_kl.h``): per row, in
 double, ``a = (t - t_max) / T`` and ``b = (s - s_max) / T``, ``P = e^a / Z_t``,
 ``Q = e^b / Z_s``, then ``d_s = c T (Q - P)`` and ``d_t = c T P (a - b - E_P[a - b])``, with
 ``c`` the row's factor from the reduction. Each of ``P_j``, ``Q_j`` is off by a few eps64

@@ -54,7 +54,8 @@ def test_zero_classes(module, shape):
 
 
 @MODULES
-@pytest.mark.parametrize("temperature", [0, 0.0, -0.0, -1, -1e-300, math.nan, math.inf, -math.inf, np.float32(0)])
+@pytest.mark.parametrize("temperature", [0, 0.0, -0.0, -1, -1e-300, math.nan, math.inf, -math.inf, np.float32(0),
+                                         5e-324, 1e-310])  # subnormal: 1 / T overflows
 def test_temperature_not_finite_or_not_positive(module, temperature):
     for call in calls(module, temperature=temperature).values():
         with pytest.raises(ValueError, match=r"temperature.*" + re.escape(plain_repr(temperature))):

@@ -450,6 +450,8 @@ SPECIAL_ROWS = {
     "student NaN": ([0, 0, nan], [0, 0, 0], "nan"),
     "student NaN on a masked class": ([nan, 0, 0], [-inf, 0, 0], "nan"),
     "teacher NaN, student -inf": ([-inf, 0, 0], [nan, 0, 0], "nan"),
+    "student all -inf": ([-inf, -inf, -inf], [0, 1, 0], "inf loss, undefined Q"),
+    "one class, student -inf": ([-inf], [3], "inf loss, undefined Q"),
     "huge, different argmax": ([0, "H"], ["H", 0], "finite"),
     "huge, same argmax": (["H", "-H", 0], ["H", 0, "-H"], "finite"),
     "huge, identical": (["H", "-H"], ["H", "-H"], "finite"),
@@ -489,6 +491,8 @@ def check_special_row(case, dtype, temperature):
     loss, d_s, d_t = kdloss.kd_loss_and_grad(student, teacher, temperature, reduction="none", teacher_grad=True)
     if outcome == "nan":
         assert np.isnan(loss[1]) and np.all(np.isnan(d_s[1])) and np.all(np.isnan(d_t[1]))
+    elif outcome == "inf loss, undefined Q":  # a student row all -inf: Q is 0 / 0
+        assert loss[1] == inf and np.all(np.isnan(d_s[1])) and np.all(np.isnan(d_t[1]))
     else:
         assert not np.any(np.isnan(d_s[1])) and np.all(np.isfinite(d_s[1]))
         atol_s, atol_t = oracle_atol(student[1], teacher[1], temperature, 1.0)
@@ -557,3 +561,16 @@ def test_identical_rows_have_exactly_zero_gradient(rows, n_classes, dtype, tempe
     assert loss == 0.0
     assert np.all(d_s == 0.0), d_s[d_s != 0][:5]
     assert np.all(d_t == 0.0), d_t[d_t != 0][:5]
+
+
+def test_float32_student_gradient_is_correctly_rounded_where_q_minus_p_cancels(kernel_target):
+    # Issue 14, item 12: near-identical rows, where Q - P cancels most. The one-engine kernel takes
+    # Q - P as P (e^-d - 1 - y) / (1 + y), accurate relative to itself, so each float32 element is
+    # the exact value rounded once: within half an ulp (plus the double intermediates' 1e-9 of it).
+    rng = np.random.default_rng(3)
+    teacher = rng.standard_normal(300).astype(np.float32)
+    student = (teacher + 1e-6 * rng.standard_normal(300)).astype(np.float32)
+    _, d_student = kdloss.kd_loss_and_grad(student[None], teacher[None], 1.0, reduction="sum")
+    exact = np.array([float(v) for v in exact_kd_grad(student.tolist(), teacher.tolist(), 1.0)[0]])
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(d_student[0].astype(np.float64) - exact) / ulp) <= 0.5 + 1e-3

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import kdloss
+from kdloss._dtypes import DTYPES
 
 
 def traced_peak(function):
@@ -37,6 +38,26 @@ def test_kd_loss_allocates_per_row_only(layout, reduction):
     peak = traced_peak(lambda: kdloss.kd_loss(student, teacher, 2.0, reduction=reduction, num_threads=2))
     per_row = rows * 8 * 2  # float64 row losses, and at most one copy of them for the result
     assert peak < per_row + 256 * 1024, peak
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["C", "strided"])
+def test_two_byte_inputs_are_read_as_stored(dtype_name, layout):
+    # The kernel loads float16 and bfloat16 natively: no float32 copy of the logits (which would
+    # be 8 MB here), only the per-row output; and the gradient is its own float32 array.
+    row = DTYPES[dtype_name]
+    if not row.available():
+        pytest.skip(f"{row.module} is not installed")
+    rng = np.random.default_rng(0)
+    teacher = (3 * rng.standard_normal((4000, 1000))).astype(row.numpy_dtype)
+    student = (teacher.astype(np.float32) + rng.standard_normal((4000, 1000))).astype(row.numpy_dtype)
+    if layout == "strided":
+        teacher, student = teacher[:, ::2], student[:, ::2]
+    peak = traced_peak(lambda: kdloss.kd_loss(student, teacher, 2.0, reduction="none", num_threads=2))
+    assert peak < 4000 * 8 * 2 + 256 * 1024, peak
+    gradient_bytes = student.shape[0] * student.shape[1] * 4
+    peak = traced_peak(lambda: kdloss.kd_loss_and_grad(student, teacher, 2.0, num_threads=2))
+    assert peak < gradient_bytes + 4000 * 8 * 2 + 256 * 1024, peak
 
 
 def test_softmax_allocates_its_output_only():

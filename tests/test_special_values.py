@@ -181,3 +181,14 @@ def test_oracle_is_exact_for_huge_logits_at_small_temperature(dtype, temperature
     student = np.array([huge, 0, -huge], dtype)
     teacher = np.array([huge, -huge, 0], dtype)
     assert reference.kd_loss(student, teacher, temperature) == 0.0 == kdloss.kd_loss(student, teacher, temperature)
+
+
+def test_student_minus_inf_is_kept_when_the_teachers_gap_over_t_overflows(kernel_target):
+    # Issue 14, item 9: -1e303 / 1e-6 overflows to -inf, but the teacher's logit is finite, so the
+    # student's -inf rules out a class P allows: +inf on every target, as in the oracle; d_student
+    # is T (Q - P) (here 0: P has nothing there in double), d_teacher NaN.
+    student, teacher = np.array([[0.0, -np.inf]]), np.array([[0.0, -1e303]])
+    assert kdloss.kd_loss(student, teacher, 1e-6) == np.inf
+    assert kdloss.reference.kd_loss(student, teacher, 1e-6) == np.inf
+    loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 1e-6, teacher_grad=True)
+    assert loss == np.inf and np.all(d_student == 0.0) and np.all(np.isnan(d_teacher))

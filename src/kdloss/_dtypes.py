@@ -10,8 +10,8 @@ bfloat16 is ``ml_dtypes.bfloat16`` (the NumPy bfloat16 of JAX), an optional depe
 recognised by its dtype name, and ``ml_dtypes`` is imported only when its NumPy dtype is asked
 for (``DTYPES["bfloat16"].numpy_dtype``), never by ``import kdloss``.
 
-Adding a dtype: one row here; the engine (``kdloss._engine``) must know how to hand it to the
-kernel (today 2-byte types are converted to float32 there).
+Adding a dtype: one row here, and a row of the kernel's dtype table (``_simd/target_impl.h``: its
+loads and its gradient's type), which the engine (``kdloss._engine``) hands it to.
 """
 
 import dataclasses
@@ -27,8 +27,9 @@ class DType:
     """One input dtype.
 
     name: the NumPy dtype name (``np.dtype(...).name``).
-    kernel_dtype: the dtype the kernel reads today. 2-byte types are converted to float32 by
-        the engine until the kernel loads them natively.
+    kernel_dtype: the dtype the kernel computes the row as (float32 or float64): the row loop
+        reads 2-byte types natively (as their bits) and computes them as float32; ``softmax``,
+        scalar code, is handed them converted to this dtype.
     result_dtype: the dtype of ``"none"`` losses, gradients and ``softmax`` output: float32 for
         2-byte inputs, the input's own otherwise (sums and means are Python floats, float64).
     eps: the unit roundoff of the input type, ``2**-(mantissa bits + 1)``.

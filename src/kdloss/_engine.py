@@ -3,7 +3,7 @@
 Callers hand validated 2-D row blocks (``kdloss._rows.row_blocks``) of a dtype-table dtype, a
 checked temperature, a divergence row with its parameters, and the thread count the user
 allows (``resolve_num_threads``); they allocate the outputs. This module decides what the
-kernel is handed: its dtype (2-byte inputs are converted here, see :func:`_for_kernel`), the
+kernel is handed: its dtype (2-byte inputs as their bits, see :func:`_for_kernel`), the
 threads one call uses (``threads_for``) and the divergence's kernel code. The kernel allocates
 its own per-thread scratch. When the kernel takes divergence and dtype codes, only this module
 changes.
@@ -28,9 +28,15 @@ _NO_VALUES = np.empty(0, dtype=np.float64)
 
 
 def _for_kernel(rows):
-    """``rows`` in the dtype the kernel reads: float32 and float64 as they are (no copy). The
-    kernel does not load 2-byte types yet, so float16 and bfloat16 blocks are converted to
-    float32 here, the one place that does it; native loads will make this the identity."""
+    """``rows`` as the kernel's row loop reads them, without a copy: float32 and float64 as they
+    are; float16 and bfloat16 as their bits (a ``uint16`` view), which the kernel widens in
+    registers (its dtype table has a row for each)."""
+    return rows.view(np.uint16) if rows.dtype.itemsize == 2 else rows
+
+
+def _for_softmax(rows):
+    """``rows`` in a dtype ``softmax_rows`` reads (scalar code, float32 and float64 only): 2-byte
+    inputs are converted to float32, a copy of the block."""
     kernel_dtype = row_of(rows.dtype).kernel_dtype
     return rows if rows.dtype == kernel_dtype else rows.astype(kernel_dtype)
 
@@ -54,16 +60,19 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     _check_divergence(divergence)
     n_rows, n_classes = teacher.shape
     threads = threads_for(n_threads, n_rows, n_classes)
+    two_byte = teacher.dtype.itemsize == 2
+    # The 2-byte entries take the stored bits and say which format they hold.
+    format_args = (teacher.dtype.name == "bfloat16",) if two_byte else ()
     student, teacher = _for_kernel(student), _for_kernel(teacher)
-    dtype = teacher.dtype
     training = not (labels is None and weights is None and grad_output is None and d_student is None
                     and d_teacher is None and kl_weight == 1.0 and ce_weight == 0.0)
     if not training:
-        _kernel.kl_rows(student, teacher, temperature, out, threads)
+        (_kernel.kl_rows_2byte if two_byte else _kernel.kl_rows)(student, teacher, *format_args, temperature, out,
+                                                                  threads)
         return
-    no_rows = np.empty((0, n_classes), dtype=dtype)
-    _kernel.loss_grad_rows(
-        student, teacher,
+    no_rows = np.empty((0, n_classes), dtype=np.float32 if two_byte else teacher.dtype)
+    (_kernel.loss_grad_rows_2byte if two_byte else _kernel.loss_grad_rows)(
+        student, teacher, *format_args,
         _NO_LABELS if labels is None else labels,
         temperature, kl_weight, ce_weight,
         _NO_VALUES if weights is None else weights,
@@ -81,5 +90,4 @@ def softmax_rows(logits, temperature, out, take_log, n_threads):
     the result dtype."""
     n_rows, n_classes = logits.shape
     threads = threads_for(n_threads, n_rows, n_classes)
-    logits = _for_kernel(logits)
-    _kernel.softmax_rows(logits, temperature, out, take_log, threads)
+    _kernel.softmax_rows(_for_softmax(logits), temperature, out, take_log, threads)

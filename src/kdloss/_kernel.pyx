@@ -29,6 +29,7 @@ Layers, as in scikit-learn's ``sklearn/_loss``:
      the inputs' shape, C-contiguous.
 """
 
+cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, NAN, exp, fabs, isfinite, log
@@ -46,6 +47,10 @@ cdef extern from "simd.h" nogil:
     enum: KD_MAX_STEP
     enum: KD_FLOAT32
     enum: KD_FLOAT64
+    enum: KD_FLOAT16
+    enum: KD_BFLOAT16
+    double kd_float16_to_double(unsigned short bits)
+    double kd_bfloat16_to_double(unsigned short bits)
     ctypedef struct kd_row_range:
         double t_max, s_max, t_min, s_min
     ctypedef struct kd_row_sums:
@@ -78,7 +83,7 @@ cdef extern from "simd.h" nogil:
         void (*normaliser)(const void*, ptrdiff_t, double, double*, double*) noexcept nogil
     ctypedef struct kd_target:
         const char* name
-        kd_dtype_passes dtype[2]
+        kd_dtype_passes dtype[4]
         void (*finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
     const kd_target* kd_active_target
     int kd_select_target(const char* name)
@@ -160,30 +165,56 @@ _select_target_from_environment()
 # Layer 1: row helpers
 # ---------------------------------------------------------------------------------------------
 
-cdef inline const kd_dtype_passes* passes(floating dtype_tag) noexcept nogil:
+# Input elements as stored: float32, float64, or the bits of a 2-byte float (float16 or
+# bfloat16, told apart by the dtype code the job carries). Gradients are float64 for float64
+# inputs and float32 for every other.
+ctypedef fused kd_input:
+    float
+    double
+    unsigned short
+
+
+cdef inline const kd_dtype_passes* passes(int dtype) noexcept nogil:
     """The active target's passes for rows of this dtype (the dtype table's row)."""
-    if floating is float:
-        return &kd_active_target.dtype[KD_FLOAT32]
+    return &kd_active_target.dtype[dtype]
+
+
+cdef inline double value_at(const kd_input* x, Py_ssize_t i, int dtype) noexcept nogil:
+    """Element i of a row as a double (2-byte floats widened exactly)."""
+    if kd_input is cython.ushort:
+        return kd_bfloat16_to_double(x[i]) if dtype == KD_BFLOAT16 else kd_float16_to_double(x[i])
     else:
-        return &kd_active_target.dtype[KD_FLOAT64]
+        return x[i]
 
 
-cdef inline const floating* contiguous_row(
-    const char* row, Py_ssize_t class_stride, Py_ssize_t n, floating* scratch
+cdef inline const kd_input* contiguous_row(
+    const char* row, Py_ssize_t class_stride, Py_ssize_t n, kd_input* scratch
 ) noexcept nogil:
     """The row as a contiguous pointer: itself when it already is one, else copied to scratch."""
     cdef Py_ssize_t j
-    if class_stride == <Py_ssize_t> sizeof(floating):
-        return <const floating*> row
+    if class_stride == <Py_ssize_t> sizeof(kd_input):
+        return <const kd_input*> row
     for j in range(n):
-        scratch[j] = (<const floating*> (row + j * class_stride))[0]
+        scratch[j] = (<const kd_input*> (row + j * class_stride))[0]
     return scratch
 
 
-cdef inline void fill_row(floating* x, Py_ssize_t n, double value) noexcept nogil:
+cdef inline void fill_row(void* x, Py_ssize_t n, double value, size_t out_size) noexcept nogil:
+    """n gradient elements (float64 when out_size is 8, else float32) set to value."""
     cdef Py_ssize_t j
-    for j in range(n):
-        x[j] = <floating> value
+    if out_size == sizeof(double):
+        for j in range(n):
+            (<double*> x)[j] = value
+    else:
+        for j in range(n):
+            (<float*> x)[j] = <float> value
+
+
+cdef inline void write_at(void* x, Py_ssize_t j, double value, size_t out_size) noexcept nogil:
+    if out_size == sizeof(double):
+        (<double*> x)[j] = value
+    else:
+        (<float*> x)[j] = <float> value
 
 
 cdef struct CompensatedSum:
@@ -262,12 +293,12 @@ cdef inline Py_ssize_t chunk_length(Py_ssize_t start, Py_ssize_t n) noexcept nog
 
 
 cdef void row_extrema(
-    const floating* t, const floating* s, Py_ssize_t n, kd_row_range* out
+    const kd_input* t, const kd_input* s, Py_ssize_t n, int dtype, kd_row_range* out
 ) noexcept nogil:
     """The extrema of a whole row (NaN ignored), chunk by chunk."""
     cdef Py_ssize_t c, start
     cdef kd_row_range chunk
-    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    cdef const kd_dtype_passes* p = passes(dtype)
     p.range(t, s, chunk_length(0, n), out)
     for c in range(1, (n + KD_CHUNK - 1) // KD_CHUNK):
         start = c * KD_CHUNK
@@ -276,14 +307,15 @@ cdef void row_extrema(
 
 
 cdef void row_sums(
-    const floating* t, const floating* s, Py_ssize_t n, double inv_T, const kd_row_range* extremes,
-    kd_row_sums* sums, double* kept_a, double* kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s,
+    const kd_input* t, const kd_input* s, Py_ssize_t n, int dtype, double inv_T,
+    const kd_row_range* extremes, kd_row_sums* sums, double* kept_a, double* kept_w,
+    ptrdiff_t ahead_t, ptrdiff_t ahead_s,
 ) noexcept nogil:
     """The sums of a row whose extrema are known, chunk by chunk, merged in order. Unless NULL,
     kept_a and kept_w (indexed like the row) keep each class's values for the gradient pass."""
     cdef Py_ssize_t c, start
     cdef kd_row_sums chunk
-    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    cdef const kd_dtype_passes* p = passes(dtype)
     memset(sums, 0, sizeof(kd_row_sums))
     for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
         start = c * KD_CHUNK
@@ -293,18 +325,20 @@ cdef void row_sums(
         merge_sums(sums, &chunk)
 
 
-cdef double settle_special(const floating* t, const floating* s, Py_ssize_t n) noexcept nogil:
+cdef double settle_special(const kd_input* t_row, const kd_input* s_row, Py_ssize_t n, int dtype) noexcept nogil:
     """The documented KL of a row the formulas leave as NaN (README "Semantics"): NaN for a NaN
     or +inf logit anywhere or a teacher row all -inf; +inf where the student rules out (-inf) a
     class the teacher allows, a student row all -inf included."""
     cdef Py_ssize_t i
-    cdef double t_max = -INFINITY, s_max = -INFINITY
+    cdef double t_max = -INFINITY, s_max = -INFINITY, ti, si
     cdef bint has_nan = False, ruled_out = False
     for i in range(n):
-        has_nan |= (t[i] != t[i]) | (s[i] != s[i])
-        t_max = t[i] if t[i] > t_max else t_max
-        s_max = s[i] if s[i] > s_max else s_max
-        ruled_out |= (s[i] == -INFINITY) & (t[i] != -INFINITY)
+        ti = value_at(t_row, i, dtype)
+        si = value_at(s_row, i, dtype)
+        has_nan |= (ti != ti) | (si != si)
+        t_max = ti if ti > t_max else t_max
+        s_max = si if si > s_max else s_max
+        ruled_out |= (si == -INFINITY) & (ti != -INFINITY)
     if has_nan or t_max == INFINITY or t_max == -INFINITY or s_max == INFINITY:
         return NAN
     return INFINITY if ruled_out else NAN
@@ -317,15 +351,18 @@ cdef struct LossTerms:
     # Bytes from a row to the next, which the sums' pass prefetches while it sums this row (0:
     # rows are copied to scratch first, nothing to prefetch).
     ptrdiff_t ahead_t, ahead_s
+    int dtype        # the input's row of the dtype table (KD_FLOAT32, ...)
+    size_t out_size  # bytes of one gradient element (8: float64, 4: float32)
 
 
 cdef double label_kl_part(
-    const floating* t, const floating* s, Py_ssize_t y, const kd_grad_row* row
+    const kd_input* t_row, const kd_input* s_row, Py_ssize_t y, int dtype, const kd_grad_row* row
 ) noexcept nogil:
     """Q_y - P_y from the kept values, as divergence_kl.h's gradient computes it (scalar)."""
     cdef double shift_lo, shift = exact_difference(row.range.t_max, row.range.s_max, &shift_lo)
-    cdef double lo, hi = exact_difference(t[y], s[y], &lo)
-    cdef double a = (t[y] - row.range.t_max) * row.inv_T
+    cdef double t = value_at(t_row, y, dtype), s = value_at(s_row, y, dtype)
+    cdef double lo, hi = exact_difference(t, s, &lo)
+    cdef double a = (t - row.range.t_max) * row.inv_T
     cdef double d = ((hi - shift) + (lo - (shift_lo if isfinite(shift) else 0.0))) * row.inv_T
     cdef double p = row.kept_a[y] * row.finish.inv_zp, w = row.kept_w[y]
     if a >= -700.0 and -700.0 <= d <= 700.0:
@@ -334,8 +371,8 @@ cdef double label_kl_part(
 
 
 cdef double row_loss_and_grad(
-    const floating* t, const floating* s, Py_ssize_t n, const LossTerms* terms, Py_ssize_t label,
-    double short_kd, double grad_scale, floating* d_s, floating* d_t, double* kept,
+    const kd_input* t, const kd_input* s, Py_ssize_t n, const LossTerms* terms, Py_ssize_t label,
+    double short_kd, double grad_scale, void* d_s, void* d_t, double* kept,
 ) noexcept nogil:
     """The loss of one row, ``kl_weight T^2 KL + ce_weight CE``; and, unless d_s is NULL,
     grad_scale times its gradient into d_s and (unless NULL) d_t. kept: 2 * (n + KD_MAX_STEP)
@@ -352,17 +389,19 @@ cdef double row_loss_and_grad(
     cdef bint with_kl = terms.kl_weight != 0.0, with_ce = terms.ce_weight != 0.0
     cdef bint want_grad = d_s != NULL, short_row = n <= KD_SHORT_ROW
     cdef bint need_sums = with_kl and (want_grad or not short_row)
+    cdef int dtype = terms.dtype
+    cdef size_t out_size = terms.out_size
     memset(&row, 0, sizeof(row))
     row.inv_T = terms.inv_T
     row.ce_mode = KD_CE_NONE
     if with_kl or with_ce:
         # With the cross-entropy alone, the student's extrema in both halves (t is not read).
-        row_extrema(t if with_kl else s, s, n, &row.range)
+        row_extrema(t if with_kl else s, s, n, dtype, &row.range)
     if need_sums:
         if want_grad:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP
-        row_sums(t, s, n, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
+        row_sums(t, s, n, dtype, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
                  kept + n + KD_MAX_STEP if want_grad else NULL, terms.ahead_t, terms.ahead_s)
         kd_active_target.finish(&sums, &row.finish)
     # The formulas settle every row but those with special values (NaN in the value).
@@ -371,16 +410,16 @@ cdef double row_loss_and_grad(
         if short_row and short_kd == short_kd:
             kd_value = short_kd
         elif short_row or not settled:
-            kd_value = T * (T * settle_special(t, s, n))
+            kd_value = T * (T * settle_special(t, s, n, dtype))
         else:
             kd_value = T * (T * row.finish.value)  # T^2 alone overflows for T > 1e154
     if with_ce:
         # Its own pass also at T = 1, where the KL's sums hold it too: the loss must not depend
         # on whether a gradient is asked for. The gradient pass then takes R = Q.
-        passes(<floating> 0).normaliser(s, n, row.range.s_max, &top1, &rest1)
+        passes(dtype).normaliser(s, n, row.range.s_max, &top1, &rest1)
         row.ce_mode = KD_CE_FROM_Q if with_kl and terms.inv_T == 1.0 else KD_CE_OWN_EXP
         # CE = log Z1 - (s_y - s_max); NaN, +inf, or a row all -inf make Z1 NaN.
-        ce = log_sum(top1, rest1) - (s[label] - row.range.s_max)
+        ce = log_sum(top1, rest1) - (value_at(s, label, dtype) - row.range.s_max)
     cdef double loss = ((terms.kl_weight * kd_value if with_kl else 0.0)
                         + (terms.ce_weight * ce if with_ce else 0.0))
     if not want_grad:
@@ -392,23 +431,23 @@ cdef double row_loss_and_grad(
         row.inv_z1 = 1.0 / (top1 + rest1)
         row.ce_coef = grad_scale * terms.ce_weight
     if with_kl and not settled:
-        fill_row(d_s, n, NAN)
+        fill_row(d_s, n, NAN, out_size)
         if d_t != NULL:
-            fill_row(d_t, n, NAN)
+            fill_row(d_t, n, NAN, out_size)
         return loss
-    passes(<floating> 0).gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
+    passes(dtype).gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
     if with_ce:
         # R_y - 1 would cancel in the pass's rounding; (e^(s_y - s_max) - Z1) / Z1 is exact
         # where s_y is the maximum.
-        d_s[label] = <floating> ((label_kl_part(t, s, label, &row) * row.kl_coef if with_kl else 0.0)
-                                 + ((exp(s[label] - row.range.s_max) - top1) - rest1)
-                                 * row.inv_z1 * row.ce_coef)
+        write_at(d_s, label, (label_kl_part(t, s, label, dtype, &row) * row.kl_coef if with_kl else 0.0)
+                 + ((exp(value_at(s, label, dtype) - row.range.s_max) - top1) - rest1)
+                 * row.inv_z1 * row.ce_coef, out_size)
     if d_t != NULL and not with_kl:
-        fill_row(d_t, n, 0.0)
+        fill_row(d_t, n, 0.0, out_size)
     if with_kl and kd_value == INFINITY and d_t != NULL:
-        fill_row(d_t, n, NAN)
+        fill_row(d_t, n, NAN, out_size)
     if with_ce and ce != ce:
-        fill_row(d_s, n, NAN)
+        fill_row(d_s, n, NAN, out_size)
     return loss
 
 
@@ -446,13 +485,12 @@ cdef struct ThreadScratch:
 
 cdef void short_rows_block(
     const RowsJob* job, Py_ssize_t first, Py_ssize_t count, double* kd_values, bint* written,
-    floating dtype_tag,
 ) noexcept nogil:
     """T^2 KL of rows [first, first + count) (count <= SHORT_ROWS_BLOCK, short rows, any strides)
     from the short-row pass, one row per lane; with the KL term alone and a student gradient
     wanted, the pass writes the gradient too (written[r]: row r's gradient is written)."""
     cdef Py_ssize_t n = job.n_classes, r, i
-    cdef size_t row_bytes = n * sizeof(floating)
+    cdef size_t row_bytes = n * job.terms.out_size  # of a gradient row
     cdef double coef[SHORT_ROWS_BLOCK]
     cdef kd_short_grad grad
     cdef bint lane_gradient = job.terms.ce_weight == 0.0 and job.d_student != NULL
@@ -466,7 +504,7 @@ cdef void short_rows_block(
         grad.d_s = job.d_student + first * row_bytes
         grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
         grad.row_bytes = row_bytes
-    passes(<floating> 0).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
+    passes(job.terms.dtype).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
                                     job.t_row, job.s_row, job.t_col, job.s_col, count, n,
                                     job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
     for r in range(count):
@@ -476,37 +514,37 @@ cdef void short_rows_block(
 
 cdef void rows_block(
     const RowsJob* job, Py_ssize_t first, Py_ssize_t count, ThreadScratch* scratch,
-    floating dtype_tag,
+    kd_input dtype_tag,
 ) noexcept nogil:
     """The loop's work for rows [first, first + count): short rows get their KL from the
     short-row pass (one row per lane) and, for the KL term alone, their gradient too; every
     other row, and short rows with a cross-entropy term, go through row_loss_and_grad."""
     cdef Py_ssize_t n = job.n_classes, r, i, label
-    cdef size_t row_bytes = n * sizeof(floating)
+    cdef size_t row_bytes = n * job.terms.out_size  # of a gradient row
     cdef double short_kd[SHORT_ROWS_BLOCK]
     cdef bint written[SHORT_ROWS_BLOCK]
     cdef double weight
-    cdef floating* d_s
-    cdef floating* d_t
-    cdef floating* t_copy = <floating*> scratch.rows
-    cdef floating* s_copy = t_copy + n if t_copy != NULL else NULL
+    cdef void* d_s
+    cdef void* d_t
+    cdef kd_input* t_copy = <kd_input*> scratch.rows
+    cdef kd_input* s_copy = t_copy + n if t_copy != NULL else NULL
     cdef bint short_kl = job.terms.kl_weight != 0.0 and n <= KD_SHORT_ROW
     if short_kl:
-        short_rows_block(job, first, count, short_kd, written, <floating> 0)
+        short_rows_block(job, first, count, short_kd, written)
     for r in range(count):
         i = first + r
-        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
+        d_s = <void*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
         if d_s == NULL and job.want_grad:
-            d_s = <floating*> scratch.student_sink
-        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+            d_s = scratch.student_sink
+        d_t = <void*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
         weight = job.row_weights[i] if job.row_weights != NULL else 1.0
         label = job.labels[i] if job.labels != NULL else 0
         if weight == 0.0 or label < 0:  # left out: whatever it holds, 0
             job.out[i] = 0.0
             if d_s != NULL:
-                fill_row(d_s, n, 0.0)
+                fill_row(d_s, n, 0.0, job.terms.out_size)
             if d_t != NULL:
-                fill_row(d_t, n, 0.0)
+                fill_row(d_t, n, 0.0, job.terms.out_size)
             continue
         if short_kl and (written[r] or (not job.want_grad and job.terms.ce_weight == 0.0
                                         and short_kd[r] == short_kd[r])):
@@ -527,31 +565,31 @@ cdef void rows_block(
 
 
 cdef bint long_rows(
-    const RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dtype_tag,
+    const RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dtype_tag,
 ) noexcept nogil:
     """The loop for a few long contiguous rows and the KL term alone: each row's chunks are
     shared among the threads, for the extrema, the sums and the gradient. The chunks, and the
     order in which their sums are merged, are those of row_sums, so the results are bitwise
     those of one thread. Returns False (nothing done) if out of memory."""
     cdef Py_ssize_t n = job.n_classes, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK, i, c, start
-    cdef size_t row_bytes = n * sizeof(floating)
+    cdef size_t out_size = job.terms.out_size, row_bytes = n * out_size  # of a gradient row
     cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
     cdef kd_row_sums* chunks = <kd_row_sums*> malloc(n_chunks * sizeof(kd_row_sums))
     cdef double* kept = NULL
-    cdef floating* sink = NULL
+    cdef char* sink = NULL
     cdef double T = job.terms.temperature, inv_T = job.terms.inv_T, weight, kd_value
-    cdef const floating* t
-    cdef const floating* s
-    cdef floating* d_s
-    cdef floating* d_t
+    cdef const kd_input* t
+    cdef const kd_input* s
+    cdef char* d_s
+    cdef char* d_t
     cdef kd_grad_row row
     cdef kd_grad_row chunk_row
     cdef kd_row_sums sums
-    cdef const kd_dtype_passes* p = passes(<floating> 0)
+    cdef const kd_dtype_passes* p = passes(job.terms.dtype)
     if job.want_grad:
         kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
         if job.d_student == NULL:
-            sink = <floating*> malloc(row_bytes)
+            sink = <char*> malloc(row_bytes)
     if extrema == NULL or chunks == NULL or (job.want_grad and (kept == NULL or (
             job.d_student == NULL and sink == NULL))):
         free(extrema)
@@ -560,17 +598,17 @@ cdef bint long_rows(
         free(sink)
         return False
     for i in range(n_rows):
-        t = <const floating*> (job.t_base + i * job.t_row)
-        s = <const floating*> (job.s_base + i * job.s_row)
-        d_s = <floating*> (job.d_student + i * row_bytes) if job.d_student != NULL else sink
-        d_t = <floating*> (job.d_teacher + i * row_bytes) if job.d_teacher != NULL else NULL
+        t = <const kd_input*> (job.t_base + i * job.t_row)
+        s = <const kd_input*> (job.s_base + i * job.s_row)
+        d_s = job.d_student + i * row_bytes if job.d_student != NULL else sink
+        d_t = job.d_teacher + i * row_bytes if job.d_teacher != NULL else NULL
         weight = job.row_weights[i] if job.row_weights != NULL else 1.0
         if weight == 0.0 or (job.labels != NULL and job.labels[i] < 0):  # left out: never read
             job.out[i] = 0.0
             if d_s != NULL:
-                fill_row(d_s, n, 0.0)
+                fill_row(d_s, n, 0.0, out_size)
             if d_t != NULL:
-                fill_row(d_t, n, 0.0)
+                fill_row(d_t, n, 0.0, out_size)
             continue
         memset(&row, 0, sizeof(row))
         row.inv_T = inv_T
@@ -590,14 +628,14 @@ cdef bint long_rows(
             merge_sums(&sums, &chunks[c])
         kd_active_target.finish(&sums, &row.finish)
         kd_value = T * (T * (row.finish.value if row.finish.value == row.finish.value
-                             else settle_special(t, s, n)))
+                             else settle_special(t, s, n, job.terms.dtype)))
         job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
         if not job.want_grad:
             continue
         if row.finish.value != row.finish.value:
-            fill_row(d_s, n, NAN)
+            fill_row(d_s, n, NAN, out_size)
             if d_t != NULL:
-                fill_row(d_t, n, NAN)
+                fill_row(d_t, n, NAN, out_size)
             continue
         row.kl_coef = (job.grad_scale * weight * (job.grad_output[i] if job.grad_output != NULL else 1.0)
                        * job.terms.kl_weight * T)
@@ -606,10 +644,10 @@ cdef bint long_rows(
             chunk_row = row  # the same row constants, with the kept values of this chunk
             chunk_row.kept_a = kept + start
             chunk_row.kept_w = kept + n + KD_MAX_STEP + start
-            p.gradient(t + start, s + start, chunk_length(start, n), &chunk_row, d_s + start,
-                       d_t + start if d_t != NULL else NULL)
+            p.gradient(t + start, s + start, chunk_length(start, n), &chunk_row, d_s + start * out_size,
+                       d_t + start * out_size if d_t != NULL else NULL)
         if kd_value == INFINITY and d_t != NULL:
-            fill_row(d_t, n, NAN)
+            fill_row(d_t, n, NAN, out_size)
     free(extrema)
     free(chunks)
     free(kept)
@@ -617,13 +655,13 @@ cdef bint long_rows(
     return True
 
 
-cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dtype_tag) noexcept nogil:
+cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dtype_tag) noexcept nogil:
     """Every row of the job, in blocks under a dynamic schedule; 0, or -1 if out of memory."""
     cdef Py_ssize_t n = job.n_classes, b
-    cdef bint contiguous = job.t_col == <Py_ssize_t> sizeof(floating) and job.s_col == <Py_ssize_t> sizeof(floating)
+    cdef bint contiguous = job.t_col == <Py_ssize_t> sizeof(kd_input) and job.s_col == <Py_ssize_t> sizeof(kd_input)
     if (n_rows < num_threads and n > KD_CHUNK and contiguous and job.terms.ce_weight == 0.0):
         # Fewer rows than threads: share each row's chunks among them.
-        if long_rows(job, n_rows, num_threads, <floating> 0):
+        if long_rows(job, n_rows, num_threads, dtype_tag):
             return 0
     # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
     # at a time, leaving every thread several blocks.
@@ -640,15 +678,15 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dt
         # Assigned here, so private to each thread: its own buffers.
         scratch = <ThreadScratch*> malloc(sizeof(ThreadScratch))
         if scratch != NULL:
-            scratch.rows = malloc(2 * n * sizeof(floating)) if not contiguous else NULL
+            scratch.rows = malloc(2 * n * sizeof(kd_input)) if not contiguous else NULL
             scratch.kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double)) if keeps else NULL
-            scratch.student_sink = malloc(n * sizeof(floating)) if sinks else NULL
+            scratch.student_sink = malloc(n * job.terms.out_size) if sinks else NULL
         if (scratch == NULL or (not contiguous and scratch.rows == NULL)
                 or (keeps and scratch.kept == NULL) or (sinks and scratch.student_sink == NULL)):
             failure[0] = 1
         for b in prange(n_blocks, schedule="dynamic"):
             if not failure[0]:
-                rows_block(job, b * block, min(block, n_rows - b * block), scratch, <floating> 0)
+                rows_block(job, b * block, min(block, n_rows - b * block), scratch, dtype_tag)
         if scratch != NULL:
             free(scratch.rows)
             free(scratch.kept)
@@ -662,8 +700,9 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, floating dt
 # ---------------------------------------------------------------------------------------------
 
 cdef void run_rows(
-    const floating[:, :] student,
-    const floating[:, :] teacher,
+    const kd_input[:, :] student,
+    const kd_input[:, :] teacher,
+    int dtype,
     const int64_t* labels,
     double temperature,
     double kl_weight,
@@ -686,10 +725,11 @@ cdef void run_rows(
     job.t_row, job.t_col = teacher.strides[0], teacher.strides[1]
     job.s_row, job.s_col = student.strides[0], student.strides[1]
     job.n_classes = teacher.shape[1]
-    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(floating)
-                            and student.strides[1] == <Py_ssize_t> sizeof(floating))
+    cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(kd_input)
+                            and student.strides[1] == <Py_ssize_t> sizeof(kd_input))
     job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
-                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0)
+                          teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0,
+                          dtype, sizeof(double) if kd_input is double else sizeof(float))
     job.labels = labels
     job.row_weights = row_weights
     job.grad_output = grad_output
@@ -700,7 +740,7 @@ cdef void run_rows(
     job.want_grad = d_student != NULL or d_teacher != NULL
     cdef int status
     with nogil:
-        status = rows_loop(&job, n_rows, num_threads, <floating> 0)
+        status = rows_loop(&job, n_rows, num_threads, <kd_input> 0)
     if status != 0:
         raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
 
@@ -733,7 +773,7 @@ def loss_grad_rows(
     """
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher,
+    run_rows(student, teacher, KD_FLOAT32 if floating is float else KD_FLOAT64,
              &labels[0] if labels.shape[0] > 0 else NULL,
              temperature, kl_weight, ce_weight,
              &row_weights[0] if row_weights.shape[0] > 0 else NULL,
@@ -755,8 +795,54 @@ def kl_rows(
     the row loop with the KL term alone and no gradient."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, NULL, temperature, 1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL,
+    run_rows(student, teacher, KD_FLOAT32 if floating is float else KD_FLOAT64, NULL, temperature,
+             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
+
+
+def loss_grad_rows_2byte(
+    const unsigned short[:, :] student,
+    const unsigned short[:, :] teacher,
+    bint bfloat16,
+    const int64_t[::1] labels,
+    double temperature,
+    double kl_weight,
+    double ce_weight,
+    const double[::1] row_weights,
+    const double[::1] grad_output,
+    double grad_scale,
+    double[::1] out,
+    float[:, ::1] d_student,
+    float[:, ::1] d_teacher,
+    int num_threads,
+):
+    """``loss_grad_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits
+    (a ``uint16`` view, no copy); the gradients are float32."""
+    if teacher.shape[0] == 0:
+        return
+    run_rows(student, teacher, KD_BFLOAT16 if bfloat16 else KD_FLOAT16,
+             &labels[0] if labels.shape[0] > 0 else NULL,
+             temperature, kl_weight, ce_weight,
+             &row_weights[0] if row_weights.shape[0] > 0 else NULL,
+             &grad_output[0] if grad_output.shape[0] > 0 else NULL,
+             grad_scale, &out[0],
+             <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
+             <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
              num_threads)
+
+
+def kl_rows_2byte(
+    const unsigned short[:, :] student,
+    const unsigned short[:, :] teacher,
+    bint bfloat16,
+    double temperature,
+    double[::1] out,
+    int num_threads,
+):
+    """``kl_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits."""
+    if teacher.shape[0] == 0:
+        return
+    run_rows(student, teacher, KD_BFLOAT16 if bfloat16 else KD_FLOAT16, NULL, temperature,
+             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
 
 
 def single_row_loss(object student, object teacher, object temperature):
@@ -814,7 +900,8 @@ cdef double one_row_loss(
     job.s_base = <const char*> s
     job.t_col = job.s_col = sizeof(floating)
     job.n_classes = n
-    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0)
+    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0,
+                          KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating))
     job.grad_scale = 1.0
     job.out = &out
     rows_block(&job, 0, 1, &scratch, <floating> 0)

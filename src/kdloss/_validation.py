@@ -5,6 +5,7 @@ reject exactly the same inputs with the same messages.
 """
 
 import math
+import sys
 import numbers
 
 import numpy as np
@@ -124,11 +125,17 @@ def real_scalar(value, name):
 
 
 def check_temperature(temperature, name="temperature"):
-    """The temperature as a float, or an error if it is not finite and > 0. ``name`` is what
-    messages call it (a command line's option)."""
+    """The temperature as a float, or an error if it is not finite and > 0, or so small (below the
+    smallest normal double, 2.2e-308) that ``1 / T`` overflows. ``name`` is what messages call
+    it (a command line's option)."""
     value = real_scalar(temperature, name)
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, got {plain(temperature)!r}")
+    if value < sys.float_info.min:
+        raise ValueError(
+            f"{name} must be at least {sys.float_info.min!r} (a normal number, so that 1 / {name} is "
+            f"finite), got {plain(temperature)!r}"
+        )
     return value
 
 

@@ -1,10 +1,13 @@
 /* The passes over one row for one input dtype: extrema, sums, short rows, gradient, normaliser.
  *
- * Included once per row of the dtype table by target_impl.h, with KD_REAL (the element type),
- * KD_FN(name) (a name with the dtype in it), KD_LOAD / KD_LOAD_PARTIAL (KD_LANES elements as
- * doubles) and KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for float inputs, whose
- * results are rounded to float32). The divergence's own arithmetic is in divergence_kl.h. */
+ * Included once per row of the dtype table by target_impl.h, with KD_REAL (the stored element
+ * type), KD_OUT (the gradient's element type), KD_FN(name) (a name with the dtype in it), KD_LOAD /
+ * KD_LOAD_PARTIAL (KD_LANES elements as doubles), KD_SCALAR(p) (one element as a double),
+ * KD_NATIVE_RANGE (1: KD_REAL compares natively, so the extrema pass runs in its own lanes) and
+ * KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for inputs of float precision or less,
+ * whose results are rounded to float32). The divergence's own arithmetic is in divergence_kl.h. */
 
+#if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
 
 KD_INLINE KD_FN(vr) KD_FN(vmax)(KD_FN(vr) x, KD_FN(vr) m)
@@ -49,6 +52,40 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
     out->t_min = tm;
     out->s_min = sm;
 }
+#else
+/* Pass 1 for stored types that do not compare natively (2-byte floats): in double lanes. */
+static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd_row_range *out)
+{
+    const KD_REAL *t = t_in, *s = s_in;
+    kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
+    ptrdiff_t i = 0;
+    for (; i + KD_LANES <= n; i += KD_LANES) {
+        const kd_vd x = KD_LOAD(t + i), y = KD_LOAD(s + i);
+        t_max = kd_select(x > t_max, x, t_max);
+        s_max = kd_select(y > s_max, y, s_max);
+        t_min = kd_select(x < t_min, x, t_min);
+        s_min = kd_select(y < s_min, y, s_min);
+    }
+    double tM = -INFINITY, sM = -INFINITY, tm = INFINITY, sm = INFINITY;
+    for (int lane = 0; lane < KD_LANES; lane++) {
+        tM = t_max[lane] > tM ? t_max[lane] : tM;
+        sM = s_max[lane] > sM ? s_max[lane] : sM;
+        tm = t_min[lane] < tm ? t_min[lane] : tm;
+        sm = s_min[lane] < sm ? s_min[lane] : sm;
+    }
+    for (; i < n; i++) {
+        const double ti = KD_SCALAR(t + i), si = KD_SCALAR(s + i);
+        tM = ti > tM ? ti : tM;
+        sM = si > sM ? si : sM;
+        tm = ti < tm ? ti : tm;
+        sm = si < sm ? si : sm;
+    }
+    out->t_max = tM;
+    out->s_max = sM;
+    out->t_min = tm;
+    out->s_min = sm;
+}
+#endif
 
 /* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise; t0, s0 the
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
@@ -132,10 +169,10 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
         KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 1, kept_a, kept_w, ahead_t, ahead_s);
 }
 
-/* Stores `count` lanes of x as KD_REAL, each rounded once. */
-KD_INLINE void KD_FN(store)(KD_REAL *p, kd_vd x, int count)
+/* Stores `count` lanes of x as KD_OUT, each rounded once. */
+KD_INLINE void KD_FN(store)(KD_OUT *p, kd_vd x, int count)
 {
-    if (sizeof(KD_REAL) == sizeof(float)) {
+    if (sizeof(KD_OUT) == sizeof(float)) {
         kd_vf narrow = __builtin_convertvector(x, kd_vf);
         memcpy(p, &narrow, count * sizeof(float));
     } else {
@@ -165,10 +202,10 @@ static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, in
         for (int lane = 0; lane < rows; lane++) {
             if (row->value[lane] != row->value[lane])
                 continue;
-            const ptrdiff_t offset = (first + lane) * grad->row_bytes + j * (ptrdiff_t)sizeof(KD_REAL);
-            *(KD_REAL *)(grad->d_s + offset) = (KD_REAL)d_s[lane];
+            const ptrdiff_t offset = (first + lane) * grad->row_bytes + j * (ptrdiff_t)sizeof(KD_OUT);
+            *(KD_OUT *)(grad->d_s + offset) = (KD_OUT)d_s[lane];
             if (grad->d_t)
-                *(KD_REAL *)(grad->d_t + offset) = (KD_REAL)d_t[lane];
+                *(KD_OUT *)(grad->d_t + offset) = (KD_OUT)d_t[lane];
         }
     }
 }
@@ -195,8 +232,8 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
         for (ptrdiff_t j = 0; j < n; j++) {
             kd_vd ct, cs; /* built lane by lane: faster than a gather instruction on AMD Zen 4 */
             for (int lane = 0; lane < KD_LANES; lane++) {
-                ct[lane] = *(const KD_REAL *)(t[lane] + j * t_col);
-                cs[lane] = *(const KD_REAL *)(s[lane] + j * s_col);
+                ct[lane] = KD_SCALAR((const KD_REAL *)(t[lane] + j * t_col));
+                cs[lane] = KD_SCALAR((const KD_REAL *)(s[lane] + j * s_col));
             }
             columns_t[j] = ct;
             columns_s[j] = cs;
@@ -261,7 +298,7 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
 }
 
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
-                                    const kd_grad_row *row, KD_REAL *d_s, KD_REAL *d_t,
+                                    const kd_grad_row *row, KD_OUT *d_s, KD_OUT *d_t,
                                     const int with_kl, const int ce_mode, const int moderate)
 {
     const kd_row_finish *f = &row->finish;
@@ -295,7 +332,7 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
                                 const kd_grad_row *row, void *d_s_out, void *d_t_out)
 {
     const KD_REAL *t = t_in, *s = s_in;
-    KD_REAL *d_s = d_s_out, *d_t = d_t_out;
+    KD_OUT *d_s = d_s_out, *d_t = d_t_out;
     if (row->kept_a == NULL) {
         KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0);
         return;

@@ -22,6 +22,7 @@
 #ifndef KDLOSS_SIMD_H
 #define KDLOSS_SIMD_H
 
+#include <math.h>
 #include <stddef.h>
 
 /* The vector code is written in GCC/Clang vector extensions (with __builtin_convertvector:
@@ -48,8 +49,31 @@
 /* Rows of at most this many classes go through short_rows, one row per vector lane. */
 #define KD_SHORT_ROW 64
 
-/* Input dtypes, a row each of the dtype table (target_impl.h instantiates the passes per row). */
-enum { KD_FLOAT32 = 0, KD_FLOAT64 = 1, KD_DTYPE_COUNT = 2 };
+/* Input dtypes, a row each of the dtype table (target_impl.h instantiates the passes per row).
+ * 2-byte inputs are read as they are stored (no conversion copy) and widened exactly in
+ * registers; their gradients are written as float32. */
+enum { KD_FLOAT32 = 0, KD_FLOAT64 = 1, KD_FLOAT16 = 2, KD_BFLOAT16 = 3, KD_DTYPE_COUNT = 4 };
+
+/* One stored 2-byte value as a double (exact). */
+static inline double kd_bfloat16_to_double(unsigned short bits)
+{
+    union { unsigned int u; float f; } word;
+    word.u = (unsigned int)bits << 16; /* bfloat16 is the upper half of a float32 */
+    return word.f;
+}
+
+static inline double kd_float16_to_double(unsigned short bits)
+{
+    const unsigned int exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff;
+    double magnitude;
+    if (exponent == 0x1f)
+        magnitude = mantissa ? (double)NAN : (double)INFINITY;
+    else if (exponent == 0)
+        magnitude = mantissa * 0x1p-24; /* subnormal */
+    else
+        magnitude = (double)(mantissa | 0x400) * ldexp(1.0, (int)exponent - 25);
+    return bits & 0x8000 ? -magnitude : magnitude;
+}
 
 /* Extrema of a row (NaN ignored). */
 typedef struct {

@@ -78,29 +78,67 @@ static void kd_finish_row(const kd_row_sums *sums, kd_row_finish *out)
 #define KD_CAT(a, b) KD_CAT_(a, b)
 
 /* The dtype table: one instantiation of rows_impl.h per input dtype. */
+#define KD_DEREFERENCE(p) (*(p))
+#define KD_NATIVE_RANGE 1
+#define KD_SCALAR KD_DEREFERENCE
+#define KD_EXP_FOR_DOUBLE 0
+#define KD_OUT float
 #define KD_REAL float
 #define KD_FN(name) KD_CAT(name, f32)
 #define KD_LOAD kd_load_f32
 #define KD_LOAD_PARTIAL kd_load_partial_f32
-#define KD_EXP_FOR_DOUBLE 0
 #include "rows_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
 #undef KD_EXP_FOR_DOUBLE
+#undef KD_OUT
 
+#define KD_EXP_FOR_DOUBLE 1
+#define KD_OUT double
 #define KD_REAL double
 #define KD_FN(name) KD_CAT(name, f64)
 #define KD_LOAD kd_load_f64
 #define KD_LOAD_PARTIAL kd_load_partial_f64
-#define KD_EXP_FOR_DOUBLE 1
 #include "rows_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
 #undef KD_EXP_FOR_DOUBLE
+#undef KD_OUT
+#undef KD_NATIVE_RANGE
+#undef KD_SCALAR
+
+/* 2-byte inputs: stored bits, widened in registers; float32 gradients, float32-level exp. */
+#define KD_NATIVE_RANGE 0
+#define KD_EXP_FOR_DOUBLE 0
+#define KD_OUT float
+#define KD_REAL uint16_t
+#define KD_SCALAR(p) kd_float16_to_double(*(p))
+#define KD_FN(name) KD_CAT(name, f16)
+#define KD_LOAD kd_load_f16
+#define KD_LOAD_PARTIAL kd_load_partial_f16
+#include "rows_impl.h"
+#undef KD_SCALAR
+#undef KD_FN
+#undef KD_LOAD
+#undef KD_LOAD_PARTIAL
+
+#define KD_SCALAR(p) kd_bfloat16_to_double(*(p))
+#define KD_FN(name) KD_CAT(name, bf16)
+#define KD_LOAD kd_load_bf16
+#define KD_LOAD_PARTIAL kd_load_partial_bf16
+#include "rows_impl.h"
+#undef KD_SCALAR
+#undef KD_FN
+#undef KD_LOAD
+#undef KD_LOAD_PARTIAL
+#undef KD_REAL
+#undef KD_OUT
+#undef KD_EXP_FOR_DOUBLE
+#undef KD_NATIVE_RANGE
 
 #define KD_DTYPE_PASSES(suffix)                                                                    \
     {                                                                                              \
@@ -110,6 +148,7 @@ static void kd_finish_row(const kd_row_sums *sums, kd_row_finish *out)
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL,
-    {[KD_FLOAT32] = KD_DTYPE_PASSES(f32), [KD_FLOAT64] = KD_DTYPE_PASSES(f64)},
+    {[KD_FLOAT32] = KD_DTYPE_PASSES(f32), [KD_FLOAT64] = KD_DTYPE_PASSES(f64),
+     [KD_FLOAT16] = KD_DTYPE_PASSES(f16), [KD_BFLOAT16] = KD_DTYPE_PASSES(bf16)},
     kd_finish_row,
 };

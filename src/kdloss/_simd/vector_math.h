@@ -103,6 +103,61 @@ KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
 }
 #endif
 
+/* KD_LANES stored 2-byte values as doubles, widened exactly in registers. */
+typedef uint16_t kd_vh __attribute__((vector_size(2 * KD_LANES)));
+typedef uint32_t kd_vu32 __attribute__((vector_size(4 * KD_LANES)));
+
+KD_INLINE kd_vd kd_widen_bfloat16(kd_vh h)
+{
+    kd_vu32 word = __builtin_convertvector(h, kd_vu32) << 16; /* the upper half of a float32 */
+    return __builtin_convertvector((kd_vf)word, kd_vd);
+}
+
+KD_INLINE kd_vd kd_widen_float16(kd_vh h)
+{
+    kd_vu32 word = __builtin_convertvector(h, kd_vu32);
+    kd_vu32 magnitude = (word & 0x7fff) << 13;            /* the bits of a float32 2^112 too small */
+    kd_vu32 scaled = (kd_vu32)((kd_vf)magnitude * 0x1p112f); /* exact, subnormals included */
+    typedef int32_t kd_mask32 __attribute__((vector_size(4 * KD_LANES)));
+    kd_mask32 special = (kd_mask32)((word & 0x7c00) == 0x7c00); /* inf and NaN keep their bits */
+    kd_vu32 bits = (kd_vu32)((special & (kd_mask32)(magnitude | 0x7f800000)) | (~special & (kd_mask32)scaled));
+    return __builtin_convertvector((kd_vf)(bits | ((word & 0x8000) << 16)), kd_vd);
+}
+
+KD_INLINE kd_vd kd_load_bf16(const uint16_t *p)
+{
+    kd_vh h;
+    memcpy(&h, p, sizeof h);
+    return kd_widen_bfloat16(h);
+}
+
+KD_INLINE kd_vd kd_load_f16(const uint16_t *p)
+{
+    kd_vh h;
+    memcpy(&h, p, sizeof h);
+    return kd_widen_float16(h);
+}
+
+KD_INLINE kd_vd kd_load_partial_bf16(const uint16_t *p, int count, double fill)
+{
+    double lanes[KD_LANES];
+    for (int i = 0; i < KD_LANES; i++)
+        lanes[i] = i < count ? kd_bfloat16_to_double(p[i]) : fill;
+    kd_vd v;
+    memcpy(&v, lanes, sizeof v);
+    return v;
+}
+
+KD_INLINE kd_vd kd_load_partial_f16(const uint16_t *p, int count, double fill)
+{
+    double lanes[KD_LANES];
+    for (int i = 0; i < KD_LANES; i++)
+        lanes[i] = i < count ? kd_float16_to_double(p[i]) : fill;
+    kd_vd v;
+    memcpy(&v, lanes, sizeof v);
+    return v;
+}
+
 /* Sum of the lanes in a fixed order (a balanced tree). */
 KD_INLINE double kd_lane_sum(kd_vd v)
 {

@@ -15,7 +15,7 @@ import threading
 from collections import namedtuple
 
 from .._threads import resolve_num_threads
-from .._validation import check_num_threads, check_reduction, check_temperature, pair_row
+from .._validation import check_num_threads, check_reduction, check_same_shape, check_temperature, pair_row
 from . import _score
 from ._inputs import InputError, open_logits
 from ._paths import resolve_output
@@ -160,11 +160,10 @@ def validate(args):
 
     student = open_logits(args.student, "student")
     teacher = open_logits(args.teacher, "teacher")
-    if student.shape != teacher.shape:
-        raise InputError(
-            f"student and teacher must have the same shape, got student {student.shape} ({args.student}) "
-            f"and teacher {teacher.shape} ({args.teacher})"
-        )
+    try:
+        check_same_shape(student.shape, teacher.shape)
+    except ValueError as error:
+        raise InputError(f"{error} (student {args.student}, teacher {args.teacher})") from None
     out = _check_out(args.out, (student, teacher)) if args.out else None
     dtype = pair_row(student.dtype, teacher.dtype, ("student", "teacher")).result_dtype
     if chunk_rows is None:
