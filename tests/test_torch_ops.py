@@ -10,72 +10,22 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from torch_reference import (
+    IGNORE,
+    REDUCTIONS,
+    labels_for,
+    logits,
+    non_contiguous,
+    reference_hinton,
+    reference_kd,
+    weights_for,
+)
+
 import kdloss
 import kdloss.torch as kdt
 from kdloss.torch import _ops
 
 DTYPES = (torch.float32, torch.float64)
-REDUCTIONS = ("mean", "sum", "none")
-IGNORE = -100
-
-
-def logits(shape, dtype=torch.float64, seed=0, scale=2.0):
-    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-def labels_for(shape, n_classes, seed=0, ignored=((0,),)):
-    """Random class labels of ``shape``, with ``IGNORE`` at the indices in ``ignored``."""
-    labels = torch.randint(0, n_classes, shape, generator=torch.Generator().manual_seed(seed))
-    for index in ignored:
-        labels[index] = IGNORE
-    return labels
-
-
-def weights_for(shape, seed=0):
-    """Random weights of ``shape``, one of them 0."""
-    weights = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) + 0.5
-    weights.view(-1)[-1] = 0.0
-    return weights
-
-
-def non_contiguous(tensor):
-    """The same values in a transposed, strided view (rows and classes both strided)."""
-    big = torch.zeros((*tensor.shape[:-1], 2 * tensor.shape[-1]), dtype=tensor.dtype).transpose(0, -1)
-    view = big[::2].transpose(0, -1)
-    view.copy_(tensor)
-    assert not view.is_contiguous()
-    return view
-
-
-def reduce_rows(rows, reduction, weights):
-    """kdloss's reductions of per-row losses, in plain PyTorch."""
-    if weights is not None:
-        rows = rows * weights
-    if reduction == "none":
-        return rows
-    if reduction == "sum":
-        return rows.sum()
-    return rows.sum() / (rows.numel() if weights is None else weights.sum())
-
-
-def reference_kd(student, teacher, temperature, reduction="mean", weights=None):
-    """kd_loss as PyTorch users write it."""
-    rows = F.kl_div(
-        F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
-        log_target=True, reduction="none",
-    ).sum(-1) * temperature**2
-    return reduce_rows(rows, reduction, weights)
-
-
-def reference_hinton(student, teacher, labels, temperature, alpha, reduction="mean", weights=None):
-    """hinton_loss as PyTorch users write it: the KL term plus cross_entropy; ignored rows out."""
-    kl = reference_kd(student, teacher, temperature, "none")
-    ce = F.cross_entropy(
-        student.reshape(-1, student.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).reshape(labels.shape)
-    kept = (labels != IGNORE).to(student.dtype)
-    weights = kept if weights is None else weights.to(student.dtype) * kept
-    return reduce_rows(torch.where(kept > 0, alpha * kl + (1 - alpha) * ce, 0.0), reduction, weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,10 +268,14 @@ def test_one_numpy_call_computes_only_what_autograd_needs(monkeypatch, student_g
     assert len(calls) == 1  # backward calls nothing
 
 
-def test_inputs_are_not_copied(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_inputs_are_not_copied(monkeypatch, dtype):
+    """float16 and bfloat16 too: the kernel reads them natively (bfloat16 as ml_dtypes.bfloat16)."""
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
     calls = record_numpy_calls(monkeypatch)
-    student = non_contiguous(logits((3, 4, 5), seed=1)).requires_grad_()
-    teacher = logits((4, 3, 5), seed=2).transpose(0, 1)
+    student = non_contiguous(logits((3, 4, 5), seed=1).to(dtype)).requires_grad_()
+    teacher = logits((4, 3, 5), seed=2).to(dtype).transpose(0, 1)
     kdt.kd_loss(student, teacher, 2.0)
     [(_, (student_array, teacher_array), _)] = calls
     for array, tensor in [(student_array, student), (teacher_array, teacher)]:
@@ -434,7 +388,7 @@ def test_labels_of_any_integer_dtype(dtype):
 # ---------------------------------------------------------------------------------------------
 # Errors.
 
-SUPPORTED = "kdloss.torch supports CPU float32 and float64 tensors"
+SUPPORTED = "kdloss.torch supports CPU float32, float64, float16 and bfloat16 tensors"
 GOOD = torch.zeros(2, 3)
 
 
@@ -443,16 +397,15 @@ GOOD = torch.zeros(2, 3)
     [
         (GOOD.to("meta"), GOOD.to("meta"), TypeError, SUPPORTED + ".*device meta"),
         (GOOD, GOOD.to("meta"), TypeError, SUPPORTED + ".*teacher.*device meta"),
-        (GOOD.half(), GOOD.half(), TypeError, SUPPORTED + ".*torch.float16"),
-        (GOOD.bfloat16(), GOOD.bfloat16(), TypeError, SUPPORTED + ".*torch.bfloat16"),
         (GOOD.long(), GOOD, TypeError, SUPPORTED + ".*student of dtype torch.int64"),
         (GOOD, GOOD.double(), TypeError, "same dtype.*torch.float32.*torch.float64"),
+        (GOOD.bfloat16(), GOOD.half(), TypeError, "same dtype.*torch.bfloat16.*torch.float16"),
         (GOOD, torch.zeros(2, 4), ValueError, r"same shape.*\(2, 3\).*\(2, 4\)"),
         (GOOD.numpy(), GOOD, TypeError, "student must be a torch.Tensor, got ndarray"),
         (torch.tensor(1.0), torch.tensor(1.0), ValueError, "at least one axis"),
         (torch.zeros(2, 0), torch.zeros(2, 0), ValueError, "zero classes"),
     ],
-    ids=["meta", "teacher-meta", "float16", "bfloat16", "int", "dtype-mismatch", "shape-mismatch", "numpy",
+    ids=["meta", "teacher-meta", "int", "dtype-mismatch", "narrow-dtype-mismatch", "shape-mismatch", "numpy",
          "scalar", "no-classes"],
 )
 def test_unsupported_logits(student, teacher, error, message):

@@ -1,6 +1,9 @@
 """kdloss.torch in training: torch.compile(fullgraph=True), and small distillation runs that
 must follow PyTorch's own formulation step by step."""
 
+import importlib.util
+import pathlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -165,3 +168,32 @@ def test_training_follows_pytorch_step_by_step(losses, mutual, dtype):
     torch.testing.assert_close(torch.tensor(got_losses), torch.tensor(want_losses), **tolerance)
     for got, want in zip(got_parameters, want_parameters):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recompiles: benchmarks/compiled_training.py's run (digits-sized, batch 64, HintonLoss) must
+# not compile again in later epochs, which end on a smaller batch. Counting graphs, not timing.
+
+def compiled_training():
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "compiled_training.py"
+    spec = importlib.util.spec_from_file_location("compiled_training", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("last_batch", [5, 1])
+@pytest.mark.parametrize("mark_dynamic", [False, True], ids=["automatic-dynamic", "mark-dynamic"])
+def test_a_smaller_last_batch_compiles_once_not_every_epoch(last_batch, mark_dynamic):
+    """aot_eager: Dynamo's guards and recompiles are the backend's business no more than
+    inductor's. With automatic dynamic shapes the last batch compiles one more graph (size 1:
+    specialized, as Dynamo does for 0 and 1); marked dynamic, one graph serves every size."""
+    bench = compiled_training()
+    inputs, labels, teacher = bench.digits_like()
+    rows = 64 * 4 + last_batch
+    epochs = bench.train("kdloss", True, (inputs[:rows], labels[:rows], teacher), epochs=4,
+                         backend="aot_eager", mark_dynamic=mark_dynamic)
+    graphs = [epoch.graphs for epoch in epochs]
+    assert graphs == [1 if mark_dynamic and last_batch > 1 else 2, 0, 0, 0]
+    eager = bench.train("kdloss", False, (inputs[:rows], labels[:rows], teacher), epochs=4)
+    torch.testing.assert_close(epochs[-1].loss, eager[-1].loss, rtol=1e-5, atol=1e-6)

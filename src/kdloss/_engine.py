@@ -42,7 +42,7 @@ def _for_softmax(rows):
 
 
 def _check_divergence(divergence):
-    if divergence.kernel_code != KL.kernel_code:  # the kernel's entry points compute KL alone today
+    if not 0 <= divergence.kernel_code < _kernel.DIVERGENCE_COUNT:  # a registry row ahead of the kernel
         raise ValueError(f"the kernel does not compute divergence {divergence.name!r} yet")
 
 
@@ -67,12 +67,12 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     training = not (labels is None and weights is None and grad_output is None and d_student is None
                     and d_teacher is None and kl_weight == 1.0 and ce_weight == 0.0)
     if not training:
-        (_kernel.kl_rows_2byte if two_byte else _kernel.kl_rows)(student, teacher, *format_args, temperature, out,
-                                                                  threads)
+        (_kernel.kl_rows_2byte if two_byte else _kernel.kl_rows)(student, teacher, divergence.kernel_code,
+                                                                  *format_args, temperature, out, threads)
         return
     no_rows = np.empty((0, n_classes), dtype=np.float32 if two_byte else teacher.dtype)
     (_kernel.loss_grad_rows_2byte if two_byte else _kernel.loss_grad_rows)(
-        student, teacher, *format_args,
+        student, teacher, divergence.kernel_code, *format_args,
         _NO_LABELS if labels is None else labels,
         temperature, kl_weight, ce_weight,
         _NO_VALUES if weights is None else weights,

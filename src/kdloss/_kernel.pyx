@@ -45,6 +45,7 @@ cdef extern from "simd.h" nogil:
     enum: KD_CHUNK
     enum: KD_SHORT_ROW
     enum: KD_MAX_STEP
+    enum: KD_KL
     enum: KD_FLOAT32
     enum: KD_FLOAT64
     enum: KD_FLOAT16
@@ -53,10 +54,14 @@ cdef extern from "simd.h" nogil:
     double kd_bfloat16_to_double(unsigned short bits)
     ctypedef struct kd_row_range:
         double t_max, s_max, t_min, s_min
+    enum: KD_MAX_SUMS
+    enum: KD_DIVERGENCE_COUNT
     ctypedef struct kd_row_sums:
-        double zp, zp_err, zq, zq_err, gap, gap_err, g, g_err
+        double sum[4]
+        double err[4]
     ctypedef struct kd_row_finish:
-        double value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y
+        double value
+        double constant[6]
     enum: KD_CE_NONE
     enum: KD_CE_FROM_Q
     enum: KD_CE_OWN_EXP
@@ -81,10 +86,13 @@ cdef extern from "simd.h" nogil:
         void (*gradient)(const void*, const void*, ptrdiff_t, const kd_grad_row*, void*,
                          void*) noexcept nogil
         void (*normaliser)(const void*, ptrdiff_t, double, double*, double*) noexcept nogil
-    ctypedef struct kd_target:
-        const char* name
+    ctypedef struct kd_divergence_passes:
         kd_dtype_passes dtype[4]
         void (*finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
+        double (*class_gradient)(const kd_grad_row*, double, double, double, double) noexcept nogil
+    ctypedef struct kd_target:
+        const char* name
+        kd_divergence_passes divergence[1]
     const kd_target* kd_active_target
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -116,6 +124,8 @@ cdef extern from *:
 # that the short-row pass takes (one row per vector lane).
 CHUNK_CLASSES = KD_CHUNK
 SHORT_ROW_CLASSES = KD_SHORT_ROW
+# Rows of the kernel's divergence table (codes 0 .. DIVERGENCE_COUNT - 1; 0 is KL).
+DIVERGENCE_COUNT = KD_DIVERGENCE_COUNT
 
 
 def openmp_enabled():
@@ -174,9 +184,9 @@ ctypedef fused kd_input:
     unsigned short
 
 
-cdef inline const kd_dtype_passes* passes(int dtype) noexcept nogil:
-    """The active target's passes for rows of this dtype (the dtype table's row)."""
-    return &kd_active_target.dtype[dtype]
+cdef inline const kd_dtype_passes* passes(int divergence, int dtype) noexcept nogil:
+    """The active target's passes for this divergence (its table row) and input dtype (its row)."""
+    return &kd_active_target.divergence[divergence].dtype[dtype]
 
 
 cdef inline double value_at(const kd_input* x, Py_ssize_t i, int dtype) noexcept nogil:
@@ -274,18 +284,12 @@ cdef inline void merge_range(kd_row_range* row, const kd_row_range* chunk) noexc
 cdef inline void merge_sums(kd_row_sums* row, const kd_row_sums* chunk) noexcept nogil:
     """Adds one chunk's sums to the row's, compensated, in chunk order."""
     cdef CompensatedSum acc
-    acc = CompensatedSum(row.zp, row.zp_err)
-    add_to(&acc, chunk.zp)
-    row.zp, row.zp_err = acc.total, acc.error + chunk.zp_err
-    acc = CompensatedSum(row.zq, row.zq_err)
-    add_to(&acc, chunk.zq)
-    row.zq, row.zq_err = acc.total, acc.error + chunk.zq_err
-    acc = CompensatedSum(row.gap, row.gap_err)
-    add_to(&acc, chunk.gap)
-    row.gap, row.gap_err = acc.total, acc.error + chunk.gap_err
-    acc = CompensatedSum(row.g, row.g_err)
-    add_to(&acc, chunk.g)
-    row.g, row.g_err = acc.total, acc.error + chunk.g_err
+    cdef int k
+    for k in range(KD_MAX_SUMS):
+        acc = CompensatedSum(row.sum[k], row.err[k])
+        add_to(&acc, chunk.sum[k])
+        row.sum[k] = acc.total
+        row.err[k] = acc.error + chunk.err[k]
 
 
 cdef inline Py_ssize_t chunk_length(Py_ssize_t start, Py_ssize_t n) noexcept nogil:
@@ -293,12 +297,11 @@ cdef inline Py_ssize_t chunk_length(Py_ssize_t start, Py_ssize_t n) noexcept nog
 
 
 cdef void row_extrema(
-    const kd_input* t, const kd_input* s, Py_ssize_t n, int dtype, kd_row_range* out
+    const kd_input* t, const kd_input* s, Py_ssize_t n, const kd_dtype_passes* p, kd_row_range* out
 ) noexcept nogil:
     """The extrema of a whole row (NaN ignored), chunk by chunk."""
     cdef Py_ssize_t c, start
     cdef kd_row_range chunk
-    cdef const kd_dtype_passes* p = passes(dtype)
     p.range(t, s, chunk_length(0, n), out)
     for c in range(1, (n + KD_CHUNK - 1) // KD_CHUNK):
         start = c * KD_CHUNK
@@ -307,7 +310,7 @@ cdef void row_extrema(
 
 
 cdef void row_sums(
-    const kd_input* t, const kd_input* s, Py_ssize_t n, int dtype, double inv_T,
+    const kd_input* t, const kd_input* s, Py_ssize_t n, const kd_dtype_passes* p, double inv_T,
     const kd_row_range* extremes, kd_row_sums* sums, double* kept_a, double* kept_w,
     ptrdiff_t ahead_t, ptrdiff_t ahead_s,
 ) noexcept nogil:
@@ -315,7 +318,6 @@ cdef void row_sums(
     kept_a and kept_w (indexed like the row) keep each class's values for the gradient pass."""
     cdef Py_ssize_t c, start
     cdef kd_row_sums chunk
-    cdef const kd_dtype_passes* p = passes(dtype)
     memset(sums, 0, sizeof(kd_row_sums))
     for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
         start = c * KD_CHUNK
@@ -351,23 +353,18 @@ cdef struct LossTerms:
     # Bytes from a row to the next, which the sums' pass prefetches while it sums this row (0:
     # rows are copied to scratch first, nothing to prefetch).
     ptrdiff_t ahead_t, ahead_s
+    int divergence   # the divergence's row of the divergence table (KD_KL, ...)
     int dtype        # the input's row of the dtype table (KD_FLOAT32, ...)
     size_t out_size  # bytes of one gradient element (8: float64, 4: float32)
 
 
-cdef double label_kl_part(
-    const kd_input* t_row, const kd_input* s_row, Py_ssize_t y, int dtype, const kd_grad_row* row
+cdef double label_divergence_part(
+    const kd_input* t_row, const kd_input* s_row, Py_ssize_t y, const LossTerms* terms,
+    const kd_grad_row* row,
 ) noexcept nogil:
-    """Q_y - P_y from the kept values, as divergence_kl.h's gradient computes it (scalar)."""
-    cdef double shift_lo, shift = exact_difference(row.range.t_max, row.range.s_max, &shift_lo)
-    cdef double t = value_at(t_row, y, dtype), s = value_at(s_row, y, dtype)
-    cdef double lo, hi = exact_difference(t, s, &lo)
-    cdef double a = (t - row.range.t_max) * row.inv_T
-    cdef double d = ((hi - shift) + (lo - (shift_lo if isfinite(shift) else 0.0))) * row.inv_T
-    cdef double p = row.kept_a[y] * row.finish.inv_zp, w = row.kept_w[y]
-    if a >= -700.0 and -700.0 <= d <= 700.0:
-        return p * ((w - row.finish.y) * row.finish.inv_one_plus_y)
-    return w * row.finish.inv_zq - p
+    """dD/ds at class y (Q_y - P_y for KL) from its kept values, as the gradient pass computes it."""
+    return kd_active_target.divergence[terms.divergence].class_gradient(
+        row, value_at(t_row, y, terms.dtype), value_at(s_row, y, terms.dtype), row.kept_a[y], row.kept_w[y])
 
 
 cdef double row_loss_and_grad(
@@ -391,19 +388,20 @@ cdef double row_loss_and_grad(
     cdef bint need_sums = with_kl and (want_grad or not short_row)
     cdef int dtype = terms.dtype
     cdef size_t out_size = terms.out_size
+    cdef const kd_dtype_passes* p = passes(terms.divergence, dtype)
     memset(&row, 0, sizeof(row))
     row.inv_T = terms.inv_T
     row.ce_mode = KD_CE_NONE
     if with_kl or with_ce:
         # With the cross-entropy alone, the student's extrema in both halves (t is not read).
-        row_extrema(t if with_kl else s, s, n, dtype, &row.range)
+        row_extrema(t if with_kl else s, s, n, p, &row.range)
     if need_sums:
         if want_grad:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP
-        row_sums(t, s, n, dtype, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
+        row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
                  kept + n + KD_MAX_STEP if want_grad else NULL, terms.ahead_t, terms.ahead_s)
-        kd_active_target.finish(&sums, &row.finish)
+        kd_active_target.divergence[terms.divergence].finish(&sums, &row.finish)
     # The formulas settle every row but those with special values (NaN in the value).
     cdef bint settled = not need_sums or row.finish.value == row.finish.value
     if with_kl:
@@ -416,7 +414,7 @@ cdef double row_loss_and_grad(
     if with_ce:
         # Its own pass also at T = 1, where the KL's sums hold it too: the loss must not depend
         # on whether a gradient is asked for. The gradient pass then takes R = Q.
-        passes(dtype).normaliser(s, n, row.range.s_max, &top1, &rest1)
+        p.normaliser(s, n, row.range.s_max, &top1, &rest1)
         row.ce_mode = KD_CE_FROM_Q if with_kl and terms.inv_T == 1.0 else KD_CE_OWN_EXP
         # CE = log Z1 - (s_y - s_max); NaN, +inf, or a row all -inf make Z1 NaN.
         ce = log_sum(top1, rest1) - (value_at(s, label, dtype) - row.range.s_max)
@@ -435,11 +433,11 @@ cdef double row_loss_and_grad(
         if d_t != NULL:
             fill_row(d_t, n, NAN, out_size)
         return loss
-    passes(dtype).gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
+    p.gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
     if with_ce:
         # R_y - 1 would cancel in the pass's rounding; (e^(s_y - s_max) - Z1) / Z1 is exact
         # where s_y is the maximum.
-        write_at(d_s, label, (label_kl_part(t, s, label, dtype, &row) * row.kl_coef if with_kl else 0.0)
+        write_at(d_s, label, (label_divergence_part(t, s, label, terms, &row) * row.kl_coef if with_kl else 0.0)
                  + ((exp(value_at(s, label, dtype) - row.range.s_max) - top1) - rest1)
                  * row.inv_z1 * row.ce_coef, out_size)
     if d_t != NULL and not with_kl:
@@ -504,7 +502,7 @@ cdef void short_rows_block(
         grad.d_s = job.d_student + first * row_bytes
         grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
         grad.row_bytes = row_bytes
-    passes(job.terms.dtype).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
+    passes(job.terms.divergence, job.terms.dtype).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
                                     job.t_row, job.s_row, job.t_col, job.s_col, count, n,
                                     job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
     for r in range(count):
@@ -585,7 +583,7 @@ cdef bint long_rows(
     cdef kd_grad_row row
     cdef kd_grad_row chunk_row
     cdef kd_row_sums sums
-    cdef const kd_dtype_passes* p = passes(job.terms.dtype)
+    cdef const kd_dtype_passes* p = passes(job.terms.divergence, job.terms.dtype)
     if job.want_grad:
         kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
         if job.d_student == NULL:
@@ -626,7 +624,7 @@ cdef bint long_rows(
         memset(&sums, 0, sizeof(sums))
         for c in range(n_chunks):
             merge_sums(&sums, &chunks[c])
-        kd_active_target.finish(&sums, &row.finish)
+        kd_active_target.divergence[job.terms.divergence].finish(&sums, &row.finish)
         kd_value = T * (T * (row.finish.value if row.finish.value == row.finish.value
                              else settle_special(t, s, n, job.terms.dtype)))
         job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
@@ -702,6 +700,7 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
 cdef void run_rows(
     const kd_input[:, :] student,
     const kd_input[:, :] teacher,
+    int divergence,
     int dtype,
     const int64_t* labels,
     double temperature,
@@ -727,9 +726,11 @@ cdef void run_rows(
     job.n_classes = teacher.shape[1]
     cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(kd_input)
                             and student.strides[1] == <Py_ssize_t> sizeof(kd_input))
+    if not 0 <= divergence < KD_DIVERGENCE_COUNT:
+        raise ValueError(f"the kernel's divergence table has no row {divergence}")
     job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
                           teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0,
-                          dtype, sizeof(double) if kd_input is double else sizeof(float))
+                          divergence, dtype, sizeof(double) if kd_input is double else sizeof(float))
     job.labels = labels
     job.row_weights = row_weights
     job.grad_output = grad_output
@@ -748,6 +749,7 @@ cdef void run_rows(
 def loss_grad_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
+    int divergence,
     const int64_t[::1] labels,
     double temperature,
     double kl_weight,
@@ -773,7 +775,7 @@ def loss_grad_rows(
     """
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, KD_FLOAT32 if floating is float else KD_FLOAT64,
+    run_rows(student, teacher, divergence, KD_FLOAT32 if floating is float else KD_FLOAT64,
              &labels[0] if labels.shape[0] > 0 else NULL,
              temperature, kl_weight, ce_weight,
              &row_weights[0] if row_weights.shape[0] > 0 else NULL,
@@ -787,21 +789,23 @@ def loss_grad_rows(
 def kl_rows(
     const floating[:, :] student,
     const floating[:, :] teacher,
+    int divergence,
     double temperature,
     double[::1] out,
     int num_threads,
 ):
-    """out[i] = T^2 * KL(softmax(teacher[i] / T) || softmax(student[i] / T)) for every row i:
-    the row loop with the KL term alone and no gradient."""
+    """out[i] = T^2 * D(softmax(teacher[i] / T), softmax(student[i] / T)) for every row i, D the
+    divergence of that code (0: KL): the row loop with the divergence term alone, no gradient."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, KD_FLOAT32 if floating is float else KD_FLOAT64, NULL, temperature,
+    run_rows(student, teacher, divergence, KD_FLOAT32 if floating is float else KD_FLOAT64, NULL, temperature,
              1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
 
 
 def loss_grad_rows_2byte(
     const unsigned short[:, :] student,
     const unsigned short[:, :] teacher,
+    int divergence,
     bint bfloat16,
     const int64_t[::1] labels,
     double temperature,
@@ -819,7 +823,7 @@ def loss_grad_rows_2byte(
     (a ``uint16`` view, no copy); the gradients are float32."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, KD_BFLOAT16 if bfloat16 else KD_FLOAT16,
+    run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16,
              &labels[0] if labels.shape[0] > 0 else NULL,
              temperature, kl_weight, ce_weight,
              &row_weights[0] if row_weights.shape[0] > 0 else NULL,
@@ -833,6 +837,7 @@ def loss_grad_rows_2byte(
 def kl_rows_2byte(
     const unsigned short[:, :] student,
     const unsigned short[:, :] teacher,
+    int divergence,
     bint bfloat16,
     double temperature,
     double[::1] out,
@@ -841,7 +846,7 @@ def kl_rows_2byte(
     """``kl_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, KD_BFLOAT16 if bfloat16 else KD_FLOAT16, NULL, temperature,
+    run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16, NULL, temperature,
              1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
 
 
@@ -900,7 +905,7 @@ cdef double one_row_loss(
     job.s_base = <const char*> s
     job.t_col = job.s_col = sizeof(floating)
     job.n_classes = n
-    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0,
+    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0, KD_KL,
                           KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating))
     job.grad_scale = 1.0
     job.out = &out

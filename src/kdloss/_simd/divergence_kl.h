@@ -26,7 +26,19 @@
  * student is close to the teacher) and e^b / Z_Q - P for far ones. Identical rows give d = 0,
  * e^-d - 1 = 0, y = 0: exactly 0 everywhere, whatever multiply-adds the compiler fuses.
  *
+ * The interface every row of the divergence table gives rows_impl.h (prefix kd_kl_): the row's
+ * per-class constants (_row, _row_constants, _lane_constants), the terms of KD_LANES classes
+ * (_terms, _class_terms: KD_KL_SUMS sums and two kept values per class), the finish of a row's
+ * sums (_finished, _finish_lanes, _finish_store, _finish_splat) and the gradient (_gradient_lanes).
+ *
  * Included by target_impl.h after vector_math.h (kd_vd has KD_LANES lanes). */
+
+/* The row sums (kd_row_sums.sum[...]): Z_P = sum e^a, Z_Q = sum e^b, sum e^a d over classes with
+ * e^a > 0, and G = sum e^a (e^-d - 1 + d) over those plus e^b over the others (Z_P F). */
+enum { KD_KL_ZP, KD_KL_ZQ, KD_KL_GAP, KD_KL_G, KD_KL_SUMS };
+/* The gradient's row constants (kd_row_finish.constant[...]). */
+enum { KD_KL_INV_ZP, KD_KL_INV_ZQ, KD_KL_MEAN_GAP, KD_KL_Y, KD_KL_INV_ONE_PLUS_Y, KD_KL_CONSTANTS };
+_Static_assert(KD_KL_SUMS <= KD_MAX_SUMS && KD_KL_CONSTANTS <= KD_MAX_CONSTANTS, "kd_row_sums / kd_row_finish too small");
 
 /* The row's constants the per-class arithmetic needs: its maxima, 1 / T, and t_max - s_max as an
  * exact sum hi + lo (TwoSum), so that d can be taken from t - s without rounding its shift. */
@@ -69,8 +81,8 @@ KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_
 /* The terms of KD_LANES classes of logits t, s. `moderate`: every a and b of the row lies in
  * [-700, 0], so every class is near and the cheaper exp applies. */
 typedef struct {
-    kd_vd zp, zq, gap, g;   /* their shares of kd_row_sums */
-    kd_vd kept_a, kept_w;   /* e^a, and e^-d - 1 (near classes) or e^b (far), for the gradient */
+    kd_vd sum[KD_KL_SUMS]; /* their shares of the row sums */
+    kd_vd kept_a, kept_w;  /* e^a, and e^-d - 1 (near classes) or e^b (far), for the gradient */
 } kd_kl_terms;
 
 KD_INLINE kd_vi kd_kl_near(kd_vd a, kd_vd d)
@@ -89,10 +101,10 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
     if (moderate) {
         const kd_vd ea = kd_exp_moderate(a, for_double);
         const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f);
-        out.zp = ea;
-        out.zq = ea * e;
-        out.gap = ea * d;
-        out.g = ea * f;
+        out.sum[KD_KL_ZP] = ea;
+        out.sum[KD_KL_ZQ] = ea * e;
+        out.sum[KD_KL_GAP] = ea * d;
+        out.sum[KD_KL_G] = ea * f;
         out.kept_a = ea;
         out.kept_w = em1;
         return out;
@@ -111,10 +123,10 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
      * where e^a underflows (the raw logits decide, not their exponentials). */
     const kd_vi ruled_out = (bs == -INFINITY) & (at != -INFINITY);
     const kd_vd far_g = (eb - ea) + kd_keep(in_support, ea * d);
-    out.zp = ea;
-    out.zq = eb;
-    out.gap = gap;
-    out.g = kd_select(ruled_out, kd_splat(1.0), near_a)
+    out.sum[KD_KL_ZP] = ea;
+    out.sum[KD_KL_ZQ] = eb;
+    out.sum[KD_KL_GAP] = gap;
+    out.sum[KD_KL_G] = kd_select(ruled_out, kd_splat(1.0), near_a)
           * kd_select(ruled_out, kd_splat(INFINITY), kd_select(near, f, far_g));
     out.kept_a = ea;
     out.kept_w = kd_select(near, em1, eb);
@@ -126,8 +138,9 @@ typedef struct {
     kd_vd value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
 } kd_kl_finished;
 
-KD_INLINE kd_kl_finished kd_kl_finish_lanes(kd_vd zp, kd_vd zq, kd_vd gap, kd_vd g)
+KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum)
 {
+    const kd_vd zp = sum[KD_KL_ZP], zq = sum[KD_KL_ZQ], gap = sum[KD_KL_GAP], g = sum[KD_KL_G];
     kd_kl_finished out;
     out.inv_zp = 1.0 / zp;
     out.inv_zq = 1.0 / zq;
@@ -166,4 +179,29 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
     else
         *q_minus_p = kd_select(kd_kl_near(at * inv_T, d), near_value, w * row->inv_zq - p);
     *teacher_direction = kd_keep(ea > 0.0, p * (d - row->mean_gap));
+}
+
+/* Q of KD_LANES classes from P's e^a and their Q - P (for the cross-entropy when T = 1, R = Q). */
+KD_INLINE kd_vd kd_kl_student_probability(kd_vd ea, const kd_kl_finished *row, kd_vd q_minus_p)
+{
+    return ea * row->inv_zp + q_minus_p;
+}
+
+/* One lane of a finish into the row's kd_row_finish, and back (splat into every lane). */
+KD_INLINE void kd_kl_finish_store(const kd_kl_finished *lanes, int lane, kd_row_finish *out)
+{
+    out->value = lanes->value[lane];
+    out->constant[KD_KL_INV_ZP] = lanes->inv_zp[lane];
+    out->constant[KD_KL_INV_ZQ] = lanes->inv_zq[lane];
+    out->constant[KD_KL_MEAN_GAP] = lanes->mean_gap[lane];
+    out->constant[KD_KL_Y] = lanes->y[lane];
+    out->constant[KD_KL_INV_ONE_PLUS_Y] = lanes->inv_one_plus_y[lane];
+}
+
+KD_INLINE kd_kl_finished kd_kl_finish_splat(const kd_row_finish *f)
+{
+    const kd_kl_finished out = {kd_splat(f->value), kd_splat(f->constant[KD_KL_INV_ZP]),
+                                kd_splat(f->constant[KD_KL_INV_ZQ]), kd_splat(f->constant[KD_KL_MEAN_GAP]),
+                                kd_splat(f->constant[KD_KL_Y]), kd_splat(f->constant[KD_KL_INV_ONE_PLUS_Y])};
+    return out;
 }

@@ -5,7 +5,8 @@
  * KD_LOAD_PARTIAL (KD_LANES elements as doubles), KD_SCALAR(p) (one element as a double),
  * KD_NATIVE_RANGE (1: KD_REAL compares natively, so the extrema pass runs in its own lanes) and
  * KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for inputs of float precision or less,
- * whose results are rounded to float32). The divergence's own arithmetic is in divergence_kl.h. */
+ * whose results are rounded to float32). The divergence's own arithmetic comes from the row of the
+ * divergence table named by KD_DIV(name) (e.g. kd_kl_name, divergence_kl.h), with KD_DIV_SUMS sums. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -90,16 +91,14 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
 /* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise; t0, s0 the
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
  * classes are stored at keep_a and keep_w. */
-KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const kd_kl_row *row,
+KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_DIV(row) *row,
                                const int moderate, kd_block_sums *block, const int keeping,
                                double *keep_a, double *keep_w)
 {
-    kd_kl_terms x = kd_kl_class_terms(t0, s0, row, moderate, KD_EXP_FOR_DOUBLE);
-    kd_kl_terms y = kd_kl_class_terms(t1, s1, row, moderate, KD_EXP_FOR_DOUBLE);
-    block->zp += x.zp + y.zp;
-    block->zq += x.zq + y.zq;
-    block->gap += x.gap + y.gap;
-    block->g += x.g + y.g;
+    KD_DIV(terms) x = KD_DIV(class_terms)(t0, s0, row, moderate, KD_EXP_FOR_DOUBLE);
+    KD_DIV(terms) y = KD_DIV(class_terms)(t1, s1, row, moderate, KD_EXP_FOR_DOUBLE);
+    for (int k = 0; k < KD_DIV_SUMS; k++)
+        block->sum[k] += x.sum[k] + y.sum[k];
     if (keeping) {
         memcpy(keep_a, &x.kept_a, sizeof x.kept_a);
         memcpy(keep_a + KD_LANES, &y.kept_a, sizeof y.kept_a);
@@ -113,12 +112,13 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                 const int keeping, double *keep_a, double *keep_w,
                                 ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
-    const kd_kl_row row = kd_kl_row_constants(t_max, s_max, inv_T);
+    const KD_DIV(row) row = KD_DIV(row_constants)(t_max, s_max, inv_T);
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
         const KD_REAL *bt = t + start, *bs = s + start;
-        const kd_vd zero = kd_splat(0.0);
-        kd_block_sums block = {zero, zero, zero, zero};
+        kd_block_sums block;
+        for (int k = 0; k < KD_DIV_SUMS; k++)
+            block.sum[k] = kd_splat(0.0);
         ptrdiff_t i = 0;
         for (; i + KD_STEP <= len; i += KD_STEP) {
             if (ahead_t) { /* the next row, a step at a time: it is in cache when its turn comes */
@@ -142,7 +142,7 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
                             &row, 0, &block, keeping, keep_a + start + i, keep_w + start + i);
         }
-        kd_add_block(out, &block);
+        kd_add_block(out, &block, KD_DIV_SUMS);
     }
 }
 
@@ -184,7 +184,7 @@ KD_INLINE void KD_FN(store)(KD_OUT *p, kd_vd x, int count)
  * group's columns, maxima, kept values and finish. Lanes the finish did not settle (NaN) and
  * spare lanes are not written. */
 static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, int rows, ptrdiff_t n,
-                                  const kd_kl_row *constants, const kd_kl_finished *row,
+                                  const KD_DIV(row) *constants, const KD_DIV(finished) *row,
                                   const kd_vd *columns_t, const kd_vd *columns_s,
                                   const kd_vd *kept_a, const kd_vd *kept_w, const int moderate)
 {
@@ -194,7 +194,7 @@ static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, in
     const kd_vi infinite = row->value == INFINITY;
     for (ptrdiff_t j = 0; j < n; j++) {
         kd_vd q_minus_p, teacher_direction;
-        kd_kl_gradient_lanes(columns_t[j], columns_s[j], kept_a[j], kept_w[j], constants, row,
+        KD_DIV(gradient_lanes)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], constants, row,
                              moderate, KD_EXP_FOR_DOUBLE, &q_minus_p, &teacher_direction);
         const kd_vd d_s = q_minus_p * coef;
         /* An infinite KL (the student rules out a class the teacher allows): d_t is NaN. */
@@ -247,22 +247,21 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
         int moderate = 1;
         for (int lane = 0; lane < KD_LANES; lane++)
             moderate &= moderate_lanes[lane] != 0;
-        const kd_vd zero = kd_splat(0.0);
-        kd_block_sums sum = {zero, zero, zero, zero};
+        kd_vd sum[KD_DIV_SUMS];
+        for (int k = 0; k < KD_DIV_SUMS; k++)
+            sum[k] = kd_splat(0.0);
         kd_vd kept_a[KD_SHORT_ROW], kept_w[KD_SHORT_ROW];
-        const kd_kl_row constants = kd_kl_lane_constants(t_max, s_max, inv_T);
+        const KD_DIV(row) constants = KD_DIV(lane_constants)(t_max, s_max, inv_T);
         for (ptrdiff_t j = 0; j < n; j++) {
-            kd_kl_terms x = moderate
-                ? kd_kl_class_terms(columns_t[j], columns_s[j], &constants, 1, KD_EXP_FOR_DOUBLE)
-                : kd_kl_class_terms(columns_t[j], columns_s[j], &constants, 0, KD_EXP_FOR_DOUBLE);
-            sum.zp += x.zp;
-            sum.zq += x.zq;
-            sum.gap += x.gap;
-            sum.g += x.g;
+            KD_DIV(terms) x = moderate
+                ? KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, 1, KD_EXP_FOR_DOUBLE)
+                : KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, 0, KD_EXP_FOR_DOUBLE);
+            for (int k = 0; k < KD_DIV_SUMS; k++)
+                sum[k] += x.sum[k];
             kept_a[j] = x.kept_a;
             kept_w[j] = x.kept_w;
         }
-        const kd_kl_finished row = kd_kl_finish_lanes(sum.zp, sum.zq, sum.gap, sum.g);
+        const KD_DIV(finished) row = KD_DIV(finish_lanes)(sum);
         if (grad)
             KD_FN(short_gradient)(grad, first, rows, n, &constants, &row, columns_t, columns_s,
                                   kept_a, kept_w, moderate);
@@ -275,7 +274,7 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
  * where a class the teacher masks (P = 0) gets exactly 0 in d_t. The flags are constants, so each
  * combination compiles to its own loop. */
 KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
-                                     const kd_kl_row *constants, const kd_kl_finished *finish,
+                                     const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
                                      const int moderate, kd_vd *d_s, kd_vd *d_t)
 {
@@ -284,10 +283,10 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
     if (with_kl) {
         const kd_vd ea = kd_load_f64(row->kept_a + i), w = kd_load_f64(row->kept_w + i);
         kd_vd q_minus_p, teacher_direction;
-        kd_kl_gradient_lanes(t, s, ea, w, constants, finish, moderate, KD_EXP_FOR_DOUBLE,
+        KD_DIV(gradient_lanes)(t, s, ea, w, constants, finish, moderate, KD_EXP_FOR_DOUBLE,
                              &q_minus_p, &teacher_direction);
         grad = q_minus_p * row->kl_coef;
-        q = ea * finish->inv_zp + q_minus_p;
+        q = KD_DIV(student_probability)(ea, finish, q_minus_p);
         *d_t = teacher_direction * row->kl_coef;
     }
     if (ce_mode == KD_CE_FROM_Q)
@@ -301,10 +300,8 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
                                     const kd_grad_row *row, KD_OUT *d_s, KD_OUT *d_t,
                                     const int with_kl, const int ce_mode, const int moderate)
 {
-    const kd_row_finish *f = &row->finish;
-    const kd_kl_finished finish = {kd_splat(f->value), kd_splat(f->inv_zp), kd_splat(f->inv_zq),
-                                   kd_splat(f->mean_gap), kd_splat(f->y), kd_splat(f->inv_one_plus_y)};
-    const kd_kl_row constants = kd_kl_row_constants(row->range.t_max, row->range.s_max, row->inv_T);
+    const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
+    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
     kd_vd grad_s, grad_t = kd_splat(0.0);
     ptrdiff_t i = 0;
     for (; i + KD_LANES <= n; i += KD_LANES) {

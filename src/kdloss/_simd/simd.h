@@ -75,32 +75,34 @@ static inline double kd_float16_to_double(unsigned short bits)
     return bits & 0x8000 ? -magnitude : magnitude;
 }
 
+/* The divergence table: a row each (divergence_*.h), instantiated for every input dtype. */
+enum { KD_KL = 0, KD_DIVERGENCE_COUNT = 1 };
+
+/* The most sums a divergence keeps per row, and constants its finish hands the gradient pass. */
+#define KD_MAX_SUMS 4
+#define KD_MAX_CONSTANTS 6
+
 /* Extrema of a row (NaN ignored). */
 typedef struct {
     double t_max, s_max, t_min, s_min;
 } kd_row_range;
 
-/* Sums over a row (or a chunk of one), with a = (t - t_max) / T, b = (s - s_max) / T and
- * d = a - b. Compensated: *_err holds what rounding took from the sum beside it. */
+/* The sums a divergence keeps over a row (or a chunk of one), each compensated: err[i] holds
+ * what rounding took from sum[i]. What each sum is belongs to the divergence (divergence_kl.h). */
 typedef struct {
-    double zp, zp_err;   /* sum e^a: the teacher's normaliser */
-    double zq, zq_err;   /* sum e^b: the student's normaliser */
-    double gap, gap_err; /* sum e^a d over classes with e^a > 0 */
-    /* sum e^a (e^-d - 1 + d) over classes with e^a > 0, plus e^b over the others: a sum of
-     * terms >= 0 that is O(d^2) where the student is close to the teacher (no cancellation) */
-    double g, g_err;
+    double sum[KD_MAX_SUMS], err[KD_MAX_SUMS];
 } kd_row_sums;
 
-/* A finished row: its divergence and the constants of its gradient, with P = softmax(a),
- * Q = softmax(b), m = E_P[d], F = E_P[e^-d - 1 + d] (+ the student's mass outside the teacher's
- * support) and y = Z_Q / Z_P - 1 = F - m. */
+/* A finished row: its divergence's value (NaN where the formulas cannot settle the row: special
+ * values, for the caller) and the constants its gradient pass needs (the divergence's own). */
 typedef struct {
-    double value;       /* KL(P || Q); NaN where the formulas cannot settle the row */
-    double inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
+    double value;
+    double constant[KD_MAX_CONSTANTS];
 } kd_row_finish;
 
-/* How the gradient pass scales a row: d_s = kl_coef (Q - P) + ce_coef R (R = softmax(s) at T = 1,
- * for the cross-entropy of Hinton's loss) and d_t = kl_coef P (d - m). */
+/* How the gradient pass scales a row: d_s = kl_coef dD/ds + ce_coef R (R = softmax(s) at T = 1,
+ * for the cross-entropy of Hinton's loss) and d_t = kl_coef dD/dt, D the divergence (over T^2,
+ * per unit of T: for KL, dD/ds = Q - P and dD/dt = P (d - m)). */
 enum { KD_CE_NONE = 0, KD_CE_FROM_Q = 1, KD_CE_OWN_EXP = 2 };
 typedef struct {
     kd_row_range range;
@@ -108,8 +110,8 @@ typedef struct {
     double inv_T;
     double kl_coef, ce_coef;
     double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
-    const double *kept_a;  /* e^a of every class, kept by the sums' pass (NULL: no KL term) */
-    const double *kept_w;  /* e^-d - 1 (or e^b, away from the teacher) of every class */
+    const double *kept_a;  /* the divergence's two per-class values, kept by the sums' pass */
+    const double *kept_w;  /* (NULL: no divergence term, only the cross-entropy's) */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
 } kd_grad_row;
 
@@ -152,12 +154,20 @@ typedef struct {
     kd_normaliser_fn normaliser;
 } kd_dtype_passes;
 
-/* One compiled instruction set: its passes for every input dtype, and the finish (shared by all
- * dtypes: it sees only sums). */
+/* One divergence on one compiled instruction set: its passes for every input dtype, its finish
+ * (shared by all dtypes: it sees only sums), and its student gradient at one class (where the
+ * Cython layer corrects a label's entry of Hinton's loss), from that class's logits and kept
+ * values. */
 typedef struct {
-    const char *name;
     kd_dtype_passes dtype[KD_DTYPE_COUNT];
     void (*finish)(const kd_row_sums *sums, kd_row_finish *out);
+    double (*class_gradient)(const kd_grad_row *row, double t, double s, double kept_a, double kept_w);
+} kd_divergence_passes;
+
+/* One compiled instruction set: every divergence of the table. */
+typedef struct {
+    const char *name;
+    kd_divergence_passes divergence[KD_DIVERGENCE_COUNT];
 } kd_target;
 
 /* The target in use; never NULL once the module is imported (kd_select_target ran). */

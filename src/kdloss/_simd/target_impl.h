@@ -1,5 +1,5 @@
-/* One instruction-set target: the passes of every row of the dtype table (rows_impl.h), the finish,
- * and their kd_target.
+/* One instruction-set target: for every row of the divergence table, the passes of every row of
+ * the dtype table (rows_impl.h), its finish and its class gradient; and their kd_target.
  *
  * Included by target_<name>.c after it sets KD_LANES (doubles per vector), KD_TARGET_ID (a C
  * identifier) and KD_TARGET_LABEL (its name in show_config); KD_LIBM (scalar target): exp and log
@@ -17,7 +17,7 @@ _Static_assert(KD_STEP <= KD_MAX_STEP, "KD_MAX_STEP must cover a step");
 /* Lane sums over one block. Short runs of plain additions, then a compensated fold per block,
  * keep the relative error of every sum within a few tens of eps for any row length. */
 typedef struct {
-    kd_vd zp, zq, gap, g;
+    kd_vd sum[KD_MAX_SUMS];
 } kd_block_sums;
 
 /* *sum + *err += x (Neumaier's compensated summation). */
@@ -37,12 +37,10 @@ static inline double kd_lane_count(kd_vi v)
     return (double)total;
 }
 
-static inline void kd_add_block(kd_row_sums *out, const kd_block_sums *block)
+static inline void kd_add_block(kd_row_sums *out, const kd_block_sums *block, const int count)
 {
-    kd_add_compensated(&out->zp, &out->zp_err, kd_lane_sum(block->zp));
-    kd_add_compensated(&out->zq, &out->zq_err, kd_lane_sum(block->zq));
-    kd_add_compensated(&out->gap, &out->gap_err, kd_lane_sum(block->gap));
-    kd_add_compensated(&out->g, &out->g_err, kd_lane_sum(block->g));
+    for (int k = 0; k < count; k++)
+        kd_add_compensated(&out->sum[k], &out->err[k], kd_lane_sum(block->sum[k]));
 }
 
 /* True when every a = (t - t_max) / T and b = (s - s_max) / T of the row lies in [-700, 0], so
@@ -59,96 +57,35 @@ static inline double kd_sum_value(double total, double error)
     return isfinite(total) ? total + error : total;
 }
 
-/* The finish of one row (a long row's merged chunks), by the same lane arithmetic as short rows. */
-static void kd_finish_row(const kd_row_sums *sums, kd_row_finish *out)
-{
-    kd_kl_finished lanes = kd_kl_finish_lanes(kd_splat(kd_sum_value(sums->zp, sums->zp_err)),
-                                              kd_splat(kd_sum_value(sums->zq, sums->zq_err)),
-                                              kd_splat(kd_sum_value(sums->gap, sums->gap_err)),
-                                              kd_splat(kd_sum_value(sums->g, sums->g_err)));
-    out->value = lanes.value[0];
-    out->inv_zp = lanes.inv_zp[0];
-    out->inv_zq = lanes.inv_zq[0];
-    out->mean_gap = lanes.mean_gap[0];
-    out->y = lanes.y[0];
-    out->inv_one_plus_y = lanes.inv_one_plus_y[0];
-}
-
 #define KD_CAT_(a, b) a##_##b
 #define KD_CAT(a, b) KD_CAT_(a, b)
+#define KD_CAT3_(a, b, c) a##_##b##_##c
+#define KD_CAT3(a, b, c) KD_CAT3_(a, b, c)
 
-/* The dtype table: one instantiation of rows_impl.h per input dtype. */
-#define KD_DEREFERENCE(p) (*(p))
-#define KD_NATIVE_RANGE 1
-#define KD_SCALAR KD_DEREFERENCE
-#define KD_EXP_FOR_DOUBLE 0
-#define KD_OUT float
-#define KD_REAL float
-#define KD_FN(name) KD_CAT(name, f32)
-#define KD_LOAD kd_load_f32
-#define KD_LOAD_PARTIAL kd_load_partial_f32
-#include "rows_impl.h"
-#undef KD_REAL
-#undef KD_FN
-#undef KD_LOAD
-#undef KD_LOAD_PARTIAL
-#undef KD_EXP_FOR_DOUBLE
-#undef KD_OUT
+/* The divergence table: each row's header, then its passes for every dtype (dtype_rows.h), its
+ * finish and class gradient. */
+#define KD_DIV_SUFFIX kl
+#define KD_DIV(name) kd_kl_##name
+#define KD_DIV_SUMS KD_KL_SUMS
+#include "dtype_rows.h"
+#undef KD_DIV_SUFFIX
+#undef KD_DIV
+#undef KD_DIV_SUMS
 
-#define KD_EXP_FOR_DOUBLE 1
-#define KD_OUT double
-#define KD_REAL double
-#define KD_FN(name) KD_CAT(name, f64)
-#define KD_LOAD kd_load_f64
-#define KD_LOAD_PARTIAL kd_load_partial_f64
-#include "rows_impl.h"
-#undef KD_REAL
-#undef KD_FN
-#undef KD_LOAD
-#undef KD_LOAD_PARTIAL
-#undef KD_EXP_FOR_DOUBLE
-#undef KD_OUT
-#undef KD_NATIVE_RANGE
-#undef KD_SCALAR
-
-/* 2-byte inputs: stored bits, widened in registers; float32 gradients, float32-level exp. */
-#define KD_NATIVE_RANGE 0
-#define KD_EXP_FOR_DOUBLE 0
-#define KD_OUT float
-#define KD_REAL uint16_t
-#define KD_SCALAR(p) kd_float16_to_double(*(p))
-#define KD_FN(name) KD_CAT(name, f16)
-#define KD_LOAD kd_load_f16
-#define KD_LOAD_PARTIAL kd_load_partial_f16
-#include "rows_impl.h"
-#undef KD_SCALAR
-#undef KD_FN
-#undef KD_LOAD
-#undef KD_LOAD_PARTIAL
-
-#define KD_SCALAR(p) kd_bfloat16_to_double(*(p))
-#define KD_FN(name) KD_CAT(name, bf16)
-#define KD_LOAD kd_load_bf16
-#define KD_LOAD_PARTIAL kd_load_partial_bf16
-#include "rows_impl.h"
-#undef KD_SCALAR
-#undef KD_FN
-#undef KD_LOAD
-#undef KD_LOAD_PARTIAL
-#undef KD_REAL
-#undef KD_OUT
-#undef KD_EXP_FOR_DOUBLE
-#undef KD_NATIVE_RANGE
-
-#define KD_DTYPE_PASSES(suffix)                                                                    \
+#define KD_DTYPE_PASSES(dtype, div)                                                                \
     {                                                                                              \
-        KD_CAT(row_range, suffix), KD_CAT(row_sums, suffix), KD_CAT(short_rows, suffix),           \
-            KD_CAT(row_gradient, suffix), KD_CAT(student_normaliser, suffix)                       \
+        KD_CAT3(row_range, dtype, div), KD_CAT3(row_sums, dtype, div),                             \
+            KD_CAT3(short_rows, dtype, div), KD_CAT3(row_gradient, dtype, div),                    \
+            KD_CAT3(student_normaliser, dtype, div)                                                \
+    }
+#define KD_DIVERGENCE_PASSES(div)                                                                  \
+    {                                                                                              \
+        {[KD_FLOAT32] = KD_DTYPE_PASSES(f32, div), [KD_FLOAT64] = KD_DTYPE_PASSES(f64, div),       \
+         [KD_FLOAT16] = KD_DTYPE_PASSES(f16, div), [KD_BFLOAT16] = KD_DTYPE_PASSES(bf16, div)},    \
+            KD_CAT(finish_row, div), KD_CAT(class_gradient, div)                                   \
     }
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL,
-    {[KD_FLOAT32] = KD_DTYPE_PASSES(f32), [KD_FLOAT64] = KD_DTYPE_PASSES(f64),
-     [KD_FLOAT16] = KD_DTYPE_PASSES(f16), [KD_BFLOAT16] = KD_DTYPE_PASSES(bf16)},
-    kd_finish_row,
+    {[KD_KL] = KD_DIVERGENCE_PASSES(kl)},
 };

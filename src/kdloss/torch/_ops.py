@@ -1,46 +1,55 @@
 """The custom operators ``kdloss::kd_loss`` and ``kdloss::hinton_loss``, and the functions that call them.
 
-Each operator calls the NumPy layer once, on zero-copy views of the tensors, and returns the
+Each operator calls the NumPy layer once, on zero-copy views of the tensors (bfloat16 without
+ml_dtypes: a float32 copy, see ``_two_byte``), and returns the
 loss together with its gradients for a unit upstream gradient (for ``"none"``, each row's
 gradient of its own loss): the fused kernel computes both in one pass. Autograd saves those
 gradients, and backward only scales them. A gradient nobody needs is not computed; an empty
 tensor stands in its place.
 """
 
+import dataclasses
+import functools
+
 import numpy as np
 import torch
+from torch._C._functorch import TransformType, is_functorch_wrapped_tensor, maybe_get_level
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .. import _api, _training
 from .._api import Reduction
 from .._validation import check_alpha, check_ignore_index, check_reduction, check_same_shape, check_temperature
+from . import _two_byte
+from ._batching import vmap_rows, wants_grad
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, *_two_byte.NARROW_DTYPES)
 
 
 def _as_numpy(tensor):
-    """A NumPy view of a CPU tensor: no copy, any strides."""
-    # force=True resolves a lazy negation bit (a copy then); any other CPU tensor is viewed as is.
-    return tensor.detach().numpy(force=True)
+    """A NumPy view of a CPU tensor: no copy, any strides (see ``_two_byte.as_numpy``)."""
+    return _two_byte.as_numpy(tensor.detach())
 
 
 def _loss_tensor(loss, logits):
     """The NumPy layer's loss (a float, or an array of per-row losses) as a tensor of the
     logits' dtype, and for per-row losses of shape ``logits.shape[:-1]``, as the fake promises."""
     if isinstance(loss, float):
-        return torch.scalar_tensor(loss, dtype=logits.dtype)
-    return torch.from_numpy(np.asarray(loss)).to(logits.dtype).reshape(logits.shape[:-1])
+        return _two_byte.loss_scalar(loss, logits.dtype)
+    return _two_byte.from_kernel(np.asarray(loss), logits.dtype).reshape(logits.shape[:-1])
 
 
 def _gradient_tensor(gradient, like):
-    """A NumPy gradient as a tensor (no copy), or an empty placeholder when it was not computed."""
-    return like.new_empty(0) if gradient is None else torch.from_numpy(gradient)
+    """A NumPy gradient as a tensor of ``like``'s dtype (no copy for float32 and float64), or an
+    empty placeholder when it was not computed."""
+    return like.new_empty(0) if gradient is None else _two_byte.from_kernel(gradient, like.dtype)
 
 
 def _call_numpy(loss_fn, loss_and_grads_fn, student, teacher, student_grad, teacher_grad, **arguments):
     """``(loss, d_student, d_teacher)`` from one call of the NumPy layer."""
     # torch.set_num_threads governs kdloss too: one setting, and no second pool of a different size.
     arguments["num_threads"] = torch.get_num_threads()
-    student_logits, teacher_logits = _as_numpy(student), _as_numpy(teacher)
+    student_logits = _two_byte.logits_as_numpy(student.detach())
+    teacher_logits = _two_byte.logits_as_numpy(teacher.detach())
     d_student = d_teacher = None
     if student_grad or teacher_grad:
         loss, d_student, d_teacher = loss_and_grads_fn(
@@ -138,11 +147,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(d_student, d_teacher)
     # Both operators end with (student_grad, teacher_grad): which gradients were computed.
     ctx.computed = inputs[-2:]
+    # The torch.func level that differentiates this call (-1: ordinary autograd).
+    ctx.level = max(maybe_get_level(x) if isinstance(x, torch.Tensor) else -1 for x in inputs[:2])
 
 
-def _eager(tensor):
-    """True when ``tensor`` holds real values that code may branch on: a plain tensor, outside
-    torch.compile, export and every other tracer (they work through dispatch modes or subclasses)."""
+def _untraced(tensor):
+    """True for a plain tensor outside torch.compile, export and every other tracer (they work
+    through dispatch modes or subclasses); ``torch.func``'s wrapped tensors count as plain."""
     return (
         type(tensor) is torch.Tensor
         and not torch.compiler.is_compiling()
@@ -150,13 +161,35 @@ def _eager(tensor):
     )
 
 
+def _concrete(tensor):
+    """True when ``tensor`` holds real values that code may branch on: untraced, and not wrapped
+    by a ``torch.func`` transform (a vmapped tensor holds a batch of values)."""
+    return _untraced(tensor) and not is_functorch_wrapped_tensor(tensor)
+
+
+def _differentiated_again(level):
+    """Whether a ``torch.func`` transform outside ``level`` differentiates too (grad of grad,
+    jacrev of jacrev)."""
+    return any(
+        interpreter.key() in (TransformType.Grad, TransformType.Jvp) and interpreter.level() < level
+        for interpreter in retrieve_all_functorch_interpreters()
+    )
+
+
 def _scaled_gradients(ctx, grad_loss, needs_student, needs_teacher):
     """``grad_loss * d_student`` and ``grad_loss * d_teacher`` from the saved gradients (None for
     an input that needs none)."""
-    eager = _eager(grad_loss)
-    if eager and torch.is_grad_enabled():
-        # The saved gradients are constants: a second derivative through them would be wrong.
-        raise RuntimeError("kdloss.torch losses have first derivatives only (no create_graph=True)")
+    eager = _concrete(grad_loss)
+    # The saved gradients are constants: a second derivative through them would be wrong. Under
+    # torch.func, whose grad builds a graph of every backward pass, only an outer transform
+    # that differentiates tells.
+    if ctx.level >= 0:
+        second_order = _differentiated_again(ctx.level)
+    else:
+        second_order = eager and torch.is_grad_enabled()
+    if second_order:
+        raise RuntimeError("kdloss.torch losses have first derivatives only (no create_graph=True, "
+                           "no nested torch.func.grad or jacrev)")
     # ``loss.backward()`` sends ones, and then the saved gradients are the answer: skipping the
     # multiplication saves a pass over the logits (a third of the time at 8192 x 1000). Handing
     # out a saved tensor is safe: autograd reuses a gradient's memory only when nothing else
@@ -177,61 +210,88 @@ def _scaled_gradients(ctx, grad_loss, needs_student, needs_teacher):
     return grads
 
 
-def _backward(ctx, grad_loss, _grad_d_student, _grad_d_teacher):
-    """The operators' backward: gradients for student and teacher; None for every other input."""
-    grads = [None] * len(ctx.needs_input_grad)
+def _backward(ctx, grad_loss, _grad_d_student, _grad_d_teacher, needs_input_grad=None):
+    """The operators' backward: gradients for student and teacher; None for every other input
+    (``needs_input_grad``: the operator's inputs', when ``ctx``'s has more)."""
+    needs_input_grad = ctx.needs_input_grad if needs_input_grad is None else needs_input_grad
+    grads = [None] * len(needs_input_grad)
     if grad_loss is not None:  # else no gradient reached the loss (grads are not materialized)
-        grads[:2] = _scaled_gradients(ctx, grad_loss, *ctx.needs_input_grad[:2])
+        grads[:2] = _scaled_gradients(ctx, grad_loss, *needs_input_grad[:2])
     return tuple(grads)
-
-
-kd_loss_op.register_autograd(_backward, setup_context=_setup_context)
-hinton_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerLoss(torch.autograd.Function):
     """The operators' eager twin: the same NumPy call, the same saved gradients and the same
     backward, without the dispatcher's Python layers, which cost about 130 us a call (as much as
-    the whole pure-PyTorch step on a small batch). Only plain eager calls take it; compiled and
-    traced code, and ``torch.ops.kdloss.*`` called directly, run the registered operators."""
+    the whole pure-PyTorch step on a small batch). Plain eager calls and ``torch.func``
+    transforms take it; compiled and traced code, and ``torch.ops.kdloss.*`` called directly,
+    run the registered operators.
+
+    ``apply(loss, *args)``: ``loss`` is a :class:`_Loss`, ``args`` the operator's arguments.
+    """
 
     @staticmethod
-    def forward(ctx, numpy_fn, arguments, student, teacher, student_grad, teacher_grad):
-        loss, d_student, d_teacher = numpy_fn(student, teacher, *arguments, student_grad, teacher_grad)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(d_student, d_teacher)
-        ctx.computed = (student_grad, teacher_grad)
-        return loss
+    def forward(loss, *args):
+        return loss.numpy_fn(*args)
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        grads = [None, None] if grad_loss is None else _scaled_gradients(ctx, grad_loss, *ctx.needs_input_grad[2:4])
-        return None, None, *grads, None, None
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs[1:], output)
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_d_student, grad_d_teacher):
+        return None, *_backward(ctx, grad_loss, grad_d_student, grad_d_teacher, ctx.needs_input_grad[1:])
+
+    @staticmethod
+    def vmap(info, in_dims, loss, *args):
+        return vmap_rows(functools.partial(_EagerLoss.apply, loss), loss.reduction_at, info, in_dims[1:], *args)
 
 
-def _run(op, numpy_fn, student, teacher, *arguments):
-    """The loss: ``op(student, teacher, *arguments, student_grad, teacher_grad)``, whose body is
-    ``numpy_fn`` with the same arguments; plain eager tensors go by the eager twin."""
-    student_grad, teacher_grad = _wants_grad(student), _wants_grad(teacher)
-    if _eager(student) and _eager(teacher):
-        return _EagerLoss.apply(numpy_fn, arguments, student, teacher, student_grad, teacher_grad)
-    loss, _, _ = op(student, teacher, *arguments, student_grad, teacher_grad)
-    return loss
+@dataclasses.dataclass(frozen=True)
+class _Loss:
+    """One loss: its operator, the operator's body, and where its reduction argument is."""
+
+    op: object
+    numpy_fn: object
+    reduction_at: int
+
+
+KD_LOSS = _Loss(kd_loss_op, _kd_loss_numpy, 3)
+HINTON_LOSS = _Loss(hinton_loss_op, _hinton_loss_numpy, 6)
+
+for _loss in (KD_LOSS, HINTON_LOSS):
+    _loss.op.register_autograd(_backward, setup_context=_setup_context)
+    # Where PyTorch lacks register_vmap or register_autocast, only the operators called directly
+    # miss them: the functions take the eager twin (its own vmap rule) and cast for autocast.
+    if hasattr(torch.library, "register_vmap"):
+        torch.library.register_vmap(_loss.op, functools.partial(vmap_rows, _loss.op, _loss.reduction_at))
+    # Losses run in float32 under autocast, as PyTorch's own (kl_div, cross_entropy) do there.
+    if hasattr(torch.library, "register_autocast"):
+        torch.library.register_autocast(_loss.op, "cpu", torch.float32)
+
+
+def _run(loss, student, teacher, *arguments):
+    """The loss: ``loss.op(student, teacher, *arguments, student_grad, teacher_grad)``, whose body
+    is ``loss.numpy_fn`` with the same arguments; plain eager tensors go by the eager twin."""
+    args = (student, teacher, *arguments, wants_grad(student), wants_grad(teacher))
+    if _untraced(student) and _untraced(teacher):
+        return _EagerLoss.apply(loss, *args)[0]
+    return loss.op(*args)[0]
 
 
 def _check_logits(student, teacher):
-    """TypeError or ValueError unless both are CPU float32/float64 tensors of one dtype and shape."""
+    """TypeError or ValueError unless both are CPU tensors of one supported dtype and one shape."""
     for name, tensor in (("student", student), ("teacher", teacher)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         if tensor.device.type != "cpu" or tensor.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
-                f"kdloss.torch supports CPU float32 and float64 tensors; got {name} of dtype "
+                f"kdloss.torch supports CPU float32, float64, float16 and bfloat16 tensors; got {name} of dtype "
                 f"{tensor.dtype} on device {tensor.device}"
             )
     if student.dtype != teacher.dtype:
         raise TypeError(
-            f"student and teacher must have the same dtype (float32 or float64); got student "
+            f"student and teacher must have the same dtype; got student "
             f"{student.dtype} and teacher {teacher.dtype}"
         )
     check_same_shape(tuple(student.shape), tuple(teacher.shape))
@@ -247,9 +307,6 @@ def _per_row(values, name):
     return values.detach()  # constants: no gradient flows to weights
 
 
-def _wants_grad(tensor):
-    # Decided here, outside the operator: torch.compile guards on grad mode and requires_grad.
-    return torch.is_grad_enabled() and tensor.requires_grad
 
 
 def kd_loss(
@@ -264,8 +321,10 @@ def kd_loss(
     Parameters
     ----------
     student, teacher : Tensor ``(..., classes)``
-        CPU float32 or float64 tensors of one dtype and shape, any strides. The last axis holds
-        classes; every leading axis is a row. Gradients flow to both when they require grad.
+        CPU float32, float64, float16 or bfloat16 tensors of one dtype and shape, any strides.
+        The last axis holds classes; every leading axis is a row. Gradients flow to both when
+        they require grad. Under ``torch.autocast("cpu")`` float16 and bfloat16 logits are cast
+        to float32 first (the loss is then float32), as for PyTorch's own losses.
     temperature : float
         ``T``, finite and > 0. A constant: no gradient flows to it.
     reduction : {"mean", "sum", "none", "batchmean"}
@@ -280,7 +339,8 @@ def kd_loss(
     -------
     Tensor
         0-d for ``"mean"``, ``"sum"`` and ``"batchmean"``, per row for ``"none"``; of the
-        logits' dtype. Values and special cases as :func:`kdloss.kd_loss`.
+        logits' dtype. Values and special cases as :func:`kdloss.kd_loss` (float16 and
+        bfloat16: computed in float32; the loss is rounded once to the logits' dtype).
 
     Examples
     --------
@@ -296,12 +356,13 @@ def kd_loss(
     tensor([[-0.3202,  0.0000,  0.3202],
             [ 0.0000,  0.0000,  0.0000]])
     """
+    student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
         # The NumPy layer's checks and messages; the dispatcher would turn True or a tensor into
         # a float silently. (Compiled code meets the same checks inside the operator.)
         temperature = check_temperature(temperature)
-    return _run(kd_loss_op, _kd_loss_numpy, student, teacher, temperature, check_reduction(reduction),
+    return _run(KD_LOSS, student, teacher, temperature, check_reduction(reduction),
                 _per_row(weights, "weights"))
 
 
@@ -356,9 +417,10 @@ def hinton_loss(
     tensor([[-0.1376,  0.0612,  0.0764],
             [-0.1667,  0.0833,  0.0833]])
     """
+    student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
     if not torch.compiler.is_compiling():
         temperature, alpha = check_temperature(temperature), check_alpha(alpha)
         ignore_index = check_ignore_index(ignore_index)
-    return _run(hinton_loss_op, _hinton_loss_numpy, student, teacher, _per_row(labels, "labels"), temperature,
+    return _run(HINTON_LOSS, student, teacher, _per_row(labels, "labels"), temperature,
                 alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"))
