@@ -65,7 +65,8 @@ def main():
             kdloss.kd_loss(student, teacher, 4.0)
 
         times = median_ms({t: with_target(t, loss) for t in _kernel.available_targets()}, repeat)
-        print(f"| {np.dtype(dtype).name}, {threads} threads | " + " | ".join(f"{v:.1f} ms" for v in times.values()) + " |")
+        print(f"| {np.dtype(dtype).name}, {threads} threads | "
+              + " | ".join(f"{v:.1f} ms" for v in times.values()) + " |")
 
     student, teacher = logits((2, 1_000_000), 1.0)
     times = median_ms(
@@ -79,7 +80,8 @@ def main():
     times = median_ms(
         {"ordinary": lambda: kdloss.kd_loss(*ordinary, 4.0), "near": lambda: kdloss.kd_loss(*near, 4.0)}, repeat
     )
-    print("\n| 8192 x 1000 float32 | ordinary rows (noise 1) | rows near zero KL (noise 1e-4) | ratio |\n|---|---|---|---|")
+    print("\n| 8192 x 1000 float32 | ordinary rows (noise 1) | rows near zero KL (noise 1e-4) | ratio |"
+          "\n|---|---|---|---|")
     print(f"| kd_loss, {threads} threads | {times['ordinary']:.1f} ms | {times['near']:.1f} ms | "
           f"{times['near'] / times['ordinary']:.1f}x |")
 
@@ -91,7 +93,8 @@ def main():
     out = kdloss.kd_loss(*ordinary, 4.0, reduction="none")
     peak_none = tracemalloc.get_traced_memory()[1] - out.nbytes
     tracemalloc.stop()
-    print("\n| 8192 x 1000 float32, traced peak beyond the output | reduction=\"mean\" | reduction=\"none\" |\n|---|---|---|")
+    print("\n| 8192 x 1000 float32, traced peak beyond the output | reduction=\"mean\" | reduction=\"none\" |"
+          "\n|---|---|---|")
     print(f"| one kd_loss call | {peak / 1024:.0f} KiB | {peak_none / 1024:.0f} KiB |")
 
 

@@ -188,7 +188,8 @@ def test_openmp_runs_more_than_one_thread_when_asked():
             parallel = kdloss.kd_loss(student, teacher, reduction="none", num_threads=3)
         three = threads()
         workers = [t for t in three if t not in one]
-        print(len(one) - len(start), len(workers), sum(three[t] > 0 for t in workers), serial.tobytes() == parallel.tobytes())
+        print(len(one) - len(start), len(workers), sum(three[t] > 0 for t in workers),
+              serial.tobytes() == parallel.tobytes())
     """, OMP_NUM_THREADS="3", OMP_WAIT_POLICY="passive")
     new_serial, workers, busy_workers, same = out.split()
     assert new_serial == "0"
