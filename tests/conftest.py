@@ -67,8 +67,9 @@ def share_of(items, kernel_target):
     runs ``len(items) / len(KERNEL_TARGETS)`` of them, taken along diagonals (item j goes to
     target ``(j + j // n) % n``) so that a share is not one value of the items' first factor.
 
-    For variants that only change what the Python layer hands the kernel (reductions, weights),
-    where the full product with the targets would repeat the same work on every target.
+    For variants whose full product with the targets repeats the same work on every target:
+    reductions, weights and grad_output (what the Python layer hands the kernel), and input
+    dtypes where the property is the row engine's (thread partitions).
     """
     n, i = len(KERNEL_TARGETS), KERNEL_TARGETS.index(kernel_target)
     share = [item for j, item in enumerate(items) if (j + j // n) % n == i]

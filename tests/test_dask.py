@@ -200,8 +200,14 @@ def test_score_with_a_local_cluster_of_its_own(tmp_path, capsys):
     np.testing.assert_array_equal(np.array([float(line.split(",")[1]) for line in lines[1:]], np.float32), expected)
 
 
-def test_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys):
-    pytest.importorskip("distributed")
+def test_unreachable_scheduler_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    real_client = distributed.Client
+
+    def impatient_client(address, **kwargs):  # the same refusal, after 1 s of retries, not 10
+        return real_client(address, **{**kwargs, "timeout": "1s"})
+
+    monkeypatch.setattr(distributed, "Client", impatient_client)
     student_spec, teacher_spec = store_pair(tmp_path, *logit_pair((6, 3)))
     out = tmp_path / "losses.npy"
     assert main(["score", student_spec, teacher_spec, "--out", str(out), "--dask", "tcp://127.0.0.1:9"]) == 2

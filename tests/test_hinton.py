@@ -186,10 +186,10 @@ def torch_hinton(student, teacher, labels, temperature, alpha, ignore_index, red
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_torch(shape, dtype, alpha, temperature, ignore_index):
+def test_matches_torch(shape, dtype, alpha, temperature, ignore_index, kernel_target):
     # PyTorch makes masked classes NaN in kl_div: unmasked teachers here.
     student, teacher, labels = hinton_case(shape, dtype, seed=1, ignore_index=ignore_index, masked=False)
-    for reduction in REDUCTIONS:
+    for reduction in share_of(REDUCTIONS, kernel_target):  # each target its share
         g = grad_output_for(shape, reduction)
         loss, d_s, d_t = kdloss.hinton_loss_and_grad(student, teacher, labels, temperature, alpha,
                                                      ignore_index=ignore_index, reduction=reduction,
@@ -207,11 +207,16 @@ def test_matches_torch(shape, dtype, alpha, temperature, ignore_index):
 # Finite differences (float64)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("shape", [(5,), (4, 4), (2, 2, 3)])
-def test_matches_finite_differences(shape, alpha, temperature, reduction):
+def test_matches_finite_differences(shape, alpha, temperature, kernel_target):
+    # Each kernel target takes its share of the reductions (conftest.share_of).
+    for reduction in share_of(REDUCTIONS, kernel_target):
+        check_finite_differences(shape, alpha, temperature, reduction)
+
+
+def check_finite_differences(shape, alpha, temperature, reduction):
     student, teacher, labels = hinton_case(shape, np.float64, seed=2, masked=False)
     weights = rng_for(shape, "fd weights").uniform(0.5, 2, shape[:-1])
     g = grad_output_for(shape, reduction)
@@ -414,7 +419,7 @@ def test_same_bits_for_every_layout(shape, dtype, layout, layout_of):
     expected = kdloss.hinton_loss_and_grad(student, teacher, labels, 1.0, 0.6, reduction="none", teacher_grad=True)
     s, t, y = layout_of(student, layout), layout_of(teacher, layout), layout_of(labels, layout)
     copies = [s.copy(), t.copy(), y.copy()]
-    got = kdloss.hinton_loss_and_grad(s, t, y, 1.0, 0.6, reduction="none", teacher_grad=True, num_threads=3)
+    got = kdloss.hinton_loss_and_grad(s, t, y, 1.0, 0.6, reduction="none", teacher_grad=True)
     for a, b in zip(got, expected):
         assert a.tobytes() == b.tobytes()
     for array, copy in zip((s, t, y), copies):

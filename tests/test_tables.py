@@ -3,7 +3,9 @@ input dtype (``kdloss._dtypes``) x every kernel target. A new row of a table is 
 without new test code (a divergence also needs its case in divergence_cases.py).
 
 - memory layouts give the C-contiguous bits, and inputs are never written;
-- the thread count changes no bit (on inputs big enough to use several threads);
+- the thread count changes no bit (on inputs big enough to use several threads; rows split
+  among threads for every dtype on every target, whole rows for each dtype on its share);
+- identical rows give exactly 0, and exactly 0 gradients;
 - the registry's oracle agrees, row by row and in the reductions;
 - gradients agree with central finite differences;
 - losses and gradients are accurate against mpmath.
@@ -25,6 +27,7 @@ from conftest import (
     THREAD_COUNTS,
     result_row,
     rng_for,
+    share_of,
     thread_counts_for,
 )
 from divergence_cases import CASES
@@ -59,7 +62,7 @@ def widened(array):
 def logits_pair(shape, row, kind="masked", seed=0):
     """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
     (student = teacher + 1e-2 noise) or "masked" (independent; the teacher masks every fourth
-    class, never a whole row), with every other row of "near" rows close to KL = 0."""
+    class, never a whole row)."""
     rng = rng_for(shape, row.name, kind, seed)
     teacher = rng.normal(0, 3, shape)
     noise = rng.normal(0, 1, shape)
@@ -128,24 +131,53 @@ def test_softmax_every_layout_gives_the_contiguous_bits(layout, dtype_row, layou
 THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 
 
+# Every target runs every shape. Rows split among threads (the long ones) run every input dtype
+# on every target: their partial sums are merged per dtype and target. Whole rows go to one thread
+# each, the same partition for every dtype: each dtype runs on its share of the targets there.
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
-def test_every_thread_count_gives_the_same_bits(shape, divergence, dtype_row):
+def test_every_thread_count_gives_the_same_bits(shape, divergence, kernel_target):
     assert thread_counts_for(shape) == THREAD_COUNTS  # big enough to share
     case = CASES[divergence.name]
-    student, teacher = logits_pair(shape, dtype_row, seed=1)
-    student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it: the cancellation-free path
-    student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
-    student = np.asfortranarray(student)  # one side strided: per-thread row copies
-    results = {n: everything(case, student, teacher, 2.0, n) for n in THREAD_COUNTS}
-    assert all(r == results[1] for r in results.values())
+    split_rows = shape[-1] > kdloss._kernel.CHUNK_CLASSES
+    for dtype_row in DTYPE_ROWS if split_rows else share_of(DTYPE_ROWS, kernel_target):
+        student, teacher = logits_pair(shape, dtype_row, seed=1)
+        student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it
+        student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
+        student = np.asfortranarray(student)  # one side strided: per-thread row copies
+        results = {n: everything(case, student, teacher, 2.0, n) for n in THREAD_COUNTS}
+        assert all(r == results[1] for r in results.values()), dtype_row.name
 
 
 @pytest.mark.parametrize("shape", THREAD_SHAPES[:2], ids=str)
-def test_softmax_every_thread_count_gives_the_same_bits(shape, dtype_row):
-    logits = logits_pair(shape, dtype_row, seed=2)[1]
-    for function in (kdloss.softmax, kdloss.log_softmax):
-        results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
-        assert len(results) == 1
+def test_softmax_every_thread_count_gives_the_same_bits(shape, kernel_target):
+    for dtype_row in share_of(DTYPE_ROWS, kernel_target):
+        logits = logits_pair(shape, dtype_row, seed=2)[1]
+        for function in (kdloss.softmax, kdloss.log_softmax):
+            results = {bits(function(logits, 2.0, num_threads=n)) for n in THREAD_COUNTS}
+            assert len(results) == 1, dtype_row.name
+
+
+# ---------------------------------------------------------------------------------------------
+# D(P || P) = 0: exactly, with exactly zero gradients
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", ("ordinary", "masked", "huge"))
+def test_identical_rows_give_exactly_zero(rows, divergence, dtype_row):
+    case = CASES[divergence.name]
+    dtype = dtype_row.numpy_dtype
+    for n_classes in (1, 3, 9, 64, 65, 1000):  # one class; short rows; long rows
+        teacher = rng_for(n_classes, "identical").normal(0, 3, (5, n_classes))
+        if rows == "masked":  # -inf on every fourth class; the last class stays finite
+            teacher[:, :-1:4] = -inf
+        if rows == "huge":  # largest logit a quarter of the dtype's maximum
+            teacher = teacher / np.max(np.abs(teacher)) * (float(np.finfo(dtype).max) / 4)
+        teacher = teacher.astype(dtype)
+        for temperature in (1e-3, 0.5, 1.0, 3.0, 1e3):
+            losses = case.loss(teacher.copy(), teacher, temperature, reduction="none")
+            loss, d_s, d_t = case.loss_and_grad(teacher.copy(), teacher, temperature, teacher_grad=True)
+            where = f"{n_classes} classes, T = {temperature}"
+            assert np.all(losses == 0.0) and loss == 0.0, where
+            assert np.all(d_s == 0.0) and np.all(d_t == 0.0), where
 
 
 # ---------------------------------------------------------------------------------------------
