@@ -1,24 +1,29 @@
 """Build the kdloss extension.
 
 OpenMP is probed, not assumed: a tiny OpenMP program is compiled, linked and run with the
-compiler setuptools will use. If that fails the extension is built serially, with a warning.
-``KDLOSS_NO_OPENMP=1`` forces the serial build.
+compiler setuptools will use. If that fails the build stops with a message that says how to get
+OpenMP (as scikit-learn's does): pip hides a build's warnings, so a quiet fallback would give a
+one-core kernel nobody asked for. ``KDLOSS_NO_OPENMP=1`` asks for the serial build.
 
 Flags are deliberately conservative: ``-O3`` only. ``-ffast-math`` would break the inf/NaN
 semantics kdloss documents and flush denormals process-wide; ``-march=native`` would make
 a wheel that crashes on older CPUs. Faster instruction sets (AVX2+FMA, AVX-512) are compiled
-side by side from ``src/kdloss/_simd/`` and chosen at run time.
+side by side from ``src/kdloss/_simd/`` and chosen at run time. GCC and Clang builds carry no
+debug info (``-g0``, and ``-s`` at link time on Linux) unless ``KDLOSS_DEBUG=1``: it is 80% of
+the shared library.
+
+Running setup() only as a script (as pip's build backend does) lets tests import this file to
+check the OpenMP probe.
 """
 
 import os
 import subprocess
 import sys
 import tempfile
-import warnings
 
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 OPENMP_PROBE = r"""
 #include <omp.h>
@@ -69,25 +74,57 @@ def probe_openmp(compiler):
     return None
 
 
+NO_OPENMP_MESSAGE = """\
+kdloss: OpenMP was not found: {compiler} could not compile, link and run a small OpenMP program.
+kdloss runs its kernel on all cores with OpenMP. Either get OpenMP for this compiler:
+  - GCC (Linux): it ships with GCC (libgomp; e.g. Debian/Ubuntu `apt install gcc`, Fedora `dnf install gcc libgomp`);
+  - Clang (Linux): install LLVM's OpenMP runtime (e.g. `apt install libomp-dev`);
+  - Apple clang (macOS): `brew install libomp` (kdloss looks in $HOMEBREW_PREFIX/opt/libomp);
+  - conda: `conda install -c conda-forge llvm-openmp` (clang) or use conda-forge's GCC;
+or build the serial kernel (same results, one core) with:
+  KDLOSS_NO_OPENMP=1 pip install .
+"""
+
+
+def openmp_build_flags(compiler, environ=os.environ):
+    """(compile_args, link_args) for OpenMP; ([], []) when ``KDLOSS_NO_OPENMP=1`` asks for a serial
+    build. Raises CompileError, saying how to get OpenMP or opt out, when the probe fails."""
+    if environ.get("KDLOSS_NO_OPENMP", "0") not in ("", "0"):
+        return [], []
+    flags = probe_openmp(compiler)
+    if flags is None:
+        name = (getattr(compiler, "compiler_so", None) or [compiler.compiler_type])[0]
+        raise CompileError(NO_OPENMP_MESSAGE.format(compiler=name))
+    return flags
+
+
+def release_flags(compiler, environ=os.environ):
+    """(compile_args, link_args): optimise, and leave debug info out unless ``KDLOSS_DEBUG=1``."""
+    if compiler.compiler_type == "msvc":
+        return ["/O2"], []
+    # -Wno-psabi: GCC notes that vector arguments change the ABI; ours are all inlined.
+    # -ffp-contract=off: the kernel fuses multiply-adds where it asks to (kd_fma), never where
+    # the compiler would choose, so an expression rounds the same way in every inlined copy
+    # (a class gives the same bits in every path that takes it).
+    # -frecord-gcc-switches: each unit's flags stay readable in the stripped library (section
+    # .GCC.command.line; tests/test_build.py checks them there).
+    compile_args, link_args = ["-O3", "-Wno-psabi", "-ffp-contract=off", "-frecord-gcc-switches"], []
+    if environ.get("KDLOSS_DEBUG", "0") in ("", "0"):
+        # -g0 comes after Python's own CFLAGS (which may hold -g) and wins; -s strips the symbol
+        # table at link time (GNU ld and lld; Apple's ld has no use for it).
+        compile_args.append("-g0")
+        if sys.platform.startswith("linux"):
+            link_args.append("-s")
+    return compile_args, link_args
+
+
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
-        use_openmp = os.environ.get("KDLOSS_NO_OPENMP", "0") in ("", "0")
-        flags = probe_openmp(self.compiler) if use_openmp else None
-        if use_openmp and flags is None:
-            warnings.warn(
-                "kdloss: OpenMP was not found (the test program did not compile, link or run); "
-                "building the serial kernel. Results are identical, only slower on many cores.",
-                stacklevel=1,
-            )
-        # -Wno-psabi: GCC notes that vector arguments change the ABI; ours are all inlined.
-        # -ffp-contract=off: the kernel fuses multiply-adds where it asks to (kd_fma), never where
-        # the compiler would choose, so an expression rounds the same way in every inlined copy
-        # (a class gives the same bits in every path that takes it).
-        optimise = (["/O2"] if self.compiler.compiler_type == "msvc"
-                    else ["-O3", "-Wno-psabi", "-ffp-contract=off"])
+        openmp_compile, openmp_link = openmp_build_flags(self.compiler)
+        release_compile, release_link = release_flags(self.compiler)
         for ext in self.extensions:
-            ext.extra_compile_args = optimise + (flags[0] if flags else [])
-            ext.extra_link_args = flags[1] if flags else []
+            ext.extra_compile_args = release_compile + openmp_compile
+            ext.extra_link_args = release_link + openmp_link
         super().build_extensions()
 
 
@@ -105,17 +142,21 @@ extensions = [
     )
 ]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-            "embedsignature": True,
-        },
-    ),
-    cmdclass={"build_ext": BuildExtWithOpenMP},
-)
+
+if __name__ == "__main__":
+    from Cython.Build import cythonize
+
+    setup(
+        ext_modules=cythonize(
+            extensions,
+            compiler_directives={
+                "language_level": 3,
+                "boundscheck": False,
+                "wraparound": False,
+                "cdivision": True,
+                "initializedcheck": False,
+                "embedsignature": True,
+            },
+        ),
+        cmdclass={"build_ext": BuildExtWithOpenMP},
+    )

@@ -192,3 +192,25 @@ def test_student_minus_inf_is_kept_when_the_teachers_gap_over_t_overflows(kernel
     assert kdloss.reference.kd_loss(student, teacher, 1e-6) == np.inf
     loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 1e-6, teacher_grad=True)
     assert loss == np.inf and np.all(d_student == 0.0) and np.all(np.isnan(d_teacher))
+
+
+def test_masked_rows_take_the_masked_mode_and_agree_with_the_oracle(kernel_target):
+    # Rows with -inf logits (a masked vocabulary) among finite ones take the kernel's masked mode;
+    # a chunk whose finite logits leave its cheap range (a < -700, |d| > 700) is redone in the
+    # general mode. Either way: the oracle's values, NaN placement and gradients.
+    rng = np.random.default_rng(5)
+    teacher = 3 * rng.standard_normal((6, 300))
+    student = teacher + 0.1 * rng.standard_normal(teacher.shape)
+    teacher[:, ::7] = -np.inf
+    student[1, ::11] = -np.inf  # rules out classes the teacher allows: +inf
+    student[2, ::7] = -np.inf   # masks the teacher's masked classes too
+    teacher[3, 5] = -2000.0     # a finite teacher logit far below: the general mode
+    student[4, 3] = 5000.0      # a student logit far above: the general mode
+    loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 1.0, reduction="none", teacher_grad=True)
+    want, want_s, want_t = reference.kd_loss_and_grad(student, teacher, 1.0, reduction="none", teacher_grad=True)
+    assert loss[1] == np.inf and np.all(np.isfinite(np.delete(loss, 1)))
+    assert_allclose(np.delete(loss, 1), np.delete(want, 1), rtol=1e-12)
+    assert (np.array_equal(np.isnan(d_student), np.isnan(want_s))
+            and np.array_equal(np.isnan(d_teacher), np.isnan(want_t)))
+    assert_allclose(d_student, want_s, rtol=0, atol=1e-15)
+    assert np.array_equal(loss, kdloss.kd_loss(student, teacher, 1.0, reduction="none"))

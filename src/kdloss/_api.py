@@ -1,7 +1,10 @@
 """The public functions: validate, allocate, resolve threads, call the kernel."""
 
+# Postponed annotations: help() shows "ArrayLike", not NumPy's expanded Union.
+from __future__ import annotations
+
 import math
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -9,6 +12,7 @@ from numpy.typing import ArrayLike
 from . import _engine, _reduction
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
+from ._typing import ScalarReduction
 from ._validation import (
     as_logits,
     as_logits_pair,
@@ -49,6 +53,21 @@ Reduction = Literal["mean", "sum", "none", "batchmean"]
 _SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
 
 
+@overload
+def kd_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Literal["none"], weights: ArrayLike | None = ..., num_threads: int | None = ...,
+) -> np.ndarray: ...
+@overload
+def kd_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
+) -> float: ...
+@overload
+def kd_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Reduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
+) -> float | np.ndarray: ...
 def kd_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -90,6 +109,18 @@ def kd_loss(
         Full precision (never rounded). Special values follow README "Semantics": NaN rows for
         NaN/+inf logits or all-masked teachers, +inf where the student rules out a class the
         teacher allows.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.kd_loss(student, teacher, temperature=2.0)  # the mean over rows
+    0.6403
+    >>> kdloss.kd_loss(student, teacher, 2.0, reduction="none")
+    array([1.2806, 0.    ])
+    >>> kdloss.kd_loss(student, teacher, 2.0, weights=[1.0, 0.0])  # sum(w * loss) / sum(w)
+    1.2806
     """
     if (
         weights is None
@@ -130,27 +161,80 @@ def _softmax(logits, temperature, num_threads, take_log):
 def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``softmax(logits / T)`` along the last axis, computed stably in double.
 
-    Returns an array of the input's shape: float64 for float64 (and integer) input, float32
-    otherwise. A row with a NaN or +inf, or with every entry -inf, becomes NaN; -inf entries
-    become 0.
+    Parameters
+    ----------
+    logits : array_like ``(..., classes)``
+        Dtypes and layouts as in :func:`kd_loss`.
+    temperature : float
+        ``T``, finite and > 0.
+    num_threads : int, optional
+        As in :func:`kd_loss`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape: float64 for float64 (and integer) input, float32 otherwise. A row
+        with a NaN or +inf, or with every entry -inf, becomes NaN; -inf entries become 0.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> kdloss.softmax([1.0, 2.0, 3.0])
+    array([0.0900, 0.2447, 0.6652])
+    >>> kdloss.softmax([1.0, 2.0, 3.0], temperature=2.0)  # softer
+    array([0.1863, 0.3072, 0.5065])
     """
     return _softmax(logits, temperature, num_threads, take_log=False)
 
 
 def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
-    """``log_softmax(logits / T)`` along the last axis; special values as :func:`softmax` (-inf stays -inf)."""
+    """``log_softmax(logits / T)`` along the last axis, computed stably in double.
+
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`softmax`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the compute dtype. Special values as :func:`softmax`, except that
+        -inf entries stay -inf.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> kdloss.log_softmax([1.0, 2.0, 3.0])
+    array([-2.4076, -1.4076, -0.4076])
+    >>> kdloss.log_softmax([0.0, float("-inf")])
+    array([  0., -inf])
+    """
     return _softmax(logits, temperature, num_threads, take_log=True)
 
 
 def distillation_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0) -> float:
     """``T^2 * KL(P_T || Q_T)`` for one pair of logit vectors, rounded to 4 decimal places.
 
-    ``student_logits`` and ``teacher_logits`` are equal-length, non-empty 1-D sequences (lists,
-    tuples or arrays). Returns a Python float, never ``-0.0``. For full precision and batches
-    use :func:`kd_loss`.
+    Parameters
+    ----------
+    student_logits, teacher_logits : sequence of float
+        Equal-length, non-empty 1-D sequences (lists, tuples or arrays).
+    temperature : float
+        ``T``, finite and > 0.
 
-    >>> distillation_loss([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # offset logits: same distribution
+    Returns
+    -------
+    float
+        The loss rounded with ``round(x, 4)``, never ``-0.0``. For full precision and batches use
+        :func:`kd_loss`.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> kdloss.distillation_loss([1.0, 2.0], [1.5, 2.5], temperature=1.0)  # offset logits: same distribution
     0.0
+    >>> kdloss.distillation_loss([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], temperature=2.0)
+    1.2806
     """
     student, teacher = np.asarray(student_logits), np.asarray(teacher_logits)
     for name, array in (("student_logits", student), ("teacher_logits", teacher)):

@@ -1,7 +1,10 @@
 """What the installed build can do."""
 
+from __future__ import annotations
+
 import platform
 import sys
+from typing import TextIO
 
 import numpy as np
 
@@ -10,17 +13,44 @@ from ._threads import available_cpus, default_num_threads
 from ._version import __version__
 
 
-def openmp_enabled():
-    """True when the compiled kernel uses OpenMP (False for a serial build)."""
+def openmp_enabled() -> bool:
+    """Whether the compiled kernel uses OpenMP.
+
+    Returns
+    -------
+    bool
+        True for an OpenMP build; False for a serial one (built with ``KDLOSS_NO_OPENMP=1``),
+        which gives the same results on one core.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> kdloss.openmp_enabled()
+    True
+    """
     return _kernel.openmp_enabled()
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print kdloss's version, OpenMP state, default thread count and kernel target.
 
     The kernel target is the instruction set the vectorised kernel runs with: the best one this
     CPU supports among those compiled in (``avx512``, ``avx2`` with FMA, the portable
     ``baseline``), or ``scalar`` (libm) where vector code was not compiled.
+
+    Parameters
+    ----------
+    file : text stream, optional
+        Where to print; standard output by default.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> kdloss.show_config()  # doctest: +ELLIPSIS
+    kdloss ...
+      OpenMP:          enabled
+      default threads: ...
+      kernel target:   ...
     """
     lines = [
         f"kdloss {__version__}",

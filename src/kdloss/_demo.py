@@ -1,4 +1,4 @@
-"""``kdloss demo``: the seed examples, then a synthetic batch scored at full speed."""
+"""``kdloss demo``: the task's examples, a non-zero one, then a synthetic batch scored at full speed."""
 
 import time
 
@@ -6,13 +6,22 @@ import numpy as np
 
 from ._api import distillation_loss, kd_loss
 from ._config import openmp_enabled
-from ._threads import resolve_num_threads
+from ._threads import resolve_num_threads, threads_for
+from ._validation import check_temperature
 
-# The user's examples: a student that matches the teacher up to an offset loses nothing.
+# The three examples of the user's task document, (student, teacher, T), each with loss 0.0000:
+# a student whose logits are the teacher's up to a constant offset (or equal) loses nothing.
 SEED_EXAMPLES = (
-    ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 1.0),  # identical logits
-    ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], 1.0),  # teacher = student + 1
-    ([0.5, -1.5, 2.0], [10.5, 8.5, 12.0], 2.0),  # teacher = student + 10, at T = 2
+    ([1.0, 2.0], [1.5, 2.5], 1.0),
+    ([0.5, 1.5, 2.5], [1.0, 2.0, 3.0], 2.0),
+    ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 1.0),
+)
+# A student that ranks the classes the other way round: a loss that is not zero.
+NONZERO_EXAMPLE = ([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], 2.0)
+
+NEXT_STEPS = (
+    "Next: kdloss score STUDENT.npy TEACHER.npy -T 2 scores stored logits; kdloss bench times the peers; "
+    "README.md, 'A short tour', shows the Python API."
 )
 
 
@@ -24,13 +33,30 @@ def synthetic_batch(rows, classes, seed=0):
     return student, teacher
 
 
+def threads_used(num_threads, rows, classes):
+    """The threads ``kd_loss`` runs on for a rows x classes batch: always 1 in a serial build."""
+    if not openmp_enabled():
+        return 1
+    return threads_for(resolve_num_threads(num_threads), rows, classes)
+
+
+def _example_line(example, note=""):
+    student, teacher, temperature = example
+    loss = distillation_loss(student, teacher, temperature=temperature)
+    return f"  {f'({student}, {teacher}, T = {temperature})':<46}{loss:.4f}{note}"
+
+
 def run(rows=4096, classes=1000, temperature=4.0, num_threads=None, repeats=5):
-    for student, teacher, t in SEED_EXAMPLES:
-        loss = distillation_loss(student, teacher, temperature=t)
-        print(f"distillation_loss({student}, {teacher}, temperature={t}) = {loss}")
+    # Every argument is checked before the first line is printed: an error leaves no half output.
+    temperature = check_temperature(temperature)
+    threads = resolve_num_threads(num_threads)
+
+    print("The task's examples (student, teacher, T) and T^2 * KL, rounded to 4 decimals:")
+    for example in SEED_EXAMPLES:
+        print(_example_line(example))
+    print(_example_line(NONZERO_EXAMPLE, "   (the student ranks the classes the other way round)"))
 
     student, teacher = synthetic_batch(rows, classes)
-    threads = resolve_num_threads(num_threads)
     kd_loss(student, teacher, temperature, num_threads=threads)  # warm-up
     timings = []
     for _ in range(repeats):
@@ -38,8 +64,10 @@ def run(rows=4096, classes=1000, temperature=4.0, num_threads=None, repeats=5):
         mean_loss = kd_loss(student, teacher, temperature, num_threads=threads)
         timings.append(time.perf_counter() - start)
     seconds = float(np.median(timings))
+    used = threads_used(threads, rows, classes)
     print(
-        f"synthetic batch {rows} x {classes} float32, T = {temperature}: mean loss {mean_loss:.6f}, "
-        f"{rows / seconds:,.0f} rows/s (median of {repeats}), {threads} thread(s), "
-        f"OpenMP {'on' if openmp_enabled() else 'off'}"
+        f"Synthetic batch {rows} x {classes} float32, T = {temperature}: mean loss {mean_loss:.6f}, "
+        f"{rows / seconds:,.0f} rows/s (median of {repeats}), {used} thread{'s' if used > 1 else ''}, "
+        f"OpenMP {'on' if openmp_enabled() else 'off (serial build)'}"
     )
+    print(NEXT_STEPS)

@@ -5,6 +5,11 @@ then one fused kernel pass per row (``_engine.rows``) gives the loss and its gra
 reduction's rules (denominator, gradient scale) are ``_reduction``'s.
 """
 
+# Postponed annotations: help() shows "ArrayLike", not NumPy's expanded Union.
+from __future__ import annotations
+
+from typing import Literal, overload
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -12,6 +17,7 @@ from . import _engine, _reduction
 from ._api import Reduction
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
+from ._typing import ScalarReduction
 from ._validation import (
     as_logits_pair,
     check_alpha,
@@ -104,6 +110,37 @@ def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.
     )
 
 
+# The reduction decides the loss's type (as in kd_loss), teacher_grad the tuple's length.
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+) -> tuple[float, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[True], num_threads: int | None = ...,
+) -> tuple[float, np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: Literal[True], num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+@overload
+def kd_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
+    reduction: Reduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
+    teacher_grad: bool = ..., num_threads: int | None = ...,
+) -> tuple[float | np.ndarray, ...]: ...
 def kd_loss_and_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -114,11 +151,13 @@ def kd_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
-):
+) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and its gradient, in one fused pass.
 
-    Parameters are those of :func:`kd_loss`, and:
-
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+        As in :func:`kd_loss`.
     grad_output : float or array_like, optional
         The upstream gradient. For ``"sum"`` and ``"mean"``, a scalar (default 1.0: the
         gradient of the loss itself). For ``"none"``, one value per row (shape
@@ -138,6 +177,21 @@ def kd_loss_and_grad(
         Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss
         is NaN has NaN gradients; a row whose loss is +inf (the student rules out a class the
         teacher allows) has the finite ``d_student`` autograd gives and a NaN ``d_teacher``.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> loss, d_student = kdloss.kd_loss_and_grad(student, teacher, temperature=2.0)
+    >>> loss
+    0.6403
+    >>> d_student.round(4) + 0.0  # T (Q - P) / rows, to 4 decimals (+ 0.0: no -0.0)
+    array([[-0.3202,  0.    ,  0.3202],
+           [ 0.    ,  0.    ,  0.    ]])
+    >>> loss, d_student, d_teacher = kdloss.kd_loss_and_grad(student, teacher, 2.0, teacher_grad=True)
+    >>> d_teacher[0]
+    array([ 0.3443, -0.0984, -0.2460])
     """
     loss, d_student, d_teacher = kd_loss_and_grads(
         student_logits, teacher_logits, temperature, reduction=reduction, weights=weights,
@@ -146,6 +200,24 @@ def kd_loss_and_grad(
     return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
 
 
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"], weights: ArrayLike | None = ...,
+    num_threads: int | None = ...,
+) -> np.ndarray: ...
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., num_threads: int | None = ...,
+) -> float: ...
+@overload
+def hinton_loss(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ..., weights: ArrayLike | None = ...,
+    num_threads: int | None = ...,
+) -> float | np.ndarray: ...
 def hinton_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -183,8 +255,23 @@ def hinton_loss(
         As in :func:`kd_loss`; ``"mean"`` divides by the total weight of the rows not ignored
         (their number without weights), and is 0.0 when there are none.
 
+    Returns
+    -------
+    float or numpy.ndarray
+        As :func:`kd_loss`: per row for ``"none"``, a Python float otherwise.
+
     Special values: the KL term as :func:`kd_loss`; the cross-entropy is NaN for a row with a
     NaN or +inf student logit, or all -inf, and +inf when the label's logit is -inf.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.hinton_loss(student, teacher, labels=[2, 0], temperature=2.0, alpha=0.5)
+    0.6967
+    >>> kdloss.hinton_loss(student, teacher, [2, -100], 2.0, reduction="none")  # -100: ignored
+    array([0.8441, 0.    ])
     """
     loss, _, _ = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
@@ -193,6 +280,41 @@ def hinton_loss(
     return loss
 
 
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
+    num_threads: int | None = ...,
+) -> tuple[float, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
+    num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
+    num_threads: int | None = ...,
+) -> tuple[float, np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
+    num_threads: int | None = ...,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+@overload
+def hinton_loss_and_grad(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
+    alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ...,
+    weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: bool = ...,
+    num_threads: int | None = ...,
+) -> tuple[float | np.ndarray, ...]: ...
 def hinton_loss_and_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -206,14 +328,38 @@ def hinton_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
-):
-    """:func:`hinton_loss` and its gradient in one fused pass; returns ``(loss, d_student)`` or
-    ``(loss, d_student, d_teacher)``, as :func:`kd_loss_and_grad`.
+) -> tuple[float | np.ndarray, ...]:
+    """:func:`hinton_loss` and its gradient in one fused pass.
 
     Per row, ``dL/ds = alpha T (Q - P) + (1 - alpha) (softmax(s) - onehot(label))`` and
     ``dL/dt = alpha T P (log P - log Q - KL)``, scaled by the reduction as in
     :func:`kd_loss_and_grad`; ignored rows and rows of weight 0 get 0. A NaN cross-entropy
     makes that row's ``d_student`` NaN.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
+        As in :func:`hinton_loss`.
+    grad_output, teacher_grad
+        As in :func:`kd_loss_and_grad`.
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
+        ``loss`` exactly as :func:`hinton_loss` returns it; the gradients as in
+        :func:`kd_loss_and_grad`.
+
+    Examples
+    --------
+    >>> import kdloss
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> loss, d_student = kdloss.hinton_loss_and_grad(student, teacher, [2, 0], temperature=2.0)
+    >>> loss
+    0.6967
+    >>> d_student
+    array([[-0.1376,  0.0612,  0.0764],
+           [-0.1667,  0.0833,  0.0833]])
     """
     loss, d_student, d_teacher = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,

@@ -42,9 +42,10 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="run the seed examples and score a built-in synthetic batch",
-        description="Print the seed examples, then score a fixed-seed synthetic float32 batch "
-        "and report the mean loss and throughput. Needs no files and no network.",
+        "demo", help="run the task's examples and score a built-in synthetic batch",
+        description="Print the task's three examples and one non-zero example with their losses "
+        "to 4 decimals, then score a fixed-seed synthetic float32 batch and report the mean loss "
+        "and throughput, and say what to run next. Needs no files and no network.",
     )
     demo.add_argument("--rows", type=_positive_int, default=4096, help="rows in the batch (default 4096)")
     demo.add_argument("--classes", type=_positive_int, default=1000, help="classes per row (default 1000)")

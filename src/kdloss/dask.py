@@ -28,6 +28,8 @@ How it maps onto Dask:
   worker's own default, as in :func:`kdloss.kd_loss`.
 """
 
+from __future__ import annotations
+
 try:
     import dask
     import dask.array as da
@@ -40,9 +42,11 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _reduction
 from . import kd_loss as _in_memory_kd_loss
+from ._api import Reduction
 from ._validation import (
     check_classes,
     check_num_threads,
@@ -99,15 +103,38 @@ def _same_chunks(a, b):
     )
 
 
-def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", num_threads=None):
+def kd_loss(
+    student_logits: da.Array | ArrayLike, teacher_logits: da.Array | ArrayLike, temperature: float = 1.0, *,
+    reduction: Reduction = "mean", num_threads: int | None = None,
+) -> da.Array:
     """:func:`kdloss.kd_loss` for Dask arrays, lazily: one task per block of rows.
 
-    Parameters are those of :func:`kdloss.kd_loss`; ``student_logits`` and ``teacher_logits``
-    are ``dask.array.Array`` (anything else is wrapped as one chunk) of the same shape, with
-    any chunking. ``num_threads`` is the threads *per task* (None: 1; see the module notes).
+    Parameters
+    ----------
+    student_logits, teacher_logits : dask.array.Array
+        Of the same shape, with any chunking (anything else is wrapped as one chunk).
+    temperature, reduction
+        As in :func:`kdloss.kd_loss`.
+    num_threads : int, optional
+        The threads *per task* (None: 1; see the module notes).
 
-    Returns a lazy ``dask.array.Array``: per-row losses for ``"none"``, a 0-d float64 array
-    for ``"sum"`` and ``"mean"``. Errors in the arguments are raised here, before any task runs.
+    Returns
+    -------
+    dask.array.Array
+        Lazy: per-row losses for ``"none"``, a 0-d float64 array for ``"sum"`` and ``"mean"``.
+        Errors in the arguments are raised here, before any task runs.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import kdloss.dask
+    >>> student = da.from_array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], chunks=(1, 3))
+    >>> teacher = da.from_array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]], chunks=(1, 3))
+    >>> loss = kdloss.dask.kd_loss(student, teacher, temperature=2.0)  # lazy: nothing runs yet
+    >>> float(loss.compute())
+    0.6403
+    >>> kdloss.dask.kd_loss(student, teacher, 2.0, reduction="none").compute()
+    array([1.2806, 0.    ])
     """
     student = _as_dask_logits(student_logits, "student_logits")
     teacher = _as_dask_logits(teacher_logits, "teacher_logits")

@@ -23,9 +23,19 @@ messages, and reduces the same way; the per-row arithmetic is its own, in float6
 never calls the kernel.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _reduction as reduction_rules
+from ._typing import typed_as
+
+if TYPE_CHECKING:  # the front end imports the oracle: only the type checker reads these
+    from . import _api, _training  # noqa: TC004 (read only inside the never-called typed_as lambdas)
+    from ._api import Reduction
 from ._validation import (
     as_logits,
     as_logits_pair,
@@ -78,10 +88,17 @@ def _kd_rows(student, teacher, temperature):
     return losses, log_p, log_q, kl, masked | vanishing
 
 
-def kl_rows(student, teacher, temperature):
+def kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.ndarray:
     """The oracle of divergence ``"kl"`` (``kdloss._divergences``): ``T^2 KL(P || Q)`` per row,
     float64, shape ``teacher.shape[:-1]``, for logits of one shape (any real dtype) and a
-    temperature already checked."""
+    temperature already checked.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.kl_rows([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]], 2.0)
+    array([1.2806, 0.    ])
+    """
     return _kd_rows(np.asarray(student), np.asarray(teacher), temperature)[0]
 
 
@@ -122,10 +139,18 @@ def _ce_row_grads(student, labels):
     return ce, np.where(nan_rows, np.nan, d_s)
 
 
-def cross_entropy_rows(student, labels):
+def cross_entropy_rows(student: ArrayLike, labels: np.ndarray) -> np.ndarray:
     """The oracle of Hinton's cross-entropy term (``kdloss._divergences.HINTON_TERMS``):
     ``logsumexp(s) - s_label`` per row at T = 1, float64, 0 where a label is ignored
-    (negative, as ``check_labels`` returns them)."""
+    (negative, as ``check_labels`` returns them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kdloss.reference
+    >>> kdloss.reference.cross_entropy_rows([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], np.array([2, -1]))
+    array([0.4076, 0.    ])
+    """
     return np.where(labels >= 0, _ce_row_grads(np.asarray(student), labels)[0], 0.0)
 
 
@@ -134,23 +159,82 @@ def cross_entropy_rows(student, labels):
 # ---------------------------------------------------------------------------------------------
 
 
-def log_softmax(logits, temperature=1.0, *, num_threads=None):
-    """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`."""
+@typed_as(lambda: _api.log_softmax)
+def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
+    """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`.
+
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`kdloss.log_softmax` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the result dtype (as the kernel's).
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.log_softmax([1.0, 2.0, 3.0])
+    array([-2.4076, -1.4076, -0.4076])
+    """
     x = as_logits(logits)
     return _log_softmax64(x, check_temperature(temperature)).astype(result_dtype(x.dtype))
 
 
-def softmax(logits, temperature=1.0, *, num_threads=None):
-    """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`."""
+@typed_as(lambda: _api.softmax)
+def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
+    """``softmax(logits / T)`` along the last axis, as :func:`kdloss.softmax`.
+
+    Parameters
+    ----------
+    logits, temperature, num_threads
+        As in :func:`kdloss.softmax` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    numpy.ndarray
+        The input's shape, in the result dtype (as the kernel's).
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.softmax([1.0, 2.0, 3.0], temperature=2.0)
+    array([0.1863, 0.3072, 0.5065])
+    """
     x = as_logits(logits)
     return np.exp(_log_softmax64(x, check_temperature(temperature))).astype(result_dtype(x.dtype))
 
 
-def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean", weights=None, num_threads=None):
+@typed_as(lambda: _api.kd_loss)
+def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0, *,
+            reduction: Reduction = "mean", weights: ArrayLike | None = None,
+            num_threads: int | None = None) -> float | np.ndarray:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, reduced, as :func:`kdloss.kd_loss`.
 
     With ``weights``: ``w * loss`` per row (exactly 0 where ``w == 0``, even for a NaN row),
     ``"sum"`` adds them, ``"mean"`` divides the sum by ``sum(w)`` (0.0 when that is 0).
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+        As in :func:`kdloss.kd_loss` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Per row for ``"none"`` (in the result dtype), a Python float otherwise.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.reference.kd_loss(student, teacher, temperature=2.0)
+    0.6403
+    >>> kdloss.reference.kd_loss(student, teacher, 2.0, reduction="none")
+    array([1.2806, 0.    ])
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -164,23 +248,42 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, *, reduction="mean"
     return reduction_rules.reduce(losses, reduction, denominator, result_dtype(teacher.dtype))
 
 
+@typed_as(lambda: _training.kd_loss_and_grad)
 def kd_loss_and_grad(
-    student_logits,
-    teacher_logits,
-    temperature=1.0,
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    temperature: float = 1.0,
     *,
-    reduction="mean",
-    weights=None,
-    grad_output=None,
-    teacher_grad=False,
-    num_threads=None,
-):
+    reduction: Reduction = "mean",
+    weights: ArrayLike | None = None,
+    grad_output: ArrayLike | None = None,
+    teacher_grad: bool = False,
+    num_threads: int | None = None,
+) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and the gradient of ``grad_output * loss``, as :func:`kdloss.kd_loss_and_grad`.
 
     Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher
     masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
     or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
     ``(loss, d_student, d_teacher)``, the gradients in the result dtype.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, temperature, reduction, weights, grad_output, teacher_grad, num_threads
+        As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_student = kdloss.reference.kd_loss_and_grad([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], 2.0)
+    >>> loss
+    1.2806
+    >>> d_student
+    array([-0.6403,  0.    ,  0.6403])
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -238,22 +341,66 @@ def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_i
     return _reduced_with_grads(losses, d_s, d_t if teacher_grad else None, reduction, kept, grad_output, dtype)
 
 
-def hinton_loss(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *, ignore_index=-100,
-                reduction="mean", weights=None, num_threads=None):
+@typed_as(lambda: _training.hinton_loss)
+def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0,
+                alpha: float = 0.5, *, ignore_index: int = -100, reduction: Reduction = "mean",
+                weights: ArrayLike | None = None, num_threads: int | None = None) -> float | np.ndarray:
     """``alpha T^2 KL(P || Q) + (1 - alpha) CE(softmax(s), label)`` per row, as :func:`kdloss.hinton_loss`.
 
     ``CE = logsumexp(s) - s_label`` at T = 1. Rows labelled ``ignore_index`` are left out (0 in
     "none", and out of the mean's denominator); "mean" is 0.0 when no row counts.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
+        As in :func:`kdloss.hinton_loss` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Per row for ``"none"``, a Python float otherwise.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> student = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    >>> teacher = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> kdloss.reference.hinton_loss(student, teacher, [2, 0], temperature=2.0, alpha=0.5)
+    0.6967
     """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
                    None, False, want_grad=False)
 
 
-def hinton_loss_and_grad(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *,
-                         ignore_index=-100, reduction="mean", weights=None, grad_output=None,
-                         teacher_grad=False, num_threads=None):
+@typed_as(lambda: _training.hinton_loss_and_grad)
+def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
+                         temperature: float = 1.0, alpha: float = 0.5, *, ignore_index: int = -100,
+                         reduction: Reduction = "mean", weights: ArrayLike | None = None,
+                         grad_output: ArrayLike | None = None, teacher_grad: bool = False,
+                         num_threads: int | None = None) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient, as :func:`kdloss.hinton_loss_and_grad`:
     ``dL/ds = alpha T (Q - P) + (1 - alpha) (R - onehot(label))``, ``dL/dt = alpha T P (log P -
-    log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0."""
+    log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights
+        As in :func:`kdloss.hinton_loss`.
+    grad_output, teacher_grad, num_threads
+        As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+
+    Returns
+    -------
+    (loss, d_student) or (loss, d_student, d_teacher)
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_student = kdloss.reference.hinton_loss_and_grad([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], 2, 2.0)
+    >>> loss
+    0.8441
+    >>> d_student
+    array([-0.2751,  0.1224,  0.1528])
+    """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
                    grad_output, teacher_grad, want_grad=True)

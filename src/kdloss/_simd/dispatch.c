@@ -21,10 +21,13 @@ static const kd_target *kd_find(const char *name, int *found)
         return &kd_target_baseline;
 #if KD_X86_64
     __builtin_cpu_init();
-    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    /* F16C (float16 loads) came with every AVX2 CPU; it is checked all the same. */
+    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c"))
         return &kd_target_avx2;
     if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f")
-        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("f16c"))
         return &kd_target_avx512;
 #endif
 #endif

@@ -79,8 +79,13 @@ KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_
     return ((hi - row->shift_hi) + (kd_select(lo == lo, lo, kd_splat(0.0)) - row->shift_lo)) * row->inv_T;
 }
 
-/* The terms of KD_LANES classes of logits t, s. `moderate`: every a and b of the row lies in
- * [-700, 0], so every class is near and the cheaper exp applies. */
+/* The terms of KD_LANES classes of logits t, s, in one of three modes (kd_row_mode, target_impl.h):
+ * KD_MODERATE: every a and b of the row lies in [-700, 0], so every class is near and the cheaper
+ * exp applies; KD_MASKED: so do the finite ones, and -inf logits (masked classes) are let through
+ * by a few selects, with the cheaper exp on safe arguments; *out_of_range collects the lanes where
+ * that assumption fails (a finite a < -700, or |d| > 700), and the caller then redoes the chunk in
+ * KD_GENERAL mode, which handles every value. Each mode gives every class the same meaning, so the
+ * gradient pass needs only to tell near classes from far ones (kd_kl_near). */
 typedef struct {
     kd_vd sum[KD_KL_SUMS]; /* their shares of the row sums */
     kd_vd kept_a, kept_w;  /* e^a, and e^-d - 1 (near classes) or e^b (far), for the gradient */
@@ -91,15 +96,33 @@ KD_INLINE kd_vi kd_kl_near(kd_vd a, kd_vd d)
     return (a >= -700.0) & (d >= -700.0) & (d <= 700.0);
 }
 
-KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, const int moderate,
-                                        const int for_double)
+KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, const int mode,
+                                        const int for_double, kd_vi *out_of_range)
 {
     kd_kl_terms out;
     const double inv_T = row->inv_T;
     const kd_vd at = t - row->t_max, a = at * inv_T;
     const kd_vd d = kd_kl_gap(t, s, row, for_double);
     kd_vd em1, f;
-    if (moderate) {
+    if (mode == KD_MASKED) {
+        const kd_vi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
+        const kd_vd safe_a = kd_select(t_masked, kd_splat(0.0), a);
+        /* e^-d where the teacher allows the class, e^b where it masks it; 0 where the student masks */
+        const kd_vd x = kd_select(s_masked, kd_splat(0.0), kd_select(t_masked, (s - row->s_max) * inv_T, -d));
+        *out_of_range |= (safe_a < -700.0) | (x < -700.0) | (x > 700.0);
+        const kd_vd ea = kd_keep(~t_masked, kd_exp_moderate(safe_a, for_double));
+        const kd_vd e = kd_keep(~s_masked, kd_exp_minus_one_parts(x, for_double, 0, &em1, &f));
+        const kd_vd eb = kd_select(t_masked, e, ea * e);
+        out.sum[KD_KL_ZP] = ea;
+        out.sum[KD_KL_ZQ] = eb;
+        out.sum[KD_KL_GAP] = ea * kd_keep(~t_masked, d);
+        /* the student's mass where the teacher masks; +inf where the student masks what P allows */
+        out.sum[KD_KL_G] = kd_select(s_masked & ~t_masked, kd_splat(INFINITY), kd_select(t_masked, e, ea * f));
+        out.kept_a = ea;
+        out.kept_w = kd_select(t_masked | s_masked, eb, em1);
+        return out;
+    }
+    if (mode == KD_MODERATE) {
         const kd_vd ea = kd_exp_moderate(a, for_double);
         const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f);
         out.sum[KD_KL_ZP] = ea;
@@ -167,7 +190,7 @@ KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum)
 
 /* Q - P and the KL's teacher direction P (d - m) of KD_LANES classes, from the kept values. */
 KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
-                                    const kd_kl_finished *row, const int moderate,
+                                    const kd_kl_finished *row, const int mode,
                                     const int for_double, kd_vd *q_minus_p, kd_vd *teacher_direction)
 {
     const double inv_T = constants->inv_T;
@@ -175,7 +198,7 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
     const kd_vd at = t - constants->t_max;
     const kd_vd p = ea * row->inv_zp;
     const kd_vd near_value = p * ((w - row->y) * row->inv_one_plus_y);
-    if (moderate)
+    if (mode == KD_MODERATE)
         *q_minus_p = near_value;
     else
         *q_minus_p = kd_select(kd_kl_near(at * inv_T, d), near_value, w * row->inv_zq - p);

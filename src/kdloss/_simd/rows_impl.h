@@ -92,11 +92,11 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
  * classes are stored at keep_a and keep_w. */
 KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_DIV(row) *row,
-                               const int moderate, kd_block_sums *block, const int keeping,
-                               double *keep_a, double *keep_w)
+                               const int mode, kd_block_sums *block, const int keeping,
+                               double *keep_a, double *keep_w, kd_vi *out_of_range)
 {
-    KD_DIV(terms) x = KD_DIV(class_terms)(t0, s0, row, moderate, KD_EXP_FOR_DOUBLE);
-    KD_DIV(terms) y = KD_DIV(class_terms)(t1, s1, row, moderate, KD_EXP_FOR_DOUBLE);
+    KD_DIV(terms) x = KD_DIV(class_terms)(t0, s0, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
+    KD_DIV(terms) y = KD_DIV(class_terms)(t1, s1, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
     for (int k = 0; k < KD_DIV_SUMS; k++)
         block->sum[k] += x.sum[k] + y.sum[k];
     if (keeping) {
@@ -107,11 +107,14 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_
     }
 }
 
-KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
-                                double s_max, double inv_T, const int moderate, kd_row_sums *out,
-                                const int keeping, double *keep_a, double *keep_w,
-                                ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+/* Returns nonzero when a KD_MASKED chunk met finite logits outside the cheap range (its sums
+ * are then to be redone in KD_GENERAL mode). */
+KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
+                               double s_max, double inv_T, const int mode, kd_row_sums *out,
+                               const int keeping, double *keep_a, double *keep_w,
+                               ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
+    kd_vi out_of_range = (kd_vi)kd_splat(0.0);
     const KD_DIV(row) row = KD_DIV(row_constants)(t_max, s_max, inv_T);
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
@@ -128,8 +131,8 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                 }
             }
             KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
-                            KD_LOAD(bs + i + KD_LANES), &row, moderate, &block, keeping,
-                            keep_a + start + i, keep_w + start + i);
+                            KD_LOAD(bs + i + KD_LANES), &row, mode, &block, keeping,
+                            keep_a + start + i, keep_w + start + i, &out_of_range);
         }
         if (i < len) {
             /* The last few classes, padded with -inf in both rows: a class both mask, which adds
@@ -140,10 +143,15 @@ KD_INLINE void KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                             KD_LOAD_PARTIAL(bs + i, count0, -INFINITY),
                             KD_LOAD_PARTIAL(bt + i + count0, count - count0, -INFINITY),
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
-                            &row, 0, &block, keeping, keep_a + start + i, keep_w + start + i);
+                            &row, KD_GENERAL, &block, keeping, keep_a + start + i, keep_w + start + i,
+                            &out_of_range);
         }
         kd_add_block(out, &block, KD_DIV_SUMS);
     }
+    int any = 0;
+    for (int lane = 0; lane < KD_LANES; lane++)
+        any |= out_of_range[lane] != 0;
+    return any;
 }
 
 /* Pass 2: kd_row_sums of n <= KD_CHUNK classes of a row whose extrema are *range.
@@ -157,16 +165,20 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
 {
     const KD_REAL *t = t_in, *s = s_in;
     memset(out, 0, sizeof *out);
-    const int moderate = kd_is_moderate(range, inv_T);
+    const int mode = kd_row_mode(range, inv_T), keeping = kept_a != NULL;
     const double t_max = range->t_max, s_max = range->s_max;
-    if (kept_a == NULL && moderate)
-        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 0, NULL, NULL, ahead_t, ahead_s);
-    else if (kept_a == NULL)
-        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 0, NULL, NULL, ahead_t, ahead_s);
-    else if (moderate)
-        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 1, out, 1, kept_a, kept_w, ahead_t, ahead_s);
-    else
-        KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, 0, out, 1, kept_a, kept_w, ahead_t, ahead_s);
+    /* Each mode and keeping flag is a constant in its own copy of the loop. */
+#define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
+    int redo = 0;
+    if (mode == KD_MODERATE)
+        keeping ? KD_CHUNK_IN(KD_MODERATE, 1) : KD_CHUNK_IN(KD_MODERATE, 0);
+    else if (mode == KD_MASKED)
+        redo = keeping ? KD_CHUNK_IN(KD_MASKED, 1) : KD_CHUNK_IN(KD_MASKED, 0);
+    if (mode == KD_GENERAL || redo) {
+        memset(out, 0, sizeof *out);
+        keeping ? KD_CHUNK_IN(KD_GENERAL, 1) : KD_CHUNK_IN(KD_GENERAL, 0);
+    }
+#undef KD_CHUNK_IN
 }
 
 /* Stores `count` lanes of x as KD_OUT, each rounded once. */
@@ -252,10 +264,11 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             sum[k] = kd_splat(0.0);
         kd_vd kept_a[KD_SHORT_ROW], kept_w[KD_SHORT_ROW];
         const KD_DIV(row) constants = KD_DIV(lane_constants)(t_max, s_max, inv_T);
+        kd_vi unused = (kd_vi)kd_splat(0.0); /* short rows take the moderate or the general mode */
         for (ptrdiff_t j = 0; j < n; j++) {
             KD_DIV(terms) x = moderate
-                ? KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, 1, KD_EXP_FOR_DOUBLE)
-                : KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, 0, KD_EXP_FOR_DOUBLE);
+                ? KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, KD_MODERATE, KD_EXP_FOR_DOUBLE, &unused)
+                : KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, KD_GENERAL, KD_EXP_FOR_DOUBLE, &unused);
             for (int k = 0; k < KD_DIV_SUMS; k++)
                 sum[k] += x.sum[k];
             kept_a[j] = x.kept_a;

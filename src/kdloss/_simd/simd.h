@@ -78,6 +78,10 @@ static inline double kd_float16_to_double(unsigned short bits)
 /* The divergence table: a row each (divergence_*.h), instantiated for every input dtype. */
 enum { KD_KL = 0, KD_DIVERGENCE_COUNT = 1 };
 
+/* How the sums' pass treats a row (target_impl.h, kd_row_mode): every logit in the cheap range;
+ * -inf logits (masked classes) among finite ones in that range; anything (the general mode). */
+enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2 };
+
 /* The most sums a divergence keeps per row, and constants its finish hands the gradient pass. */
 #define KD_MAX_SUMS 4
 #define KD_MAX_CONSTANTS 6

@@ -2,9 +2,9 @@
 #include "simd.h"
 #if KD_VECTOR_EXTENSIONS && KD_X86_64
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c"))), apply_to = function)
 #else
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma,f16c")
 #endif
 #define KD_LANES 8
 #define KD_TARGET_ID avx512

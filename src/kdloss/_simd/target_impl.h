@@ -51,6 +51,19 @@ static inline int kd_is_moderate(const kd_row_range *range, double inv_T)
         && (range->s_min - range->s_max) * inv_T >= -700.0;
 }
 
+/* The mode of the sums' pass for a row with these extrema: moderate; masked (some -inf logits, both
+ * maxima finite: tried first, and a chunk whose finite logits leave the cheap range is redone in
+ * the general mode); or general. */
+static inline int kd_row_mode(const kd_row_range *range, double inv_T)
+{
+    if (kd_is_moderate(range, inv_T))
+        return KD_MODERATE;
+    if ((range->t_min == -INFINITY || range->s_min == -INFINITY) && isfinite(range->t_max)
+        && isfinite(range->s_max))
+        return KD_MASKED;
+    return KD_GENERAL;
+}
+
 /* A compensated sum's value; an inf or NaN total makes the error NaN, and the total is the answer. */
 static inline double kd_sum_value(double total, double error)
 {

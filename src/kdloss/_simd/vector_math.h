@@ -40,7 +40,7 @@ typedef float kd_vf_unaligned __attribute__((vector_size(4 * KD_LANES), aligned(
 
 KD_INLINE kd_vd kd_load_f64(const double *p) { return *(const kd_vd_unaligned *)p; }
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__AVX512F__) || defined(__AVX__))
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__AVX512F__) || defined(__AVX__) || defined(__F16C__))
 /* GCC 12 splits a float -> double vector conversion into halves; the intrinsic is one
  * instruction. (The target pragma of each file defines __AVX__ / __AVX512F__.) */
 #include <immintrin.h>
@@ -133,9 +133,15 @@ KD_INLINE kd_vd kd_load_bf16(const uint16_t *p)
 
 KD_INLINE kd_vd kd_load_f16(const uint16_t *p)
 {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__F16C__) && defined(__AVX512F__) && KD_LANES == 8
+    return (kd_vd)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__F16C__) && KD_LANES == 4
+    return (kd_vd)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p))); /* F16C: exact */
+#else
     kd_vh h;
     memcpy(&h, p, sizeof h);
     return kd_widen_float16(h);
+#endif
 }
 
 KD_INLINE kd_vd kd_load_partial_bf16(const uint16_t *p, int count, double fill)

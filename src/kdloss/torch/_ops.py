@@ -341,6 +341,20 @@ def kd_loss(
         0-d for ``"mean"``, ``"sum"`` and ``"batchmean"``, per row for ``"none"``; of the
         logits' dtype. Values and special cases as :func:`kdloss.kd_loss` (float16 and
         bfloat16: computed in float32; the loss is rounded once to the logits' dtype).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import kdloss.torch as kdt
+    >>> student = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    >>> teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    >>> loss = kdt.kd_loss(student, teacher, temperature=2.0)
+    >>> loss.item()
+    0.6403
+    >>> loss.backward()
+    >>> student.grad + 0.0  # + 0.0: no -0.0
+    tensor([[-0.3202,  0.0000,  0.3202],
+            [ 0.0000,  0.0000,  0.0000]])
     """
     student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
@@ -372,6 +386,36 @@ def hinton_loss(
     ``student``, ``teacher``, ``temperature``, ``reduction`` and ``weights`` are as in
     :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term. Values and special cases as
     :func:`kdloss.hinton_loss`.
+
+    Parameters
+    ----------
+    student, teacher, temperature, reduction, weights
+        As in :func:`kd_loss`.
+    labels : Tensor of int
+        Shape ``logits.shape[:-1]``: a class in ``[0, classes)`` or ``ignore_index`` per row.
+    alpha : float in [0, 1]
+        The weight of the KL term; ``1 - alpha`` weighs the cross-entropy.
+    ignore_index : int
+        The label of rows to leave out (padding).
+
+    Returns
+    -------
+    Tensor
+        As :func:`kd_loss`: 0-d, or per row for ``"none"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import kdloss.torch as kdt
+    >>> student = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    >>> teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    >>> loss = kdt.hinton_loss(student, teacher, torch.tensor([2, 0]), temperature=2.0, alpha=0.5)
+    >>> loss.item()
+    0.6967
+    >>> loss.backward()
+    >>> student.grad
+    tensor([[-0.1376,  0.0612,  0.0764],
+            [-0.1667,  0.0833,  0.0833]])
     """
     student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
