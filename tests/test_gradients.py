@@ -560,3 +560,28 @@ def test_float32_student_gradient_is_correctly_rounded_where_q_minus_p_cancels(k
     exact = np.array([float(v) for v in exact_kd_grad(student.tolist(), teacher.tolist(), 1.0)[0]])
     ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
     assert np.max(np.abs(d_student[0].astype(np.float64) - exact) / ulp) <= 0.5 + 1e-3
+
+
+def test_gradients_rounded_to_odd_for_a_second_rounding(kernel_target):
+    # kdloss.torch asks for float32 gradients rounded to odd (2-byte logits), so that rounding them
+    # to float16/bfloat16 is the exact value's one rounding: the kernel's float32 stores must be
+    # the gradient rounded to odd, positive and negative entries alike (a sign bug once sent
+    # negative entries away from zero).
+    from kdloss import _reduction, _training
+
+    rng = np.random.default_rng(11)
+    teacher = rng.standard_normal((40, 300)).astype(np.float32)
+    student = (teacher + 0.3 * rng.standard_normal(teacher.shape)).astype(np.float32)
+    wide = _training.kd_loss_and_grads(student.astype(np.float64), teacher.astype(np.float64), 3.0,
+                                       reduction="none", teacher_grad=True)
+    odd = _training.kd_loss_and_grads(student, teacher, 3.0, reduction="none", teacher_grad=True,
+                                      round_to_odd=True)
+    # The float32-input path's double intermediates are good to 5e-12 of the row's scale
+    # (gradient_checks), so an entry far smaller than its row's largest may sit on the other side
+    # of a float32 value: the next odd float32 (two units) off, rarely. Everything else is the
+    # float64 value rounded to odd.
+    for got, want in zip(odd, wide):
+        rounded = _reduction.float32_rounded_to_odd(want)
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got.astype(np.float64) - rounded) <= 2 * np.spacing(np.abs(rounded)))
+        assert np.mean(got == rounded) > 0.999

@@ -8,6 +8,7 @@ nn = torch.nn
 
 from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
 
+import kdloss
 import kdloss.torch as kdt
 from kdloss.torch import _ops, _two_byte
 
@@ -95,20 +96,20 @@ def test_values_and_gradients_are_float64_rounded(dtype, reduction, loss_name):
 
 @pytest.mark.parametrize("dtype", NARROW, ids=str)
 @pytest.mark.parametrize("ml_dtypes", [True, False], ids=["ml_dtypes", "without-ml_dtypes"])
-def test_gradients_are_the_float32_gradients_converted(dtype, ml_dtypes, monkeypatch):
-    """What the kernel computes for the widened logits, converted once more: no other error;
-    bfloat16 read natively (ml_dtypes) or widened to float32 first (without) alike."""
+def test_per_row_losses_and_gradients_are_rounded_once(dtype, ml_dtypes, monkeypatch):
+    """Each per-row loss and gradient element is kdloss's float64 value on the widened logits
+    rounded once to the logits' dtype (the NumPy layer hands float32 rounded to odd, so the second
+    rounding is exact), bfloat16 read natively (ml_dtypes) or widened to float32 first alike."""
     if not ml_dtypes:
         monkeypatch.setattr(_two_byte, "_numpy_bfloat16", lambda: None)
-    student, teacher, _ = pair((5, 33), dtype, seed=4)
+    student, teacher, (s64, t64) = pair((64, 300), dtype, seed=4)
     loss = kdt.kd_loss(student, teacher, 3.0, "none")
     loss.sum().backward()
-    wide = [x.detach().float().requires_grad_() for x in (student, teacher)]
-    wide_loss = kdt.kd_loss(*wide, 3.0, "none")
-    wide_loss.sum().backward()
-    assert torch.equal(loss, wide_loss.detach().to(dtype))
-    for narrow, widened in zip((student, teacher), wide):
-        assert torch.equal(narrow.grad, widened.grad.to(dtype))
+    want_loss, want_s, want_t = kdloss.kd_loss_and_grad(
+        s64.detach().numpy(), t64.detach().numpy(), 3.0, reduction="none", teacher_grad=True)
+    assert torch.equal(loss.detach(), rounded_once(torch.from_numpy(want_loss), dtype))
+    assert torch.equal(student.grad, rounded_once(torch.from_numpy(want_s), dtype))
+    assert torch.equal(teacher.grad, rounded_once(torch.from_numpy(want_t), dtype))
 
 
 def test_autocast_forward_and_backward_on_a_small_model():

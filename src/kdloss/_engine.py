@@ -48,7 +48,7 @@ def _check_divergence(divergence):
 
 def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parameters=None,
          labels=None, kl_weight=1.0, ce_weight=0.0, weights=None, grad_output=None, grad_scale=1.0,
-         d_student=None, d_teacher=None):
+         d_student=None, d_teacher=None, round_to_odd=False):
     """Per-row losses into ``out`` (float64, one per row) and, when given, gradients into
     ``d_student`` / ``d_teacher`` (C-contiguous, the logits' shape, the result dtype).
 
@@ -56,6 +56,8 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     training form: ``out[i] = w_i * (kl_weight * T^2 D + ce_weight * CE(label_i))`` and the
     gradients of that times ``grad_scale * grad_output[i]``; ``labels`` (negative: row left out),
     ``weights`` and ``grad_output`` have one float64/int64 entry per row, C-contiguous.
+    ``round_to_odd``: float32 gradients rounded to odd, for a caller that rounds them on to a
+    2-byte type (``kdloss.torch``), so that each is rounded once in all.
     """
     _check_divergence(divergence)
     n_rows, n_classes = teacher.shape
@@ -81,6 +83,7 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
         out,
         no_rows if d_student is None else d_student,
         no_rows if d_teacher is None else d_teacher,
+        round_to_odd,
         threads,
     )
 

@@ -50,6 +50,7 @@ cdef extern from "simd.h" nogil:
     enum: KD_FLOAT64
     enum: KD_FLOAT16
     enum: KD_BFLOAT16
+    float kd_float_rounded_to_odd(double x)
     double kd_float16_to_double(unsigned short bits)
     double kd_bfloat16_to_double(unsigned short bits)
     ctypedef struct kd_row_range:
@@ -72,11 +73,13 @@ cdef extern from "simd.h" nogil:
         const double* kept_a
         const double* kept_w
         int ce_mode
+        int round_to_odd
     ctypedef struct kd_short_grad:
         const double* coef
         char* d_s
         char* d_t
         ptrdiff_t row_bytes
+        int round_to_odd
     ctypedef struct kd_dtype_passes:
         void (*range)(const void*, const void*, ptrdiff_t, kd_row_range*) noexcept nogil
         void (*sums)(const void*, const void*, ptrdiff_t, const kd_row_range*, double,
@@ -220,9 +223,12 @@ cdef inline void fill_row(void* x, Py_ssize_t n, double value, size_t out_size) 
             (<float*> x)[j] = <float> value
 
 
-cdef inline void write_at(void* x, Py_ssize_t j, double value, size_t out_size) noexcept nogil:
+cdef inline void write_at(void* x, Py_ssize_t j, double value, size_t out_size, bint round_to_odd) noexcept nogil:
+    """Gradient element j set to value, rounded once (float32 with round_to_odd: to odd)."""
     if out_size == sizeof(double):
         (<double*> x)[j] = value
+    elif round_to_odd:
+        (<float*> x)[j] = kd_float_rounded_to_odd(value)
     else:
         (<float*> x)[j] = <float> value
 
@@ -356,6 +362,7 @@ cdef struct LossTerms:
     int divergence   # the divergence's row of the divergence table (KD_KL, ...)
     int dtype        # the input's row of the dtype table (KD_FLOAT32, ...)
     size_t out_size  # bytes of one gradient element (8: float64, 4: float32)
+    bint round_to_odd  # float32 gradients rounded to odd, for a caller that rounds them to 2 bytes
 
 
 cdef double label_divergence_part(
@@ -392,6 +399,7 @@ cdef double row_loss_and_grad(
     memset(&row, 0, sizeof(row))
     row.inv_T = terms.inv_T
     row.ce_mode = KD_CE_NONE
+    row.round_to_odd = terms.round_to_odd
     if with_kl or with_ce:
         # With the cross-entropy alone, the student's extrema in both halves (t is not read).
         row_extrema(t if with_kl else s, s, n, p, &row.range)
@@ -439,7 +447,7 @@ cdef double row_loss_and_grad(
         # where s_y is the maximum.
         write_at(d_s, label, (label_divergence_part(t, s, label, terms, &row) * row.kl_coef if with_kl else 0.0)
                  + ((exp(value_at(s, label, dtype) - row.range.s_max) - top1) - rest1)
-                 * row.inv_z1 * row.ce_coef, out_size)
+                 * row.inv_z1 * row.ce_coef, out_size, terms.round_to_odd)
     if d_t != NULL and not with_kl:
         fill_row(d_t, n, 0.0, out_size)
     if with_kl and kd_value == INFINITY and d_t != NULL:
@@ -502,6 +510,7 @@ cdef void short_rows_block(
         grad.d_s = job.d_student + first * row_bytes
         grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
         grad.row_bytes = row_bytes
+        grad.round_to_odd = job.terms.round_to_odd
     passes(job.terms.divergence, job.terms.dtype).short_rows(
         job.t_base + first * job.t_row, job.s_base + first * job.s_row,
         job.t_row, job.s_row, job.t_col, job.s_col, count, n,
@@ -530,6 +539,19 @@ cdef void rows_block(
     cdef bint short_kl = job.terms.kl_weight != 0.0 and n <= KD_SHORT_ROW
     if short_kl:
         short_rows_block(job, first, count, short_kd, written)
+    if (short_kl and not job.want_grad and job.terms.ce_weight == 0.0 and job.row_weights == NULL
+            and job.labels == NULL):
+        # The loss alone of short rows, every weight 1: the values as below, without the
+        # per-row bookkeeping; rows with special values (NaN) still go through the row helper.
+        for r in range(count):
+            if short_kd[r] == short_kd[r]:
+                job.out[first + r] = job.terms.kl_weight * short_kd[r] + 0.0
+            else:
+                job.out[first + r] = row_loss_and_grad(
+                    contiguous_row(job.t_base + (first + r) * job.t_row, job.t_col, n, t_copy),
+                    contiguous_row(job.s_base + (first + r) * job.s_row, job.s_col, n, s_copy),
+                    n, &job.terms, 0, NAN, job.grad_scale, NULL, NULL, NULL)
+        return
     for r in range(count):
         i = first + r
         d_s = <void*> (job.d_student + i * row_bytes) if job.d_student != NULL else NULL
@@ -612,6 +634,7 @@ cdef bint long_rows(
         memset(&row, 0, sizeof(row))
         row.inv_T = inv_T
         row.ce_mode = KD_CE_NONE
+        row.round_to_odd = job.terms.round_to_odd
         for c in prange(n_chunks, schedule="static", num_threads=num_threads):
             p.range(t + c * KD_CHUNK, s + c * KD_CHUNK, chunk_length(c * KD_CHUNK, n), &extrema[c])
         row.range = extrema[0]
@@ -673,6 +696,10 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
     cdef bint keeps = job.want_grad and job.terms.kl_weight != 0.0
     cdef bint sinks = job.want_grad and job.d_student == NULL
     num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
+    # Blocks are handed out a chunk at a time: a few dozen hand-outs per thread keep the shared
+    # counter off the hot path, and a thread another process holds up still leaves the rest to
+    # the others.
+    cdef Py_ssize_t chunk = max(1, n_blocks // (8 * num_threads))
     with parallel(num_threads=num_threads, use_threads_if=num_threads > 1):
         # Assigned here, so private to each thread: its own buffers.
         scratch = <ThreadScratch*> malloc(sizeof(ThreadScratch))
@@ -683,7 +710,7 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
         if (scratch == NULL or (not contiguous and scratch.rows == NULL)
                 or (keeps and scratch.kept == NULL) or (sinks and scratch.student_sink == NULL)):
             failure[0] = 1
-        for b in prange(n_blocks, schedule="dynamic"):
+        for b in prange(n_blocks, schedule="dynamic", chunksize=chunk):
             if not failure[0]:
                 rows_block(job, b * block, min(block, n_rows - b * block), scratch, dtype_tag)
         if scratch != NULL:
@@ -713,6 +740,7 @@ cdef void run_rows(
     double* out,
     char* d_student,
     char* d_teacher,
+    bint round_to_odd,
     int num_threads,
 ) except *:
     """The row loop over every row of two 2-D views (the entries below unpack their arguments)."""
@@ -731,7 +759,8 @@ cdef void run_rows(
         raise ValueError(f"the kernel's divergence table has no row {divergence}")
     job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
                           teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0,
-                          divergence, dtype, sizeof(double) if kd_input is double else sizeof(float))
+                          divergence, dtype, sizeof(double) if kd_input is double else sizeof(float),
+                          round_to_odd)
     job.labels = labels
     job.row_weights = row_weights
     job.grad_output = grad_output
@@ -761,6 +790,7 @@ def loss_grad_rows(
     double[::1] out,
     floating[:, ::1] d_student,
     floating[:, ::1] d_teacher,
+    bint round_to_odd,
     int num_threads,
 ):
     """For every row i: ``out[i] = w_i * loss_i`` with ``loss_i = kl_weight T^2 KL + ce_weight
@@ -773,6 +803,7 @@ def loss_grad_rows(
     gradient (with a teacher gradient only, the student's is computed into per-thread scratch
     and dropped). A row left out gets ``out[i] = 0`` and zero gradients, whatever it holds (NaN
     included): only the short-row pass reads it, beside its neighbours, and drops it.
+    ``round_to_odd``: float32 gradients rounded to odd (for a caller that rounds them on to 2 bytes).
     """
     if teacher.shape[0] == 0:
         return
@@ -784,7 +815,7 @@ def loss_grad_rows(
              grad_scale, &out[0],
              <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
              <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
-             num_threads)
+             round_to_odd, num_threads)
 
 
 def kl_rows(
@@ -800,7 +831,7 @@ def kl_rows(
     if teacher.shape[0] == 0:
         return
     run_rows(student, teacher, divergence, KD_FLOAT32 if floating is float else KD_FLOAT64, NULL, temperature,
-             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
+             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
 
 
 def loss_grad_rows_2byte(
@@ -818,10 +849,12 @@ def loss_grad_rows_2byte(
     double[::1] out,
     float[:, ::1] d_student,
     float[:, ::1] d_teacher,
+    bint round_to_odd,
     int num_threads,
 ):
     """``loss_grad_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits
-    (a ``uint16`` view, no copy); the gradients are float32."""
+    (a ``uint16`` view, no copy); the gradients are float32, rounded to nearest or (with
+    ``round_to_odd``, for a caller that rounds them on to the logits' 2-byte type) to odd."""
     if teacher.shape[0] == 0:
         return
     run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16,
@@ -832,7 +865,7 @@ def loss_grad_rows_2byte(
              grad_scale, &out[0],
              <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
              <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
-             num_threads)
+             round_to_odd, num_threads)
 
 
 def kl_rows_2byte(
@@ -848,7 +881,7 @@ def kl_rows_2byte(
     if teacher.shape[0] == 0:
         return
     run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16, NULL, temperature,
-             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, num_threads)
+             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
 
 
 def single_row_loss(object student, object teacher, object temperature):
@@ -907,7 +940,7 @@ cdef double one_row_loss(
     job.t_col = job.s_col = sizeof(floating)
     job.n_classes = n
     job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0, KD_KL,
-                          KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating))
+                          KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating), False)
     job.grad_scale = 1.0
     job.out = &out
     rows_block(&job, 0, 1, &scratch, <floating> 0)

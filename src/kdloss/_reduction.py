@@ -85,17 +85,37 @@ def mean(total, denominator):
     return total / denominator if denominator else 0.0
 
 
-def as_result(losses, dtype):
-    """Per-row float64 losses in the result dtype (a float32 loss beyond 3.4e38 is inf)."""
+def float32_rounded_to_odd(values):
+    """float64 ``values`` rounded to float32 toward zero, with the last bit set where inexact.
+
+    float32 has more than twice float16's and bfloat16's precision plus two bits, so rounding
+    this on to either gives the float64 value rounded once (round-to-odd; the kernel's
+    ``kd_float_rounded_to_odd`` does the same for gradients).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        nearest = values.astype(np.float32)
+    widened = nearest.astype(np.float64)
+    inexact = (widened != values) & ~np.isnan(values)
+    away_from_zero = inexact & (np.abs(widened) > np.abs(values))
+    truncated = np.where(away_from_zero, np.nextafter(nearest, np.float32(0)), nearest)
+    return np.asarray(truncated.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
+
+
+def as_result(losses, dtype, round_to_odd=False):
+    """Per-row float64 losses in the result dtype (a float32 loss beyond 3.4e38 is inf); float32
+    rounded to odd with ``round_to_odd`` (see ``float32_rounded_to_odd``)."""
+    if round_to_odd and dtype == np.float32:
+        return float32_rounded_to_odd(losses)
     with np.errstate(over="ignore"):
         return losses.astype(dtype, copy=False)
 
 
-def reduce(losses, reduction, denominator, result_dtype):
+def reduce(losses, reduction, denominator, result_dtype, round_to_odd=False):
     """Per-row float64 losses (already weighted) reduced: an array of ``result_dtype`` for
     ``"none"``, a float otherwise."""
     if reduction == "none":
-        return as_result(losses, result_dtype)
+        return as_result(losses, result_dtype, round_to_odd)
     total = blockwise_sum(losses)
     return total if reduction == "sum" else mean(total, denominator)
 

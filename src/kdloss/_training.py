@@ -31,7 +31,8 @@ from ._validation import (
 
 
 def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_weight, weights,
-                        grad_output, grad_scale, want_student_grad, want_teacher_grad, num_threads):
+                        grad_output, grad_scale, want_student_grad, want_teacher_grad, num_threads,
+                        round_to_odd=False):
     """Per-row weighted losses (float64, shape ``teacher.shape[:-1]``) and the gradients (C-order
     arrays of the logits' shape and result dtype, or None), for validated inputs."""
     dtype = result_dtype(teacher.dtype)
@@ -49,12 +50,13 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
     for views in row_blocks(tuple(arrays[name] for name in names), trailing):
         block = dict(zip(names, views))
         _engine.rows(block.pop("student"), block.pop("teacher"), temperature, n_threads=n_threads,
-                     kl_weight=kl_weight, ce_weight=ce_weight, grad_scale=grad_scale, **block)
+                     kl_weight=kl_weight, ce_weight=ce_weight, grad_scale=grad_scale,
+                     round_to_odd=round_to_odd, **block)
     return losses, d_student, d_teacher
 
 
 def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_weight, ce_weight,
-             grad_output, student_grad, teacher_grad, num_threads):
+             grad_output, student_grad, teacher_grad, num_threads, round_to_odd=False):
     """``(loss, d_student, d_teacher)`` for validated inputs: the reduced loss and the gradients
     asked for (None for the others; see ``kd_loss_and_grad``)."""
     rows_shape = teacher.shape[:-1]
@@ -70,17 +72,19 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
         student, teacher, temperature, labels=labels, kl_weight=kl_weight, ce_weight=ce_weight,
         weights=weights, grad_output=grad_output, grad_scale=grad_scale,
         want_student_grad=student_grad, want_teacher_grad=teacher_grad, num_threads=num_threads,
+        round_to_odd=round_to_odd,
     )
-    loss = _reduction.reduce(losses, reduction, denominator, result_dtype(teacher.dtype))
+    loss = _reduction.reduce(losses, reduction, denominator, result_dtype(teacher.dtype), round_to_odd)
     return loss, d_student, d_teacher
 
 
 def kd_loss_and_grads(student_logits, teacher_logits, temperature=1.0, *, reduction="mean",
                       weights=None, grad_output=None, student_grad=True, teacher_grad=False,
-                      num_threads=None):
+                      num_threads=None, round_to_odd=False):
     """``(loss, d_student, d_teacher)``, each gradient only if asked for (else None): what
     ``kd_loss_and_grad`` returns, for callers (``kdloss.torch``) that may want the teacher's
-    gradient alone."""
+    gradient alone, or none. ``round_to_odd``: float32 results of 2-byte inputs (per-row losses,
+    gradients) rounded to odd, for a caller that rounds them on to the inputs' type."""
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
@@ -88,13 +92,13 @@ def kd_loss_and_grads(student_logits, teacher_logits, temperature=1.0, *, reduct
     return _reduced(
         student, teacher, temperature, reduction=reduction, weights=weights, labels=None,
         kl_weight=1.0, ce_weight=0.0, grad_output=grad_output, student_grad=bool(student_grad),
-        teacher_grad=bool(teacher_grad), num_threads=num_threads,
+        teacher_grad=bool(teacher_grad), num_threads=num_threads, round_to_odd=round_to_odd,
     )
 
 
 def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *,
                           ignore_index=-100, reduction="mean", weights=None, grad_output=None,
-                          student_grad=True, teacher_grad=False, num_threads=None):
+                          student_grad=True, teacher_grad=False, num_threads=None, round_to_odd=False):
     """As ``kd_loss_and_grads``, for Hinton's loss (``hinton_loss_and_grad``)."""
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -107,6 +111,7 @@ def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.
         student, teacher, temperature, reduction=reduction, weights=weights, labels=labels,
         kl_weight=alpha, ce_weight=1.0 - alpha, grad_output=grad_output,
         student_grad=bool(student_grad), teacher_grad=bool(teacher_grad), num_threads=num_threads,
+        round_to_odd=round_to_odd,
     )
 
 

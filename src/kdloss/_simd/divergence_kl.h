@@ -172,10 +172,13 @@ KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum)
     const kd_vd f = g * out.inv_zp, y = f - out.mean_gap;
     const kd_vi central = y >= -0.5, infinite = g == INFINITY;
     const kd_vd exact = f + kd_log1p_minus_identity(kd_select(central, y, kd_splat(0.0)));
-    const kd_vd ok_zq = kd_select(zq > 0.0, zq, kd_splat(1.0)); /* NaN rows: anything finite */
-    const kd_vd ok_zp = kd_select(zp > 0.0, zp, kd_splat(1.0));
-    const kd_vd direct = out.mean_gap + (kd_log_positive(ok_zq) - kd_log_positive(ok_zp));
-    kd_vd value = kd_select(central, exact, direct);
+    kd_vd value = exact;
+    if (kd_any(~central)) { /* some lane's normalisers differ by half or more (or it is NaN) */
+        const kd_vd ok_zq = kd_select(zq > 0.0, zq, kd_splat(1.0)); /* NaN rows: anything finite */
+        const kd_vd ok_zp = kd_select(zp > 0.0, zp, kd_splat(1.0));
+        const kd_vd direct = out.mean_gap + (kd_log_positive(ok_zq) - kd_log_positive(ok_zp));
+        value = kd_select(central, exact, direct);
+    }
     value = kd_select(value < 0.0, kd_splat(0.0), value); /* rounding; NaN stays NaN */
     value = kd_select(infinite, kd_splat(INFINITY), value);
     /* Any NaN in the sums: a row with special values, for the caller to settle. */

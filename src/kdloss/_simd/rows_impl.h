@@ -181,15 +181,22 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
 #undef KD_CHUNK_IN
 }
 
-/* Stores `count` lanes of x as KD_OUT, each rounded once. */
-KD_INLINE void KD_FN(store)(KD_OUT *p, kd_vd x, int count)
+/* Stores `count` lanes of x as KD_OUT, each rounded once (float32: to nearest, or with
+ * round_to_odd to odd, for a caller that rounds once more to 2 bytes). */
+KD_INLINE void KD_FN(store)(KD_OUT *p, kd_vd x, int count, const int round_to_odd)
 {
     if (sizeof(KD_OUT) == sizeof(float)) {
-        kd_vf narrow = __builtin_convertvector(x, kd_vf);
+        kd_vf narrow = round_to_odd ? kd_round_to_odd(x) : __builtin_convertvector(x, kd_vf);
         memcpy(p, &narrow, count * sizeof(float));
     } else {
         memcpy(p, &x, count * sizeof(double));
     }
+}
+
+/* One value as KD_OUT (see store). */
+KD_INLINE KD_OUT KD_FN(narrow)(double x, const int round_to_odd)
+{
+    return sizeof(KD_OUT) == sizeof(float) && round_to_odd ? (KD_OUT)kd_float_rounded_to_odd(x) : (KD_OUT)x;
 }
 
 /* The KL's gradient for one group of short rows, one row per lane (see kd_short_grad): from the
@@ -215,9 +222,9 @@ static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, in
             if (row->value[lane] != row->value[lane])
                 continue;
             const ptrdiff_t offset = (first + lane) * grad->row_bytes + j * (ptrdiff_t)sizeof(KD_OUT);
-            *(KD_OUT *)(grad->d_s + offset) = (KD_OUT)d_s[lane];
+            *(KD_OUT *)(grad->d_s + offset) = KD_FN(narrow)(d_s[lane], grad->round_to_odd);
             if (grad->d_t)
-                *(KD_OUT *)(grad->d_t + offset) = (KD_OUT)d_t[lane];
+                *(KD_OUT *)(grad->d_t + offset) = KD_FN(narrow)(d_t[lane], grad->round_to_odd);
         }
     }
 }
@@ -321,18 +328,18 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
                               moderate, &grad_s, &grad_t);
-        KD_FN(store)(d_s + i, grad_s, KD_LANES);
+        KD_FN(store)(d_s + i, grad_s, KD_LANES, row->round_to_odd);
         if (d_t)
-            KD_FN(store)(d_t + i, grad_t, KD_LANES);
+            KD_FN(store)(d_t + i, grad_t, KD_LANES, row->round_to_odd);
     }
     if (i < n) { /* the tail, padded with the maxima (harmless, and not stored) */
         const int count = (int)(n - i);
         kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
                               &finish, i, with_kl, ce_mode, moderate, &grad_s, &grad_t);
-        KD_FN(store)(d_s + i, grad_s, count);
+        KD_FN(store)(d_s + i, grad_s, count, row->round_to_odd);
         if (d_t)
-            KD_FN(store)(d_t + i, grad_t, count);
+            KD_FN(store)(d_t + i, grad_t, count, row->round_to_odd);
     }
 }
 

@@ -54,6 +54,23 @@
  * registers; their gradients are written as float32. */
 enum { KD_FLOAT32 = 0, KD_FLOAT64 = 1, KD_FLOAT16 = 2, KD_BFLOAT16 = 3, KD_DTYPE_COUNT = 4 };
 
+/* x rounded to float32 toward zero, with the last bit set where that is inexact ("round to odd"):
+ * rounding this once more, to a float16 or bfloat16, gives x rounded once to that type (float32
+ * holds more than twice their precision plus two bits). NaN stays NaN, and a finite x beyond the
+ * float32 range gives the largest float32 (which rounds on to inf where it should). */
+static inline float kd_float_rounded_to_odd(double x)
+{
+    union { float f; unsigned int u; } nearest;
+    nearest.f = (float)x;
+    const double back = nearest.f;
+    if (back != x && x == x) {
+        if (fabs(back) > fabs(x))
+            nearest.u -= 1; /* one step toward zero */
+        nearest.u |= 1;
+    }
+    return nearest.f;
+}
+
 /* One stored 2-byte value as a double (exact). */
 static inline double kd_bfloat16_to_double(unsigned short bits)
 {
@@ -117,6 +134,7 @@ typedef struct {
     const double *kept_a;  /* the divergence's two per-class values, kept by the sums' pass */
     const double *kept_w;  /* (NULL: no divergence term, only the cross-entropy's) */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
+    int round_to_odd;      /* float32 gradients rounded to odd (kd_float_rounded_to_odd) */
 } kd_grad_row;
 
 /* The gradient of the KL term for short_rows to write beside the value: row r (of the n_rows it
@@ -127,6 +145,7 @@ typedef struct {
     const double *coef;
     char *d_s, *d_t;
     ptrdiff_t row_bytes;
+    int round_to_odd; /* as kd_grad_row's */
 } kd_short_grad;
 
 typedef void (*kd_range_fn)(const void *t, const void *s, ptrdiff_t n, kd_row_range *out);

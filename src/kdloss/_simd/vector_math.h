@@ -103,6 +103,18 @@ KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
 }
 #endif
 
+/* KD_LANES doubles rounded to float32 to odd (kd_float_rounded_to_odd, simd.h), lane by lane. */
+KD_INLINE kd_vf kd_round_to_odd(kd_vd x)
+{
+    typedef int32_t kd_vi32 __attribute__((vector_size(4 * KD_LANES)));
+    const kd_vf nearest = __builtin_convertvector(x, kd_vf);
+    const kd_vd back = __builtin_convertvector(nearest, kd_vd);
+    const kd_vi32 inexact = __builtin_convertvector((back != x) & (x == x), kd_vi32); /* -1 or 0 */
+    /* rounded away from zero: above a positive x, below a negative one */
+    const kd_vi32 away = __builtin_convertvector(((x > 0.0) & (back > x)) | ((x < 0.0) & (back < x)), kd_vi32);
+    return (kd_vf)(((kd_vi32)nearest + away) | (inexact & 1)); /* + (-1): one step toward zero */
+}
+
 /* KD_LANES stored 2-byte values as doubles, widened exactly in registers. */
 typedef uint16_t kd_vh __attribute__((vector_size(2 * KD_LANES)));
 typedef uint32_t kd_vu32 __attribute__((vector_size(4 * KD_LANES)));
@@ -289,6 +301,15 @@ KD_INLINE kd_vd kd_exp_parts(kd_vd x, const int for_double, kd_vi *m_bits)
     return kd_fma(r, kd_fma(r, q, kd_splat(1.0)), kd_splat(1.0));
 }
 
+/* True when some lane of the mask is set. */
+KD_INLINE int kd_any(kd_vi mask)
+{
+    int any = 0;
+    for (int lane = 0; lane < KD_LANES; lane++)
+        any |= mask[lane] != 0;
+    return any;
+}
+
 #if KD_LIBM
 /* The scalar target: the same functions from libm, lane by lane (one lane). An independent
  * reference for the polynomials above, and the target of compilers without vector extensions. */
@@ -383,12 +404,40 @@ KD_INLINE kd_vd kd_exp_wide(kd_vd x, const int for_double)
 /* e^x, e^x - 1 and e^x - 1 - x together, for x in [-700, 700] (`wide`: any x <= 709, -inf, NaN),
  * each accurate relative to itself: where |x| <= ln(2) / 2 (k = 0) they come from r = x and the
  * polynomial's parts, so e^x - 1 - x = x^2 q(x) does not cancel; elsewhere from e^x, where the
- * subtractions lose at most a few ulp. The N = 1 reduction always (the table's |r| is smaller,
- * but e^x - 1 - x would then cancel for ln(2) / 32 < |x| <= ln(2) / 2). */
+ * subtractions lose a few ulp (with AVX-512's table in float64, where k = 0 only for |x| <= ln(2)
+ * / 32, up to about 100 ulp of e^x - 1 - x near that bound: 2e-14, far below the accuracy
+ * targets, and only where |d| is not small). */
 KD_INLINE kd_vd kd_exp_minus_one_parts(kd_vd x, const int for_double, const int wide, kd_vd *em1,
                                        kd_vd *f)
 {
     kd_vd clamped = wide ? kd_select(x < -746.0, kd_splat(-746.0), x) : x;
+#if KD_EXP_TABLE
+    if (for_double) { /* the table's reduction: |r| <= ln(2) / 32, a shorter polynomial */
+        kd_vi m_bits;
+        kd_vd shifted = kd_fma(clamped, kd_splat(0x1.71547652b82fep+4), kd_splat(KD_ROUND_MAGIC));
+        kd_vd k = shifted - KD_ROUND_MAGIC;
+        kd_vd r = kd_fma(-k, kd_splat(0x1.62e42fefa39efp-5), clamped);
+        r = kd_fma(-k, kd_splat(0x1.abc9e3b39803fp-60), r);
+        kd_vd q = kd_horner(r, KD_EXP_Q_DOUBLE_SIXTEENTHS, KD_COUNT(KD_EXP_Q_DOUBLE_SIXTEENTHS));
+        __m512d entry = _mm512_permutex2var_pd(_mm512_load_pd(KD_EXP2_SIXTEENTHS), (__m512i)shifted,
+                                               _mm512_load_pd(KD_EXP2_SIXTEENTHS + 8));
+        m_bits = ((kd_vi)shifted >> 4) << 52;
+        kd_vd small = r * (r * q), r_em1 = small + r;
+        kd_vd p = (kd_vd)entry * (r_em1 + 1.0);
+        kd_vd e;
+        if (wide) {
+            kd_vi m = m_bits >> 52, half = m >> 1;
+            e = p * (kd_vd)((m - half + 1023) << 52) * (kd_vd)((half + 1023) << 52);
+        } else {
+            e = (kd_vd)((kd_vi)p + m_bits);
+        }
+        /* k = 0 (|x| <= ln(2) / 32): the entry is 1, and the parts come from r = x itself */
+        kd_vi central = k == 0.0;
+        *em1 = kd_select(central, r_em1, e - 1.0);
+        *f = kd_select(central, small, (e - 1.0) - x);
+        return e;
+    }
+#endif
     kd_vd shifted = kd_fma(clamped, kd_splat(1.4426950408889634), kd_splat(KD_ROUND_MAGIC));
     kd_vd k = shifted - KD_ROUND_MAGIC;
     kd_vd r, q;
@@ -451,10 +500,12 @@ static const double KD_LOG1P_SERIES[] = {
 KD_INLINE kd_vd kd_log1p_minus_identity(kd_vd y)
 {
     kd_vd series = kd_horner(y, KD_LOG1P_SERIES, KD_COUNT(KD_LOG1P_SERIES)) * y * y;
+    kd_vi tiny = (y < 0.0625) & (y > -0.0625);
+    if (!kd_any(~tiny)) /* every lane takes the series (a student close to its teacher) */
+        return series;
     kd_vd u = 1.0 + y;
     kd_vd safe_u = kd_select(u == 1.0, kd_splat(2.0), u); /* lanes that take the series */
     kd_vd logged = kd_log_positive(safe_u) * (y / (safe_u - 1.0)) - y;
-    kd_vi tiny = (y < 0.0625) & (y > -0.0625);
     return kd_select(tiny, series, logged);
 }
 

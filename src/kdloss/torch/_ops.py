@@ -51,7 +51,14 @@ def _call_numpy(loss_fn, loss_and_grads_fn, student, teacher, student_grad, teac
     student_logits = _two_byte.logits_as_numpy(student.detach())
     teacher_logits = _two_byte.logits_as_numpy(teacher.detach())
     d_student = d_teacher = None
-    if student_grad or teacher_grad:
+    if student.dtype in _two_byte.NARROW_DTYPES:
+        # float32 results rounded to odd, so that rounding them to the logits' dtype is the one
+        # rounding of the exact value (see _two_byte.from_kernel).
+        loss, d_student, d_teacher = loss_and_grads_fn(
+            student_logits, teacher_logits, student_grad=student_grad, teacher_grad=teacher_grad,
+            round_to_odd=True, **arguments,
+        )
+    elif student_grad or teacher_grad:
         loss, d_student, d_teacher = loss_and_grads_fn(
             student_logits, teacher_logits, student_grad=student_grad, teacher_grad=teacher_grad,
             **arguments,
