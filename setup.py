@@ -136,7 +136,8 @@ extensions = [
     Extension(
         "kdloss._kernel",
         ["src/kdloss/_kernel.pyx"]
-        + [f"{SIMD_DIR}/{name}.c" for name in ("dispatch", "target_scalar", "target_baseline", "target_avx2", "target_avx512")],
+        + [f"{SIMD_DIR}/{name}.c"
+           for name in ("dispatch", "target_scalar", "target_baseline", "target_avx2", "target_avx512")],
         include_dirs=[SIMD_DIR],
     )
 ]

@@ -114,7 +114,8 @@ def main(argv=None):
         parser.error("--epochs must be >= 2 (the first epoch compiles; the others are steady)")
     torch.set_num_threads(args.threads)
     data = digits_like()
-    print(f"{SAMPLES} x {FEATURES} -> {CLASSES} classes, batch {args.batch} (last batch {SAMPLES % args.batch or args.batch}), "
+    print(f"{SAMPLES} x {FEATURES} -> {CLASSES} classes, batch {args.batch} "
+          f"(last batch {SAMPLES % args.batch or args.batch}), "
           f"{args.epochs} epochs, {args.threads} threads, backend {args.backend}, torch {torch.__version__}")
     print("| variant | first epoch (s) | steady epoch (s) | graphs compiled per epoch | final loss |")
     print("|---|---|---|---|---|")

@@ -66,7 +66,8 @@ def main():
             kdloss.kd_loss(student, teacher, 4.0)
 
         times = median_ms({t: with_target(t, loss) for t in _kernel.available_targets()}, repeat)
-        print(f"| {np.dtype(dtype).name}, {threads} threads | " + " | ".join(f"{v:.1f} ms" for v in times.values()) + " |")
+        print(f"| {np.dtype(dtype).name}, {threads} threads | "
+              + " | ".join(f"{v:.1f} ms" for v in times.values()) + " |")
 
     student, teacher = logits((2, 1_000_000), 1.0)
     times = median_ms(
@@ -84,7 +85,9 @@ def main():
     kinds = {"ordinary": ordinary, "near zero KL (noise 1e-4)": near, "masked classes (every 10th)": masked,
              "float16 inputs": tuple(x.astype(np.float16) for x in ordinary)}
     for name, function in (("kd_loss", kdloss.kd_loss), ("kd_loss_and_grad", kdloss.kd_loss_and_grad)):
-        times = median_ms({kind: (lambda pair=pair: function(*pair, 4.0)) for kind, pair in kinds.items()}, repeat)
+        times = median_ms(
+            {kind: (lambda pair=pair, function=function: function(*pair, 4.0)) for kind, pair in kinds.items()}, repeat
+        )
         if name == "kd_loss":
             print("\n| 8192 x 1000 float32, T = 4 | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
         print(f"| {name}, {threads} threads | "
@@ -98,7 +101,8 @@ def main():
     out = kdloss.kd_loss(*ordinary, 4.0, reduction="none")
     peak_none = tracemalloc.get_traced_memory()[1] - out.nbytes
     tracemalloc.stop()
-    print("\n| 8192 x 1000 float32, traced peak beyond the output | reduction=\"mean\" | reduction=\"none\" |\n|---|---|---|")
+    print("\n| 8192 x 1000 float32, traced peak beyond the output | reduction=\"mean\" | reduction=\"none\" |"
+          "\n|---|---|---|")
     print(f"| one kd_loss call | {peak / 1024:.0f} KiB | {peak_none / 1024:.0f} KiB |")
 
 

@@ -12,8 +12,8 @@ For each shape, one table of medians of interleaved samples (one process, same i
   ``alpha * kl_div(...) * T*T + (1 - alpha) * cross_entropy(s, y)``.
 
 Samples are interleaved (every body once per round), so that a slow minute of this shared
-machine hits every body alike. Both libraries get the same thread count (kdloss ``num_threads`` via ``torch.set_num_threads``,
-which ``kdloss.torch`` follows). Every body is checked against the pure-PyTorch result once,
+machine hits every body alike. Both libraries get the same thread count (kdloss ``num_threads`` via
+``torch.set_num_threads``, which ``kdloss.torch`` follows). Every body is checked against the pure-PyTorch result once,
 untimed. Then the traced peak memory of ``kd_loss_and_grad`` beyond the gradient it returns.
 """
 
@@ -115,7 +115,8 @@ def check_agreement(bodies, dtype):
     for ours, theirs in zip(names[::2], names[1::2]):
         (loss_a, grad_a), (loss_b, grad_b) = bodies[ours](), bodies[theirs]()
         scale = float(grad_b.abs().max())
-        if abs(loss_a - loss_b) > tolerance * max(1.0, abs(loss_b)) or float((grad_a - grad_b).abs().max()) > tolerance * scale:
+        if (abs(loss_a - loss_b) > tolerance * max(1.0, abs(loss_b))
+                or float((grad_a - grad_b).abs().max()) > tolerance * scale):
             raise SystemExit(f"{ours} disagrees with {theirs}: loss {loss_a!r} against {loss_b!r}")
 
 
@@ -162,7 +163,8 @@ def main(argv=None):
                 ratio = f"{ms / loss_only:.2f}x kd_loss"
             print(f"| {name} | {ms:.2f} ms | {ratio} |")
         peak = peak_beyond_gradient(student, teacher, args.threads)
-        print(f"\nkd_loss_and_grad: traced peak {peak / 1024:.0f} KiB beyond the {student.nbytes / 2**20:.0f} MiB gradient\n")
+        print(f"\nkd_loss_and_grad: traced peak {peak / 1024:.0f} KiB "
+              f"beyond the {student.nbytes / 2**20:.0f} MiB gradient\n")
 
 
 if __name__ == "__main__":

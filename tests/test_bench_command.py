@@ -66,9 +66,12 @@ def test_plot_without_matplotlib_names_the_extra_before_timing(capsys, monkeypat
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("kdloss"))
 
 
-@pytest.mark.parametrize("command", [[CONSOLE_SCRIPT, "bench"],
-                                     [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--peers", "kdloss,numpy"]],
-                         ids=["console script, every peer", "compare.py"])
+@pytest.mark.parametrize(
+    "command",
+    [[CONSOLE_SCRIPT, "bench"],
+     [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--peers", "kdloss,numpy"]],
+    ids=["console script, every peer", "compare.py"],
+)
 def test_bench_smoke_run_with_every_peer(command):
     done = subprocess.run(command + TINY + ["--dtype", "float32,float64"],
                           capture_output=True, text=True, timeout=300, check=False)

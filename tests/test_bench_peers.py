@@ -51,7 +51,8 @@ def test_baselines_run_on_batches_only(peer, threads):
     ("value", "expected", "dtype", "peer", "agree"),
     [(1.00009, 1.0, np.float32, "torch", True), (1.0002, 1.0, np.float32, "torch", False),
      (1.0 + 1e-11, 1.0, np.float64, "jax", True), (1.0 + 1e-9, 1.0, np.float64, "jax", False),
-     (0.1197, 0.11967427, np.float64, "distillation_loss", True), (0.1198, 0.11967427, np.float64, "distillation_loss", False)],
+     (0.1197, 0.11967427, np.float64, "distillation_loss", True),
+     (0.1198, 0.11967427, np.float64, "distillation_loss", False)],
 )
 def test_agreement_tolerances(value, expected, dtype, peer, agree):
     assert peers.agrees(value, expected, dtype, peer) is agree
@@ -59,7 +60,8 @@ def test_agreement_tolerances(value, expected, dtype, peer, agree):
 
 def test_an_absent_library_is_reported_not_installed(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
     student, teacher = make_logits((4, 5), "float32")
     with pytest.raises(peers.NotInstalled, match="torch is not installed"):
         peers.prepare("torch", student, teacher, 4.0, 1)

@@ -5,9 +5,10 @@ instruction-set target compiled in and selectable.
 The flags are read from the built extension itself: GCC and Clang record each compilation unit's
 command line in the ``.GCC.command.line`` section (``-frecord-gcc-switches``, which setup.py
 passes, so that it outlives the stripping of release builds), and in the debug information
-(``DW_AT_producer``, in ``.debug_str``) of a build that keeps it (``KDLOSS_DEBUG=1``). Fresh interpreters are used where the process state is the question (which
-runtime got loaded, whether floating-point flags changed, how many threads exist), so that other
-test modules' imports (PyTorch brings its own OpenMP) cannot answer for kdloss.
+(``DW_AT_producer``, in ``.debug_str``) of a build that keeps it (``KDLOSS_DEBUG=1``). Fresh
+interpreters are used where the process state is the question (which runtime got loaded, whether
+floating-point flags changed, how many threads exist), so that other test modules' imports
+(PyTorch brings its own OpenMP) cannot answer for kdloss.
 """
 
 import os

@@ -484,7 +484,8 @@ def both_functions(module, labels=GOOD_LABELS, **kwargs):
 
 
 BAD_LABELS = [
-    (np.array([0, 1, 3, 0]), ValueError, r"labels must be in \[0, 3\) or equal ignore_index=-100; got 3 at index \(2,\)"),
+    (np.array([0, 1, 3, 0]), ValueError,
+     r"labels must be in \[0, 3\) or equal ignore_index=-100; got 3 at index \(2,\)"),
     (np.array([0, -1, 2, 0]), ValueError, r"labels must be in \[0, 3\).*got -1 at index \(1,\)"),
     (np.array([1000, 1, 2, 0]), ValueError, r"labels must be in \[0, 3\).*got 1000"),
     (np.array([0, 1, 2, -101]), ValueError, r"got -101"),

@@ -181,7 +181,8 @@ def test_console_script_prints_one_json_line_and_nothing_on_a_pipe(tmp_path):
     student, teacher = logit_pair((3, 20, 10))
     student_spec, teacher_spec = store_pair(tmp_path, student, teacher)
     done = subprocess.run(
-        [sys.executable, "-m", "kdloss", "score", student_spec, teacher_spec, "-T", "2", "--out", str(tmp_path / "o.npy")],
+        [sys.executable, "-m", "kdloss", "score", student_spec, teacher_spec, "-T", "2",
+         "--out", str(tmp_path / "o.npy")],
         check=False, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -229,12 +230,18 @@ def bad_inputs(tmp_path):
     npz_file = npz.rsplit(":", 1)[0]
     cases = {
         "missing file": (str(tmp_path / "nope.npy"), good_t, [], ["student", "nope.npy", "no such file"]),
-        "not an array": (_write(tmp_path / "text.npy", b"hello, world\n" * 10), good_t, [], ["text.npy", "not a NumPy array"]),
-        "truncated": (_write(tmp_path / "cut.npy", (tmp_path / "student.npy").read_bytes()[:150]), good_t, [], ["cut.npy", "truncated"]),
-        "shapes differ": (good_s, store(tmp_path, "wide", np.zeros((6, 4)), "npy"), [], ["same shape", "(6, 5)", "(6, 4)"]),
-        "leading axes differ": (good_s, store(tmp_path, "tall", np.zeros((3, 2, 5)), "npy"), [], ["same shape"]),
-        "integer dtype": (store(tmp_path, "ints", np.zeros((6, 5), np.int64), "npy"), good_t, [], ["ints.npy", "int64"]),
-        "complex dtype": (good_s, store(tmp_path, "cplx", np.zeros((6, 5), complex), "npy"), [], ["teacher", "complex128"]),
+        "not an array": (_write(tmp_path / "text.npy", b"hello, world\n" * 10), good_t, [],
+                         ["text.npy", "not a NumPy array"]),
+        "truncated": (_write(tmp_path / "cut.npy", (tmp_path / "student.npy").read_bytes()[:150]), good_t, [],
+                      ["cut.npy", "truncated"]),
+        "shapes differ": (good_s, store(tmp_path, "wide", np.zeros((6, 4)), "npy"), [],
+                          ["same shape", "(6, 5)", "(6, 4)"]),
+        "leading axes differ": (good_s, store(tmp_path, "tall", np.zeros((3, 2, 5)), "npy"), [],
+                                ["same shape"]),
+        "integer dtype": (store(tmp_path, "ints", np.zeros((6, 5), np.int64), "npy"), good_t, [],
+                          ["ints.npy", "int64"]),
+        "complex dtype": (good_s, store(tmp_path, "cplx", np.zeros((6, 5), complex), "npy"), [],
+                          ["teacher", "complex128"]),
         "scalar": (store(tmp_path, "scalar", np.float32(1), "npy"), good_t, [], ["scalar.npy", "scalar"]),
         "zero classes": (store(tmp_path, "empty", np.zeros((6, 0)), "npy"), good_t, [], ["empty.npy", "zero classes"]),
         "temperature 0": (good_s, good_t, ["-T", "0"], ["temperature", "> 0"]),
@@ -251,8 +258,10 @@ def bad_inputs(tmp_path):
         "num threads text": (good_s, good_t, ["--num-threads", "all"], ["--num-threads", "all"]),
         "unknown reduction": (good_s, good_t, ["--reduction", "avg"], ["--reduction", "avg"]),
         "out with sum": (good_s, good_t, ["--reduction", "sum"], ["--out", "sum"]),
-        "output folder missing": (good_s, good_t, ["--out", str(tmp_path / "no" / "such" / "x.npy")], ["folder", "does not exist"]),
-        "unknown extension": (good_s, good_t, ["--out", str(tmp_path / "losses.txt")], ["losses.txt", "'.txt'", ".npy or .csv"]),
+        "output folder missing": (good_s, good_t, ["--out", str(tmp_path / "no" / "such" / "x.npy")],
+                                  ["folder", "does not exist"]),
+        "unknown extension": (good_s, good_t, ["--out", str(tmp_path / "losses.txt")],
+                              ["losses.txt", "'.txt'", ".npy or .csv"]),
         "no extension": (good_s, good_t, ["--out", str(tmp_path / "losses")], ["extension"]),
         "out is an input": (good_s, good_t, ["--out", good_t], ["one of the inputs"]),
         "bad dask address": (good_s, good_t, ["--dask", "somewhere"], ["--dask", "somewhere"]),

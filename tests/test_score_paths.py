@@ -135,7 +135,8 @@ def test_linked_inputs_read_their_target(here, capsys, spelling):
     os.symlink(folder, "dirlink")
     os.link("student.npy", "hard.npy")
     assert main(["score", spelling, "teacher.npy", "--out", "losses.npy"]) == 0
-    np.testing.assert_array_equal(np.load("losses.npy"), kdloss.kd_loss(student, teacher, reduction="none"), strict=True)
+    np.testing.assert_array_equal(np.load("losses.npy"), kdloss.kd_loss(student, teacher, reduction="none"),
+                                  strict=True)
     capsys.readouterr()
 
 

@@ -40,7 +40,8 @@ def test_one_row_shortcut_gives_the_batch_result(dtype, classes, reduction):
 )
 def test_other_input_takes_the_general_path_with_the_same_result(student, teacher, temperature):
     assert _kernel.single_row_loss(student, teacher, temperature) is None
-    want = kdloss.kd_loss(np.asarray(student, np.float64)[None], np.asarray(teacher, np.float64)[None], float(temperature))
+    want = kdloss.kd_loss(np.asarray(student, np.float64)[None], np.asarray(teacher, np.float64)[None],
+                          float(temperature))
     got = kdloss.kd_loss(student, teacher, temperature)
     assert got == pytest.approx(want, rel=1e-6)
 

@@ -210,6 +210,7 @@ def test_masked_rows_take_the_masked_mode_and_agree_with_the_oracle(kernel_targe
     want, want_s, want_t = reference.kd_loss_and_grad(student, teacher, 1.0, reduction="none", teacher_grad=True)
     assert loss[1] == np.inf and np.all(np.isfinite(np.delete(loss, 1)))
     assert_allclose(np.delete(loss, 1), np.delete(want, 1), rtol=1e-12)
-    assert np.array_equal(np.isnan(d_student), np.isnan(want_s)) and np.array_equal(np.isnan(d_teacher), np.isnan(want_t))
+    assert (np.array_equal(np.isnan(d_student), np.isnan(want_s))
+            and np.array_equal(np.isnan(d_teacher), np.isnan(want_t)))
     assert_allclose(d_student, want_s, rtol=0, atol=1e-15)
     assert np.array_equal(loss, kdloss.kd_loss(student, teacher, 1.0, reduction="none"))

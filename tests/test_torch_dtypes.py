@@ -25,7 +25,8 @@ def rounded_once(values, dtype):
     distance = torch.where(torch.isnan(distance), torch.inf, distance)
     best = candidates.gather(0, distance.argmin(0, keepdim=True))[0]
     largest = torch.tensor(torch.finfo(dtype).max, dtype=dtype)
-    overflow = largest.double() + (largest.double() - torch.nextafter(largest, torch.zeros((), dtype=dtype)).double()) / 2
+    overflow = largest.double() + (
+        largest.double() - torch.nextafter(largest, torch.zeros((), dtype=dtype)).double()) / 2
     best = torch.where(values.abs() >= overflow, torch.copysign(torch.tensor(torch.inf), values).to(dtype), best)
     return torch.where(torch.isfinite(values), best, first)
 

@@ -88,7 +88,8 @@ def test_compiled_with_inductor():
 
     def step(inputs, mask):
         student_logits, teacher_logits = student(inputs), teacher(inputs)
-        return criterion(student_logits, teacher_logits) + kdt.kd_loss(student_logits, teacher_logits, 4.0, "mean", mask)
+        return (criterion(student_logits, teacher_logits)
+                + kdt.kd_loss(student_logits, teacher_logits, 4.0, "mean", mask))
 
     compare_compiled(step, (inputs, mask), list(student.parameters()), dtype)
     with torch.no_grad():  # the same function with no gradient to compute: a second graph

@@ -73,7 +73,9 @@ def resolve_divergence(name="kl", beta=None):
         value = real_scalar(given.get(key, default), key)
         lo, hi = divergence.parameter_ranges[key]
         if not (math.isfinite(value) and lo <= value <= hi):
-            raise ValueError(f"{key} of divergence {divergence.name!r} must be in [{lo}, {hi}], got {plain(given[key])!r}")
+            raise ValueError(
+                f"{key} of divergence {divergence.name!r} must be in [{lo}, {hi}], got {plain(given[key])!r}"
+            )
         parameters[key] = value
     return divergence, parameters
 

@@ -511,9 +511,10 @@ cdef void short_rows_block(
         grad.d_t = job.d_teacher + first * row_bytes if job.d_teacher != NULL else NULL
         grad.row_bytes = row_bytes
         grad.round_to_odd = job.terms.round_to_odd
-    passes(job.terms.divergence, job.terms.dtype).short_rows(job.t_base + first * job.t_row, job.s_base + first * job.s_row,
-                                    job.t_row, job.s_row, job.t_col, job.s_col, count, n,
-                                    job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
+    passes(job.terms.divergence, job.terms.dtype).short_rows(
+        job.t_base + first * job.t_row, job.s_base + first * job.s_row,
+        job.t_row, job.s_row, job.t_col, job.s_col, count, n,
+        job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
     for r in range(count):
         written[r] = lane_gradient and kd_values[r] == kd_values[r]
         kd_values[r] = job.terms.temperature * (job.terms.temperature * kd_values[r])

@@ -5,8 +5,8 @@ reject exactly the same inputs with the same messages.
 """
 
 import math
-import sys
 import numbers
+import sys
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def _first_bad(mask):
 def _real_array(values, name):
     _reject_autograd_tensor(values, name)
     array = np.asarray(values)
-    if not (array.dtype.kind in "biuf"):
+    if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     return array
 

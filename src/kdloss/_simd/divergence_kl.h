@@ -38,7 +38,8 @@
 enum { KD_KL_ZP, KD_KL_ZQ, KD_KL_GAP, KD_KL_G, KD_KL_SUMS };
 /* The gradient's row constants (kd_row_finish.constant[...]). */
 enum { KD_KL_INV_ZP, KD_KL_INV_ZQ, KD_KL_MEAN_GAP, KD_KL_Y, KD_KL_INV_ONE_PLUS_Y, KD_KL_CONSTANTS };
-_Static_assert(KD_KL_SUMS <= KD_MAX_SUMS && KD_KL_CONSTANTS <= KD_MAX_CONSTANTS, "kd_row_sums / kd_row_finish too small");
+_Static_assert(KD_KL_SUMS <= KD_MAX_SUMS && KD_KL_CONSTANTS <= KD_MAX_CONSTANTS,
+               "kd_row_sums / kd_row_finish too small");
 
 /* The row's constants the per-class arithmetic needs: its maxima, 1 / T, and t_max - s_max as an
  * exact sum hi + lo (TwoSum), so that d can be taken from t - s without rounding its shift. */

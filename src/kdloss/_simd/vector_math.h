@@ -260,7 +260,8 @@ static const double KD_EXP2_SIXTEENTHS[16] __attribute__((aligned(64))) = {
 /* kd_exp_parts to full double precision, with the table. */
 KD_INLINE kd_vd kd_exp_parts_sixteenths(kd_vd x, kd_vi *m_bits)
 {
-    kd_vd shifted = kd_fma(x, kd_splat(0x1.71547652b82fep+4), kd_splat(KD_ROUND_MAGIC)); /* 16 / ln 2; k in the low bits */
+    /* 16 / ln 2; k in the low bits */
+    kd_vd shifted = kd_fma(x, kd_splat(0x1.71547652b82fep+4), kd_splat(KD_ROUND_MAGIC));
     kd_vd k = shifted - KD_ROUND_MAGIC;
     kd_vd r = kd_fma(-k, kd_splat(0x1.62e42fefa39efp-5), x); /* ln(2) / 16, fused: one rounding */
     r = r - k * 0x1.abc9e3b39803fp-60;      /* the rest of ln(2) / 16 */

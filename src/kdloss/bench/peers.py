@@ -101,7 +101,8 @@ def _torch(student, teacher, temperature, threads):
 def _jax(student, teacher, temperature, threads):
     pool = jax_threads()
     if threads != pool and student.ndim > 1:  # a single call is too small to use a pool at all
-        raise PeerSkipped(f"JAX's thread pool is fixed per process at {pool} (kdloss bench --jax-threads; KDLOSS_BENCH_JAX_THREADS for pytest)")
+        raise PeerSkipped(f"JAX's thread pool is fixed per process at {pool} "
+                          "(kdloss bench --jax-threads; KDLOSS_BENCH_JAX_THREADS for pytest)")
     import jax
 
     if student.dtype == np.float64:

@@ -41,7 +41,9 @@ def client_for(address):
         raise InputError("--dask needs the [dask] extra: pip install 'kdloss[dask]'") from None
     if address == "local":
         with (
-            LocalCluster(processes=True, host="127.0.0.1", dashboard_address=":0", silence_logs=logging.ERROR) as cluster,
+            LocalCluster(
+                processes=True, host="127.0.0.1", dashboard_address=":0", silence_logs=logging.ERROR
+            ) as cluster,
             Client(cluster) as client,
         ):
             yield client

@@ -188,7 +188,8 @@ def _check_size(where, shape, dtype, available):
     needed = prod(shape) * dtype.itemsize
     if available < needed:
         raise InputError(
-            f"{where} is truncated: shape {tuple(shape)} needs {needed} bytes of data, the file holds {max(available, 0)}"
+            f"{where} is truncated: shape {tuple(shape)} needs {needed} bytes of data, "
+            f"the file holds {max(available, 0)}"
         )
 
 

@@ -89,9 +89,11 @@ def add_parser(commands):
     )
     # Values are strings here and checked in validate(), so every bad value gets the same
     # one-line error; argparse's own errors (a missing argument) are one line too (kdloss.cli).
-    parser.add_argument("student", metavar="STUDENT", help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
+    parser.add_argument("student", metavar="STUDENT",
+                        help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
     parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT")
-    parser.add_argument("-T", "--temperature", default="1.0", metavar="T", help="temperature, finite and > 0 (default 1.0)")
+    parser.add_argument("-T", "--temperature", default="1.0", metavar="T",
+                        help="temperature, finite and > 0 (default 1.0)")
     parser.add_argument("--out", metavar="FILE", help="write the per-row losses to FILE.npy or FILE.csv (atomically)")
     parser.add_argument(
         "--reduction", metavar="{none,sum,mean}",
@@ -109,7 +111,8 @@ def add_parser(commands):
         help="OpenMP threads: per call without --dask (default OMP_NUM_THREADS or all usable CPUs; "
         "negative counts back, -1 = all), per Dask task with --dask (default 1)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is also off when stderr is not a terminal)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (it is also off when stderr is not a terminal)")
     parser.add_argument(
         "--dask", metavar="local|tcp://HOST:PORT",
         help="run the chunks as Dask tasks: on a distributed.LocalCluster started for this run "

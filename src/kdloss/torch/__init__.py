@@ -16,8 +16,9 @@ to them.
 
 Supported: CPU tensors of float32, float64, float16 or bfloat16 (student and teacher of the
 same dtype), any shape ``(..., classes)``; the kernel reads 2-byte logits in place (bfloat16
-with ml_dtypes installed), computes in float32, and the results are rounded back. Under ``torch.autocast("cpu")`` 2-byte logits are cast to float32
-first, as for PyTorch's own losses. Other devices and dtypes raise TypeError.
+with ml_dtypes installed), computes in float32, and the results are rounded back. Under
+``torch.autocast("cpu")`` 2-byte logits are cast to float32 first, as for PyTorch's own losses.
+Other devices and dtypes raise TypeError.
 
 ``torch.func`` transforms work on the functions and modules: ``grad``, ``vjp``, ``jacrev``,
 ``vmap`` and their combinations (``vmap(grad(...))`` for per-sample gradients); first

@@ -40,7 +40,9 @@ class KDLoss(torch.nn.Module):
         check_reduction(reduction)
         self.reduction = reduction  # as given: "batchmean" stays "batchmean" in the repr
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return kd_loss(student, teacher, self.temperature, self.reduction, weights)
 
     def extra_repr(self) -> str:

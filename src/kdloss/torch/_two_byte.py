@@ -9,7 +9,6 @@ once to the logits' dtype; the kernel's per-row losses and gradients, float32 ro
 
 import functools
 
-import numpy as np
 import torch
 
 from .._reduction import float32_rounded_to_odd
