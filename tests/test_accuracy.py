@@ -316,7 +316,7 @@ def test_equal_logits_do_not_accumulate_rounding(name):
 
 @pytest.mark.parametrize("temperature", [10.0, 1e3])
 def test_kl_far_below_the_contract_range_stays_accurate(temperature):
-    """KL ~ 1e-26 and below: the exact path's O(y^2) correction must not round away."""
+    """KL ~ 1e-26 and below: the O(y^2) correction (log1p(y) - y) must not round away."""
     student = [-1.260219199044955, 0.15428419890869485]
     teacher = [-0.886785069195653, 0.5277183287576218]
     with mpmath.workdps(100):
