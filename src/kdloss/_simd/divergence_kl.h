@@ -87,7 +87,9 @@ KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_
  * KD_GENERAL mode, which handles every value. Each mode gives every class the same meaning, so the
  * gradient pass needs only to tell near classes from far ones (kd_kl_near). */
 typedef struct {
-    kd_vd sum[KD_KL_SUMS]; /* their shares of the row sums */
+    /* their shares of the row sums, each as weight * value: the passes accumulate them with one
+     * fused multiply-add each (the build fuses nothing it is not asked to) */
+    kd_vd weight[KD_KL_SUMS], value[KD_KL_SUMS];
     kd_vd kept_a, kept_w;  /* e^a, and e^-d - 1 (near classes) or e^b (far), for the gradient */
 } kd_kl_terms;
 
@@ -112,23 +114,33 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
         *out_of_range |= (safe_a < -700.0) | (x < -700.0) | (x > 700.0);
         const kd_vd ea = kd_keep(~t_masked, kd_exp_moderate(safe_a, for_double));
         const kd_vd e = kd_keep(~s_masked, kd_exp_minus_one_parts(x, for_double, 0, &em1, &f));
-        const kd_vd eb = kd_select(t_masked, e, ea * e);
-        out.sum[KD_KL_ZP] = ea;
-        out.sum[KD_KL_ZQ] = eb;
-        out.sum[KD_KL_GAP] = ea * kd_keep(~t_masked, d);
-        /* the student's mass where the teacher masks; +inf where the student masks what P allows */
-        out.sum[KD_KL_G] = kd_select(s_masked & ~t_masked, kd_splat(INFINITY), kd_select(t_masked, e, ea * f));
+        const kd_vd masked_a = kd_select(t_masked, kd_splat(1.0), ea); /* masked: e is e^b itself */
+        const kd_vd one = kd_splat(1.0);
+        out.weight[KD_KL_ZP] = ea;
+        out.value[KD_KL_ZP] = one;
+        out.weight[KD_KL_ZQ] = masked_a;
+        out.value[KD_KL_ZQ] = e;
+        out.weight[KD_KL_GAP] = ea;
+        out.value[KD_KL_GAP] = kd_keep(~t_masked, d);
+        /* the student's mass where the teacher masks; +inf where the student masks what P allows
+         * (there e^a > 0: the masked mode has every finite a >= -700) */
+        out.weight[KD_KL_G] = masked_a;
+        out.value[KD_KL_G] = kd_select(s_masked & ~t_masked, kd_splat(INFINITY), kd_select(t_masked, e, f));
         out.kept_a = ea;
-        out.kept_w = kd_select(t_masked | s_masked, eb, em1);
+        out.kept_w = kd_select(t_masked | s_masked, masked_a * e, em1);
         return out;
     }
     if (mode == KD_MODERATE) {
         const kd_vd ea = kd_exp_moderate(a, for_double);
         const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f);
-        out.sum[KD_KL_ZP] = ea;
-        out.sum[KD_KL_ZQ] = ea * e;
-        out.sum[KD_KL_GAP] = ea * d;
-        out.sum[KD_KL_G] = ea * f;
+        out.weight[KD_KL_ZP] = ea;
+        out.value[KD_KL_ZP] = kd_splat(1.0);
+        out.weight[KD_KL_ZQ] = ea;
+        out.value[KD_KL_ZQ] = e;
+        out.weight[KD_KL_GAP] = ea;
+        out.value[KD_KL_GAP] = d;
+        out.weight[KD_KL_G] = ea;
+        out.value[KD_KL_G] = f;
         out.kept_a = ea;
         out.kept_w = em1;
         return out;
@@ -137,21 +149,23 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
     const kd_vd ea = kd_exp_wide(a, for_double);
     const kd_vi near = kd_kl_near(a, d), in_support = ea > 0.0;
     const kd_vd e = kd_exp_minus_one_parts(kd_select(near, -d, bs * inv_T), for_double, 1, &em1, &f);
-    /* Each term is written as the moderate path's product (e^a times something), with the far
-     * classes' values behind a factor of 1: the compiler then fuses the same multiply-adds in
-     * both paths, and a class gives the same bits in either (short rows share a path per group). */
+    /* Each term is the moderate path's weight and value (e^a times something), with the far
+     * classes' values behind a weight of 1: each class gives the same bits in either path (short
+     * rows share a path per group). */
     const kd_vd near_a = kd_select(near, ea, kd_splat(1.0));
     const kd_vd eb = near_a * e;                               /* far: e^b itself */
-    const kd_vd gap = ea * kd_select(in_support, d, kd_splat(0.0)); /* masked: 0, not 0 * inf */
     /* A student -inf where the teacher is finite rules out a class P allows: KL = +inf, also
      * where e^a underflows (the raw logits decide, not their exponentials). */
     const kd_vi ruled_out = (bs == -INFINITY) & (at != -INFINITY);
     const kd_vd far_g = (eb - ea) + kd_keep(in_support, ea * d);
-    out.sum[KD_KL_ZP] = ea;
-    out.sum[KD_KL_ZQ] = eb;
-    out.sum[KD_KL_GAP] = gap;
-    out.sum[KD_KL_G] = kd_select(ruled_out, kd_splat(1.0), near_a)
-          * kd_select(ruled_out, kd_splat(INFINITY), kd_select(near, f, far_g));
+    out.weight[KD_KL_ZP] = ea;
+    out.value[KD_KL_ZP] = kd_splat(1.0);
+    out.weight[KD_KL_ZQ] = near_a;
+    out.value[KD_KL_ZQ] = e;
+    out.weight[KD_KL_GAP] = ea;
+    out.value[KD_KL_GAP] = kd_select(in_support, d, kd_splat(0.0)); /* masked: 0, not 0 * inf */
+    out.weight[KD_KL_G] = kd_select(ruled_out, kd_splat(1.0), near_a);
+    out.value[KD_KL_G] = kd_select(ruled_out, kd_splat(INFINITY), kd_select(near, f, far_g));
     out.kept_a = ea;
     out.kept_w = kd_select(near, em1, eb);
     return out;

@@ -98,7 +98,7 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_
     KD_DIV(terms) x = KD_DIV(class_terms)(t0, s0, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
     KD_DIV(terms) y = KD_DIV(class_terms)(t1, s1, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
     for (int k = 0; k < KD_DIV_SUMS; k++)
-        block->sum[k] += x.sum[k] + y.sum[k];
+        block->sum[k] = kd_fma(x.weight[k], x.value[k], kd_fma(y.weight[k], y.value[k], block->sum[k]));
     if (keeping) {
         memcpy(keep_a, &x.kept_a, sizeof x.kept_a);
         memcpy(keep_a + KD_LANES, &y.kept_a, sizeof y.kept_a);
@@ -277,7 +277,7 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
                 ? KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, KD_MODERATE, KD_EXP_FOR_DOUBLE, &unused)
                 : KD_DIV(class_terms)(columns_t[j], columns_s[j], &constants, KD_GENERAL, KD_EXP_FOR_DOUBLE, &unused);
             for (int k = 0; k < KD_DIV_SUMS; k++)
-                sum[k] += x.sum[k];
+                sum[k] = kd_fma(x.weight[k], x.value[k], sum[k]);
             kept_a[j] = x.kept_a;
             kept_w[j] = x.kept_w;
         }

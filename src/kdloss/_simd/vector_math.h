@@ -431,7 +431,7 @@ KD_INLINE kd_vd kd_exp_minus_one_parts(kd_vd x, const int for_double, const int 
         kd_vi half = m >> 1;
         e = p * (kd_vd)((m - half + 1023) << 52) * (kd_vd)((half + 1023) << 52);
     } else {
-        e = (kd_vd)((kd_vi)p + (m << 52));
+        e = (kd_vd)((kd_vi)p + ((kd_vi)shifted << 52)); /* the low bits hold 2^51 + k: k survives */
     }
     kd_vi central = k == 0.0;
     *em1 = kd_select(central, r_em1, e - 1.0);
