@@ -50,7 +50,7 @@ from kdloss.bench.cases import DTYPES, SEED, format_shape, parse_shape
 from kdloss.bench.cli import _names, _positive_ints
 from kdloss.bench.jax_threads import jax_threads, set_jax_threads
 from kdloss.bench.machine import describe
-from kdloss.bench.table import format_seconds, header_lines
+from kdloss.bench.table import format_timing, header_lines
 from kdloss.bench.timing import Stats, calls_per_sample, interleaved
 
 DEFAULT_SHAPE = (8192, 1000)
@@ -343,12 +343,9 @@ def _ratio(value):
 def time_cell(sweep, eps, body):
     """``"7.01 ms ±3% (1.02x)"``: median, half the IQR as a share of it, and the time over eps = 1's."""
     cell = sweep.cells.get((eps, body))
-    if cell is None:
-        return ""
-    if cell.stats is None:
-        return f"{cell.status}*" if cell.note else cell.status
-    stats = cell.stats
-    text = f"{format_seconds(stats.median)} ±{50 * stats.iqr / stats.median:.0f}%"
+    text = format_timing(cell)
+    if cell is None or cell.stats is None:
+        return text
     ratio = sweep.vs_reference_eps(eps, body)
     return text + (f" ({ratio:.2f}x)" if ratio is not None and eps != REFERENCE_EPS else "")
 

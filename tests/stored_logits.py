@@ -61,3 +61,17 @@ def read_output(path, dtype):
         rows = [line.rstrip("\n").split(",") for line in f]
     assert [int(index) for index, _ in rows] == list(range(len(rows)))
     return np.array([float(loss) for _, loss in rows], dtype=np.float64).astype(dtype)
+
+
+def assert_refused(capsys, argv, words):
+    """``kdloss ARGV`` exits 2 with one line on stderr, ``kdloss score: error: ...``, naming each
+    of ``words``, and prints nothing on stdout."""
+    from kdloss.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdloss score: error: "), captured.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])

@@ -123,3 +123,19 @@ def test_identical_rows_are_exactly_zero_on_every_target(target, with_target):
     for classes in LENGTHS[:-3]:
         logits = np.random.default_rng(classes).normal(0, 5, (5, classes))
         assert np.all(kdloss.kd_loss(logits, logits, 1.3, reduction="none") == 0.0), classes
+
+
+def test_the_entries_refuse_a_dtype_code_that_does_not_match_the_arrays():
+    # float16/bfloat16 reach the kernel as uint16 bits, told apart by the dtype code: a code that
+    # does not match the element type (or the gradients' type) would read the wrong bits.
+    x = np.zeros((2, 3), dtype=np.float32)
+    out = np.empty(2)
+    with pytest.raises(ValueError, match="dtype code"):
+        _kernel.kl_rows(x, x, 0, _kernel.DTYPE_CODES["float16"], 1.0, out, 1)
+    with pytest.raises(ValueError, match="dtype code"):
+        _kernel.kl_rows(x.view(np.uint16)[:, :3], x.view(np.uint16)[:, :3], 0, _kernel.DTYPE_CODES["float32"],
+                        1.0, out, 1)
+    no_labels, no_values = np.empty(0, dtype=np.int64), np.empty(0)
+    with pytest.raises(ValueError, match="dtype code"):  # float32 logits, float64 gradients
+        _kernel.loss_grad_rows(x, x, 0, _kernel.DTYPE_CODES["float32"], no_labels, 1.0, 1.0, 0.0, no_values,
+                               no_values, 1.0, out, np.empty((2, 3)), np.empty((0, 3)), False, 1)

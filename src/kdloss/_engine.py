@@ -62,19 +62,17 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     _check_divergence(divergence)
     n_rows, n_classes = teacher.shape
     threads = threads_for(n_threads, n_rows, n_classes)
-    two_byte = teacher.dtype.itemsize == 2
-    # The 2-byte entries take the stored bits and say which format they hold.
-    format_args = (teacher.dtype.name == "bfloat16",) if two_byte else ()
+    dtype = _kernel.DTYPE_CODES[teacher.dtype.name]
+    gradient_dtype = np.float64 if teacher.dtype == np.float64 else np.float32
     student, teacher = _for_kernel(student), _for_kernel(teacher)
     training = not (labels is None and weights is None and grad_output is None and d_student is None
                     and d_teacher is None and kl_weight == 1.0 and ce_weight == 0.0)
     if not training:
-        (_kernel.kl_rows_2byte if two_byte else _kernel.kl_rows)(student, teacher, divergence.kernel_code,
-                                                                  *format_args, temperature, out, threads)
+        _kernel.kl_rows(student, teacher, divergence.kernel_code, dtype, temperature, out, threads)
         return
-    no_rows = np.empty((0, n_classes), dtype=np.float32 if two_byte else teacher.dtype)
-    (_kernel.loss_grad_rows_2byte if two_byte else _kernel.loss_grad_rows)(
-        student, teacher, divergence.kernel_code, *format_args,
+    no_rows = np.empty((0, n_classes), dtype=gradient_dtype)
+    _kernel.loss_grad_rows(
+        student, teacher, divergence.kernel_code, dtype,
         _NO_LABELS if labels is None else labels,
         temperature, kl_weight, ce_weight,
         _NO_VALUES if weights is None else weights,

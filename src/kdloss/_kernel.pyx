@@ -776,10 +776,38 @@ cdef void run_rows(
         raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
 
 
+# Gradients: float64 for float64 logits, float32 for every other dtype.
+ctypedef fused kd_output:
+    float
+    double
+
+
+# The dtype table's rows, for the entries' ``dtype`` argument (float16 and bfloat16 are handed
+# over as their bits, a ``uint16`` view, and told apart by this code).
+DTYPE_CODES = {"float32": KD_FLOAT32, "float64": KD_FLOAT64, "float16": KD_FLOAT16, "bfloat16": KD_BFLOAT16}
+
+
+cdef int checked_dtype(int dtype, kd_input input_tag, size_t out_size) except -1:
+    """``dtype`` when it is the row of the logits' element type and of the gradients' (out_size:
+    0 when there are none), else ValueError: a wrong combination would read the wrong bits."""
+    cdef bint matches
+    if kd_input is float:
+        matches = dtype == KD_FLOAT32
+    elif kd_input is double:
+        matches = dtype == KD_FLOAT64
+    else:
+        matches = dtype == KD_FLOAT16 or dtype == KD_BFLOAT16
+    cdef size_t gradient_size = sizeof(double) if kd_input is double else sizeof(float)
+    if not matches or (out_size != 0 and out_size != gradient_size):
+        raise ValueError(f"dtype code {dtype} does not match the arrays' element types")
+    return dtype
+
+
 def loss_grad_rows(
-    const floating[:, :] student,
-    const floating[:, :] teacher,
+    const kd_input[:, :] student,
+    const kd_input[:, :] teacher,
     int divergence,
+    int dtype,
     const int64_t[::1] labels,
     double temperature,
     double kl_weight,
@@ -788,26 +816,28 @@ def loss_grad_rows(
     const double[::1] grad_output,
     double grad_scale,
     double[::1] out,
-    floating[:, ::1] d_student,
-    floating[:, ::1] d_teacher,
+    kd_output[:, ::1] d_student,
+    kd_output[:, ::1] d_teacher,
     bint round_to_odd,
     int num_threads,
 ):
-    """For every row i: ``out[i] = w_i * loss_i`` with ``loss_i = kl_weight T^2 KL + ce_weight
+    """For every row i: ``out[i] = w_i * loss_i`` with ``loss_i = kl_weight T^2 D + ce_weight
     CE``, and ``d_student[i]`` (``d_teacher[i]``) = ``grad_scale * g_i * w_i`` times its gradient.
 
-    Contract, beyond the module's: ``labels`` (in [0, classes), or negative: the row is left
-    out), ``row_weights`` (w, finite and >= 0; a weight of 0 leaves the row out) and
-    ``grad_output`` (g) have one entry per row, or none (no cross-entropy term; all weights 1;
-    all g 1). ``d_student`` and ``d_teacher`` have the inputs' shape, or no rows: no such
-    gradient (with a teacher gradient only, the student's is computed into per-thread scratch
-    and dropped). A row left out gets ``out[i] = 0`` and zero gradients, whatever it holds (NaN
-    included): only the short-row pass reads it, beside its neighbours, and drops it.
+    Contract, beyond the module's: ``divergence`` a row of the divergence table; ``dtype`` the
+    logits' row of the dtype table (``DTYPE_CODES``; float16 and bfloat16 as ``uint16`` bits),
+    gradients float64 for float64 logits and float32 otherwise. ``labels`` (in [0, classes), or
+    negative: the row is left out), ``row_weights`` (w, finite and >= 0; a weight of 0 leaves the
+    row out) and ``grad_output`` (g) have one entry per row, or none (no cross-entropy term; all
+    weights 1; all g 1). ``d_student`` and ``d_teacher`` have the inputs' shape, or no rows: no
+    such gradient (with a teacher gradient only, the student's is computed into per-thread
+    scratch and dropped). A row left out gets ``out[i] = 0`` and zero gradients, whatever it
+    holds (NaN included): only the short-row pass reads it, beside its neighbours, and drops it.
     ``round_to_odd``: float32 gradients rounded to odd (for a caller that rounds them on to 2 bytes).
     """
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, divergence, KD_FLOAT32 if floating is float else KD_FLOAT64,
+    run_rows(student, teacher, divergence, checked_dtype(dtype, <kd_input> 0, sizeof(kd_output)),
              &labels[0] if labels.shape[0] > 0 else NULL,
              temperature, kl_weight, ce_weight,
              &row_weights[0] if row_weights.shape[0] > 0 else NULL,
@@ -819,68 +849,20 @@ def loss_grad_rows(
 
 
 def kl_rows(
-    const floating[:, :] student,
-    const floating[:, :] teacher,
+    const kd_input[:, :] student,
+    const kd_input[:, :] teacher,
     int divergence,
+    int dtype,
     double temperature,
     double[::1] out,
     int num_threads,
 ):
     """out[i] = T^2 * D(softmax(teacher[i] / T), softmax(student[i] / T)) for every row i, D the
-    divergence of that code (0: KL): the row loop with the divergence term alone, no gradient."""
+    divergence of that code (0: KL): the row loop with the divergence term alone, no gradient.
+    ``dtype`` as in ``loss_grad_rows``."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, divergence, KD_FLOAT32 if floating is float else KD_FLOAT64, NULL, temperature,
-             1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
-
-
-def loss_grad_rows_2byte(
-    const unsigned short[:, :] student,
-    const unsigned short[:, :] teacher,
-    int divergence,
-    bint bfloat16,
-    const int64_t[::1] labels,
-    double temperature,
-    double kl_weight,
-    double ce_weight,
-    const double[::1] row_weights,
-    const double[::1] grad_output,
-    double grad_scale,
-    double[::1] out,
-    float[:, ::1] d_student,
-    float[:, ::1] d_teacher,
-    bint round_to_odd,
-    int num_threads,
-):
-    """``loss_grad_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits
-    (a ``uint16`` view, no copy); the gradients are float32, rounded to nearest or (with
-    ``round_to_odd``, for a caller that rounds them on to the logits' 2-byte type) to odd."""
-    if teacher.shape[0] == 0:
-        return
-    run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16,
-             &labels[0] if labels.shape[0] > 0 else NULL,
-             temperature, kl_weight, ce_weight,
-             &row_weights[0] if row_weights.shape[0] > 0 else NULL,
-             &grad_output[0] if grad_output.shape[0] > 0 else NULL,
-             grad_scale, &out[0],
-             <char*> &d_student[0, 0] if d_student.shape[0] > 0 else NULL,
-             <char*> &d_teacher[0, 0] if d_teacher.shape[0] > 0 else NULL,
-             round_to_odd, num_threads)
-
-
-def kl_rows_2byte(
-    const unsigned short[:, :] student,
-    const unsigned short[:, :] teacher,
-    int divergence,
-    bint bfloat16,
-    double temperature,
-    double[::1] out,
-    int num_threads,
-):
-    """``kl_rows`` for float16 (or, with ``bfloat16``, bfloat16) logits given as their bits."""
-    if teacher.shape[0] == 0:
-        return
-    run_rows(student, teacher, divergence, KD_BFLOAT16 if bfloat16 else KD_FLOAT16, NULL, temperature,
+    run_rows(student, teacher, divergence, checked_dtype(dtype, <kd_input> 0, 0), NULL, temperature,
              1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
 
 

@@ -69,14 +69,17 @@ KD_INLINE kd_kl_row kd_kl_lane_constants(kd_vd t_max, kd_vd s_max, double inv_T)
  * small and is taken exactly (TwoSum; float inputs need no help, their difference is exact in
  * double), so d is accurate relative to itself even when the student is the teacher plus an
  * offset; and d is exactly 0 where the rows agree, whatever multiply-adds the compiler fuses. */
-KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_double)
+KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_double,
+                          const int finite)
 {
     const kd_vd hi = t - s;
     if (!for_double)
         return (hi - row->shift_hi) * row->inv_T;
     const kd_vd s_part = hi - t;
-    const kd_vd lo = (t - (hi - s_part)) + (-s - s_part); /* NaN where hi is +-inf: then 0 */
-    return ((hi - row->shift_hi) + (kd_select(lo == lo, lo, kd_splat(0.0)) - row->shift_lo)) * row->inv_T;
+    kd_vd lo = (t - (hi - s_part)) + (-s - s_part);
+    if (!finite) /* NaN where hi is +-inf: then 0 (moderate rows hold finite logits only) */
+        lo = kd_select(lo == lo, lo, kd_splat(0.0));
+    return ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
 }
 
 /* The terms of KD_LANES classes of logits t, s, in one of three modes (kd_row_mode, target_impl.h):
@@ -104,7 +107,7 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
     kd_kl_terms out;
     const double inv_T = row->inv_T;
     const kd_vd at = t - row->t_max, a = at * inv_T;
-    const kd_vd d = kd_kl_gap(t, s, row, for_double);
+    const kd_vd d = kd_kl_gap(t, s, row, for_double, mode == KD_MODERATE);
     kd_vd em1, f;
     if (mode == KD_MASKED) {
         const kd_vi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
@@ -211,7 +214,7 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
                                     const int for_double, kd_vd *q_minus_p, kd_vd *teacher_direction)
 {
     const double inv_T = constants->inv_T;
-    const kd_vd d = kd_kl_gap(t, s, constants, for_double);
+    const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE);
     const kd_vd at = t - constants->t_max;
     const kd_vd p = ea * row->inv_zp;
     const kd_vd near_value = p * ((w - row->y) * row->inv_one_plus_y);

@@ -17,11 +17,9 @@ KD_INLINE KD_FN(vr) KD_FN(vmax)(KD_FN(vr) x, KD_FN(vr) m)
     return (KD_FN(vr))((greater & (__typeof__(greater))x) | (~greater & (__typeof__(greater))m));
 }
 
-/* Pass 1: the extrema of t and s over n classes. NaN never wins a comparison, so it is ignored
- * here; pass 2 lets it through to the sums. */
-static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd_row_range *out)
+/* The whole vectors of pass 1, in KD_REAL's own lanes, folded into *r; returns the classes done. */
+KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
 {
-    const KD_REAL *t = t_in, *s = s_in;
     enum { LANES = sizeof(KD_FN(vr)) / sizeof(KD_REAL) };
     const KD_FN(vr) inf = (KD_FN(vr)){0} + (KD_REAL)INFINITY;
     KD_FN(vr) t_max = -inf, s_max = -inf, t_min = inf, s_min = inf, x, y;
@@ -34,30 +32,14 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
         t_min = -KD_FN(vmax)(-x, -t_min);
         s_min = -KD_FN(vmax)(-y, -s_min);
     }
-    double tM = -INFINITY, sM = -INFINITY, tm = INFINITY, sm = INFINITY;
-    for (int lane = 0; lane < LANES; lane++) {
-        tM = t_max[lane] > tM ? t_max[lane] : tM;
-        sM = s_max[lane] > sM ? s_max[lane] : sM;
-        tm = t_min[lane] < tm ? t_min[lane] : tm;
-        sm = s_min[lane] < sm ? s_min[lane] : sm;
-    }
-    for (; i < n; i++) {
-        const double ti = t[i], si = s[i];
-        tM = ti > tM ? ti : tM;
-        sM = si > sM ? si : sM;
-        tm = ti < tm ? ti : tm;
-        sm = si < sm ? si : sm;
-    }
-    out->t_max = tM;
-    out->s_max = sM;
-    out->t_min = tm;
-    out->s_min = sm;
+    for (int lane = 0; lane < LANES; lane++)
+        kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
+    return i;
 }
 #else
-/* Pass 1 for stored types that do not compare natively (2-byte floats): in double lanes. */
-static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd_row_range *out)
+/* The same for stored types that do not compare natively (2-byte floats): in double lanes. */
+KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
 {
-    const KD_REAL *t = t_in, *s = s_in;
     kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
     ptrdiff_t i = 0;
     for (; i + KD_LANES <= n; i += KD_LANES) {
@@ -67,26 +49,24 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
         t_min = kd_select(x < t_min, x, t_min);
         s_min = kd_select(y < s_min, y, s_min);
     }
-    double tM = -INFINITY, sM = -INFINITY, tm = INFINITY, sm = INFINITY;
-    for (int lane = 0; lane < KD_LANES; lane++) {
-        tM = t_max[lane] > tM ? t_max[lane] : tM;
-        sM = s_max[lane] > sM ? s_max[lane] : sM;
-        tm = t_min[lane] < tm ? t_min[lane] : tm;
-        sm = s_min[lane] < sm ? s_min[lane] : sm;
-    }
-    for (; i < n; i++) {
-        const double ti = KD_SCALAR(t + i), si = KD_SCALAR(s + i);
-        tM = ti > tM ? ti : tM;
-        sM = si > sM ? si : sM;
-        tm = ti < tm ? ti : tm;
-        sm = si < sm ? si : sm;
-    }
-    out->t_max = tM;
-    out->s_max = sM;
-    out->t_min = tm;
-    out->s_min = sm;
+    for (int lane = 0; lane < KD_LANES; lane++)
+        kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
+    return i;
 }
 #endif
+
+/* Pass 1: the extrema of t and s over n classes. NaN never wins a comparison, so it is ignored
+ * here; pass 2 lets it through to the sums. */
+static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd_row_range *out)
+{
+    const KD_REAL *t = t_in, *s = s_in;
+    kd_row_range r = {-INFINITY, -INFINITY, INFINITY, INFINITY};
+    for (ptrdiff_t i = KD_FN(range_vectors)(t, s, n, &r); i < n; i++) {
+        const double ti = KD_SCALAR(t + i), si = KD_SCALAR(s + i);
+        kd_range_fold(&r, ti, si, ti, si);
+    }
+    *out = r;
+}
 
 /* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise; t0, s0 the
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these

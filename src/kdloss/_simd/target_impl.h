@@ -43,6 +43,15 @@ static inline void kd_add_block(kd_row_sums *out, const kd_block_sums *block, co
         kd_add_compensated(&out->sum[k], &out->err[k], kd_lane_sum(block->sum[k]));
 }
 
+/* Folds candidate maxima and minima into a row's extrema (NaN never wins a comparison). */
+static inline void kd_range_fold(kd_row_range *r, double t_max, double s_max, double t_min, double s_min)
+{
+    r->t_max = t_max > r->t_max ? t_max : r->t_max;
+    r->s_max = s_max > r->s_max ? s_max : r->s_max;
+    r->t_min = t_min < r->t_min ? t_min : r->t_min;
+    r->s_min = s_min < r->s_min ? s_min : r->s_min;
+}
+
 /* True when every a = (t - t_max) / T and b = (s - s_max) / T of the row lies in [-700, 0], so
  * that the cheaper exp applies and every class is near. */
 static inline int kd_is_moderate(const kd_row_range *range, double inv_T)

@@ -57,6 +57,18 @@ KD_INLINE kd_vd kd_load_f32(const float *p)
 #endif
 }
 
+/* A portable partial load (as below) through memory, each element widened by `widen`. */
+#define KD_PARTIAL_LOAD_BY_LANES(name, type, widen)                                                \
+    KD_INLINE kd_vd name(const type *p, int count, double fill)                                   \
+    {                                                                                              \
+        double lanes[KD_LANES];                                                                    \
+        for (int i = 0; i < KD_LANES; i++)                                                         \
+            lanes[i] = i < count ? widen(p[i]) : fill;                                             \
+        kd_vd v;                                                                                   \
+        memcpy(&v, lanes, sizeof v);                                                               \
+        return v;                                                                                  \
+    }
+
 /* The first `count` (0 to KD_LANES) elements of p as doubles, and `fill` in the other lanes.
  * Reads nothing past p[count - 1]. AVX2 and AVX-512 use masked loads; the portable version goes
  * through memory (and stalls store forwarding, which only the tail of a row pays). */
@@ -83,24 +95,8 @@ KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
     return (kd_vd)_mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, in), _mm256_castsi256_pd(in));
 }
 #else
-KD_INLINE kd_vd kd_load_partial_f32(const float *p, int count, double fill)
-{
-    double lanes[KD_LANES];
-    for (int i = 0; i < KD_LANES; i++)
-        lanes[i] = i < count ? (double)p[i] : fill;
-    kd_vd v;
-    memcpy(&v, lanes, sizeof v);
-    return v;
-}
-KD_INLINE kd_vd kd_load_partial_f64(const double *p, int count, double fill)
-{
-    double lanes[KD_LANES];
-    for (int i = 0; i < KD_LANES; i++)
-        lanes[i] = i < count ? p[i] : fill;
-    kd_vd v;
-    memcpy(&v, lanes, sizeof v);
-    return v;
-}
+KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f32, float, (double))
+KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f64, double, (double))
 #endif
 
 /* KD_LANES doubles rounded to float32 to odd (kd_float_rounded_to_odd, simd.h), lane by lane. */
@@ -156,25 +152,8 @@ KD_INLINE kd_vd kd_load_f16(const uint16_t *p)
 #endif
 }
 
-KD_INLINE kd_vd kd_load_partial_bf16(const uint16_t *p, int count, double fill)
-{
-    double lanes[KD_LANES];
-    for (int i = 0; i < KD_LANES; i++)
-        lanes[i] = i < count ? kd_bfloat16_to_double(p[i]) : fill;
-    kd_vd v;
-    memcpy(&v, lanes, sizeof v);
-    return v;
-}
-
-KD_INLINE kd_vd kd_load_partial_f16(const uint16_t *p, int count, double fill)
-{
-    double lanes[KD_LANES];
-    for (int i = 0; i < KD_LANES; i++)
-        lanes[i] = i < count ? kd_float16_to_double(p[i]) : fill;
-    kd_vd v;
-    memcpy(&v, lanes, sizeof v);
-    return v;
-}
+KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_bf16, uint16_t, kd_bfloat16_to_double)
+KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f16, uint16_t, kd_float16_to_double)
 
 /* Sum of the lanes in a fixed order (a balanced tree). */
 KD_INLINE double kd_lane_sum(kd_vd v)

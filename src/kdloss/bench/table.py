@@ -13,15 +13,24 @@ def format_seconds(seconds):
     raise AssertionError("unreachable")
 
 
-def format_cell(case, peer):
-    """``"67.1 ms ±2% (5.2x)"``: median, half the IQR relative to it, and median / kdloss's median."""
-    cell = case.cells.get(peer)
+def format_timing(cell):
+    """``"67.1 ms ±2%"``: a cell's median and half its IQR relative to it; its status (with a
+    star when a note explains it) when it was not timed; "" for no cell."""
     if cell is None:
         return ""
     if cell.stats is None:
         return f"{cell.status}*" if cell.note else cell.status
     stats = cell.stats
-    text = f"{format_seconds(stats.median)} ±{50 * stats.iqr / stats.median:.0f}%"
+    return f"{format_seconds(stats.median)} ±{50 * stats.iqr / stats.median:.0f}%"
+
+
+def format_cell(case, peer):
+    """``"67.1 ms ±2% (5.2x)"``: median, half the IQR relative to it, and median / kdloss's median."""
+    cell = case.cells.get(peer)
+    text = format_timing(cell)
+    if cell is None or cell.stats is None:
+        return text
+    stats = cell.stats
     kd = case.median("kdloss")
     if peer != "kdloss" and kd:
         ratio = stats.median / kd
