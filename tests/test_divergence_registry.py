@@ -8,7 +8,17 @@ import pytest
 
 import kdloss
 from kdloss import _divergences, reference
-from kdloss._divergences import DIVERGENCES, HINTON_TERMS, Divergence, resolve_divergence
+from kdloss._divergences import (
+    DIVERGENCES,
+    HINTON_TERMS,
+    KERNEL_KL,
+    KERNEL_MIXTURE,
+    KERNEL_TVD,
+    KL_FORM,
+    Divergence,
+    KernelForm,
+    resolve_divergence,
+)
 
 
 def pair(shape=(7, 11), seed=0):
@@ -19,22 +29,48 @@ def pair(shape=(7, 11), seed=0):
 
 def test_kl_is_row_zero_of_the_kernel_without_parameters():
     kl = DIVERGENCES["kl"]
-    assert (kl.name, kl.kernel_code, kl.parameters, kl.parameter_ranges) == ("kl", 0, {}, {})
+    assert (kl.name, kl.kernel_form(), kl.parameters, kl.parameter_ranges) == ("kl", KL_FORM, {}, {})
+    assert KL_FORM.code == KERNEL_KL == 0 and KL_FORM.infinite_where_student_rules_out
+    assert not KL_FORM.infinite_where_teacher_rules_out
     assert kl.oracle is reference.kl_rows and "KL" in kl.summary
     with pytest.raises(dataclasses.FrozenInstanceError):
-        kl.kernel_code = 1
+        kl.kernel_form = None
+
+
+def test_the_kernel_rows_are_the_kernels():
+    from kdloss import _kernel
+
+    assert {KERNEL_KL, KERNEL_MIXTURE, KERNEL_TVD} <= set(range(_kernel.DIVERGENCE_COUNT))
+
+
+@pytest.mark.parametrize(("name", "beta", "form"), [
+    ("reverse_kl", None, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("jsd", 0.0, KL_FORM),
+    ("jsd", 1.0, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("jsd", 0.25, KernelForm(KERNEL_MIXTURE, (0.25, 0.25, 0.75))),
+    ("skew_kl", 0.0, KL_FORM),
+    ("skew_kl", 0.1, KernelForm(KERNEL_MIXTURE, (0.1, 1.0, 0.0))),
+    ("skew_reverse_kl", 0.0, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("skew_reverse_kl", 0.1, KernelForm(KERNEL_MIXTURE, (0.9, 0.0, 1.0))),
+    ("tvd", None, KernelForm(KERNEL_TVD)),
+])
+def test_kernel_forms_and_where_they_are_infinite(name, beta, form):
+    divergence, parameters = resolve_divergence(name, beta)
+    assert divergence.kernel_form(**parameters) == form
+    reverse = form.weights == (1.0, 0.0, 1.0)
+    assert form.infinite_where_teacher_rules_out == reverse
+    assert form.infinite_where_student_rules_out == (form == KL_FORM)
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))
 def test_every_row_is_complete(name):
     row = DIVERGENCES[name]
-    assert row.name == name and isinstance(row.kernel_code, int) and row.summary
+    assert row.name == name and row.summary
+    assert isinstance(row.kernel_form(**row.parameters), KernelForm)
     assert set(row.parameters) == set(row.parameter_ranges)
     for key, default in row.parameters.items():
         lo, hi = row.parameter_ranges[key]
         assert lo <= default <= hi
-    codes = [r.kernel_code for r in DIVERGENCES.values()]
-    assert len(set(codes)) == len(codes)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
@@ -69,9 +105,10 @@ def test_resolve_the_default_and_by_name():
     assert resolve_divergence("kl") == (DIVERGENCES["kl"], {})
 
 
-@pytest.mark.parametrize("name", ["jsd", "KL", "", None, 0])
+@pytest.mark.parametrize("name", ["JSD", "KL", "", None, 0])
 def test_unknown_divergence_lists_the_known_ones(name):
-    with pytest.raises(ValueError, match=r"divergence must be one of 'kl'; got " + repr(name).replace("(", r"\(")):
+    known = "'kl', 'reverse_kl', 'jsd', 'skew_kl', 'skew_reverse_kl', 'tvd'"
+    with pytest.raises(ValueError, match=f"divergence must be one of {known}; got " + repr(name).replace("(", r"\(")):
         resolve_divergence(name)
 
 
@@ -86,7 +123,7 @@ def test_a_parameter_given_to_kl_is_refused_by_name(beta):
 @pytest.fixture
 def with_a_parameter_row(monkeypatch):
     """A row with a parameter, as the next divergences (JSD(beta)) will add: one dict entry."""
-    row = Divergence(name="test_jsd", kernel_code=99, parameters={"beta": 0.5},
+    row = Divergence(name="test_jsd", kernel_form=lambda beta: KernelForm(99), parameters={"beta": 0.5},
                      parameter_ranges={"beta": (0.0, 1.0)}, oracle=reference.kl_rows, summary="a test row")
     monkeypatch.setitem(_divergences.DIVERGENCES, "test_jsd", row)
     return row
@@ -103,8 +140,8 @@ def test_a_row_with_a_parameter_takes_its_default_and_checks_its_range(with_a_pa
     for bad in ("0.5", True, [0.5], 1j):
         with pytest.raises(TypeError, match="beta must be a real number"):
             resolve_divergence("test_jsd", beta=bad)
-    with pytest.raises(ValueError, match="one of 'kl', 'test_jsd'"):
-        resolve_divergence("tvd")
+    with pytest.raises(ValueError, match="one of 'kl', .*, 'tvd', 'test_jsd'"):
+        resolve_divergence("nope")
 
 
 def test_the_engine_refuses_a_divergence_the_kernel_lacks(with_a_parameter_row):

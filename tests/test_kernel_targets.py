@@ -15,6 +15,7 @@ from conftest import DTYPES, KERNEL_TARGETS, THREAD_COUNTS
 
 import kdloss
 from kdloss import _kernel
+from kdloss._divergences import KL_FORM
 
 CHUNK = _kernel.CHUNK_CLASSES
 SHORT = _kernel.SHORT_ROW_CLASSES
@@ -131,11 +132,11 @@ def test_the_entries_refuse_a_dtype_code_that_does_not_match_the_arrays():
     x = np.zeros((2, 3), dtype=np.float32)
     out = np.empty(2)
     with pytest.raises(ValueError, match="dtype code"):
-        _kernel.kl_rows(x, x, 0, _kernel.DTYPE_CODES["float16"], 1.0, out, 1)
+        _kernel.kl_rows(x, x, KL_FORM, _kernel.DTYPE_CODES["float16"], 1.0, out, 1)
     with pytest.raises(ValueError, match="dtype code"):
         _kernel.kl_rows(x.view(np.uint16)[:, :3], x.view(np.uint16)[:, :3], 0, _kernel.DTYPE_CODES["float32"],
                         1.0, out, 1)
     no_labels, no_values = np.empty(0, dtype=np.int64), np.empty(0)
     with pytest.raises(ValueError, match="dtype code"):  # float32 logits, float64 gradients
-        _kernel.loss_grad_rows(x, x, 0, _kernel.DTYPE_CODES["float32"], no_labels, 1.0, 1.0, 0.0, no_values,
+        _kernel.loss_grad_rows(x, x, KL_FORM, _kernel.DTYPE_CODES["float32"], no_labels, 1.0, 1.0, 0.0, no_values,
                                no_values, 1.0, out, np.empty((2, 3)), np.empty((0, 3)), False, 1)

@@ -1,9 +1,16 @@
 """The divergence table (Python side): one row per divergence kdloss computes.
 
 A row names the divergence, the code the kernel knows it by, its parameters (defaults and
-ranges), its oracle (a per-row float64 function in ``kdloss.reference``) and a one-line summary.
-Front ends resolve a user's choice with :func:`resolve_divergence`; the engine
-(``kdloss._engine``) hands ``kernel_code`` and the parameters to the kernel.
+ranges), how the kernel computes it at given parameters (its ``kernel_form``: a row of the
+kernel's divergence table and that row's weights), its oracle (a per-row float64 function in
+``kdloss.reference``) and a one-line summary. Front ends resolve a user's choice with
+:func:`resolve_divergence`; the engine (``kdloss._engine``) hands the kernel form to the kernel.
+
+The kernel's table has three rows (``_simd/simd.h``): forward KL; a *mixture* row,
+``c_P KL(P || M) + c_Q KL(Q || M)`` with ``M = lam P + (1 - lam) Q``, which covers reverse KL,
+JSD(beta) and both skew KLs by its weights ``(lam, c_P, c_Q)``; and TVD. Where a divergence's
+parameters make it exactly forward KL (``jsd`` and ``skew_kl`` at ``beta = 0``) it takes the KL
+row, so that the identity holds bit for bit.
 
 Adding a divergence on the Python side is one row in ``DIVERGENCES`` plus its oracle in
 ``kdloss.reference`` (the C side has its own table row; see README "Layout"). Its parameters
@@ -21,12 +28,53 @@ from . import reference
 from ._validation import plain, real_scalar
 
 
+# Rows of the kernel's divergence table (simd.h's KD_KL, KD_MIXTURE, KD_TVD).
+KERNEL_KL, KERNEL_MIXTURE, KERNEL_TVD = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelForm:
+    """How the kernel computes one divergence at given parameters.
+
+    code: the row of the kernel's divergence table (``KERNEL_KL``, ``KERNEL_MIXTURE``, ``KERNEL_TVD``).
+    weights: the mixture row's ``(lam, c_P, c_Q)``: ``c_P KL(P || M) + c_Q KL(Q || M)``,
+        ``M = lam P + (1 - lam) Q`` (zeros for the other rows).
+    """
+
+    code: int
+    weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def infinite_where_student_rules_out(self) -> bool:
+        """+inf where the student rules out (P > 0, Q = 0) a class the teacher allows."""
+        lam, c_p, _ = self.weights
+        return self.code == KERNEL_KL or (self.code == KERNEL_MIXTURE and c_p > 0.0 and lam == 0.0)
+
+    @property
+    def infinite_where_teacher_rules_out(self) -> bool:
+        """+inf where the teacher rules out (P = 0, Q > 0) a class the student allows."""
+        lam, _, c_q = self.weights
+        return self.code == KERNEL_MIXTURE and c_q > 0.0 and lam == 1.0
+
+
+KL_FORM = KernelForm(KERNEL_KL)
+REVERSE_KL_FORM = KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))  # KL(Q || M), M = P
+
+
+def _jsd_form(beta):
+    if beta == 0.0:
+        return KL_FORM  # TRL's and Liger's endpoint: KL(P || Q)
+    if beta == 1.0:
+        return REVERSE_KL_FORM
+    return KernelForm(KERNEL_MIXTURE, (beta, beta, 1.0 - beta))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Divergence:
     """One divergence ``D(P || Q)`` between ``P = softmax(teacher / T)`` and ``Q = softmax(student / T)``.
 
     name: what users pass (``divergence="kl"``).
-    kernel_code: the divergence's code in the kernel's table.
+    kernel_form: ``kernel_form(**parameters)``: its :class:`KernelForm` at those parameters.
     parameters: parameter name -> default value.
     parameter_ranges: parameter name -> ``(lo, hi)``, both included.
     oracle: ``oracle(student, teacher, temperature, **parameters)``: ``T^2 * D`` per row in
@@ -35,7 +83,7 @@ class Divergence:
     """
 
     name: str
-    kernel_code: int
+    kernel_form: Callable[..., KernelForm]
     parameters: dict[str, float]
     parameter_ranges: dict[str, tuple[float, float]]
     oracle: Callable
@@ -45,11 +93,52 @@ class Divergence:
 DIVERGENCES = {
     "kl": Divergence(
         name="kl",
-        kernel_code=0,
+        kernel_form=lambda: KL_FORM,
         parameters={},
         parameter_ranges={},
         oracle=reference.kl_rows,
-        summary="forward KL: T^2 * KL(softmax(teacher/T) || softmax(student/T))",
+        summary="forward KL: T^2 * KL(P || Q), P = softmax(teacher/T), Q = softmax(student/T)",
+    ),
+    "reverse_kl": Divergence(
+        name="reverse_kl",
+        kernel_form=lambda: REVERSE_KL_FORM,
+        parameters={},
+        parameter_ranges={},
+        oracle=reference.reverse_kl_rows,
+        summary="reverse KL: T^2 * KL(Q || P)",
+    ),
+    "jsd": Divergence(
+        name="jsd",
+        kernel_form=_jsd_form,
+        parameters={"beta": 0.5},
+        parameter_ranges={"beta": (0.0, 1.0)},
+        oracle=reference.jsd_rows,
+        summary=("generalized JSD: T^2 * (beta KL(P || M) + (1 - beta) KL(Q || M)), M = beta P + (1 - beta) Q; "
+                 "KL(P || Q) at beta = 0, KL(Q || P) at beta = 1"),
+    ),
+    "skew_kl": Divergence(
+        name="skew_kl",
+        kernel_form=lambda beta: KL_FORM if beta == 0.0 else KernelForm(KERNEL_MIXTURE, (beta, 1.0, 0.0)),
+        parameters={"beta": 0.1},
+        parameter_ranges={"beta": (0.0, 1.0)},
+        oracle=reference.skew_kl_rows,
+        summary="skew KL: T^2 * KL(P || beta P + (1 - beta) Q)",
+    ),
+    "skew_reverse_kl": Divergence(
+        name="skew_reverse_kl",
+        kernel_form=lambda beta: KernelForm(KERNEL_MIXTURE, (1.0 - beta, 0.0, 1.0)),
+        parameters={"beta": 0.1},
+        parameter_ranges={"beta": (0.0, 1.0)},
+        oracle=reference.skew_reverse_kl_rows,
+        summary="skew reverse KL: T^2 * KL(Q || beta Q + (1 - beta) P)",
+    ),
+    "tvd": Divergence(
+        name="tvd",
+        kernel_form=lambda: KernelForm(KERNEL_TVD),
+        parameters={},
+        parameter_ranges={},
+        oracle=reference.tvd_rows,
+        summary="total variation: T^2 * (1/2) sum |P - Q|",
     ),
 }
 

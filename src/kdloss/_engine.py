@@ -41,9 +41,12 @@ def _for_softmax(rows):
     return rows if rows.dtype == kernel_dtype else rows.astype(kernel_dtype)
 
 
-def _check_divergence(divergence):
-    if not 0 <= divergence.kernel_code < _kernel.DIVERGENCE_COUNT:  # a registry row ahead of the kernel
+def _kernel_form(divergence, parameters):
+    """The divergence's kernel row and weights at these parameters (``KernelForm``)."""
+    form = divergence.kernel_form(**(divergence.parameters if parameters is None else parameters))
+    if not 0 <= form.code < _kernel.DIVERGENCE_COUNT:  # a registry row ahead of the kernel
         raise ValueError(f"the kernel does not compute divergence {divergence.name!r} yet")
+    return form
 
 
 def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parameters=None,
@@ -59,7 +62,7 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     ``round_to_odd``: float32 gradients rounded to odd, for a caller that rounds them on to a
     2-byte type (``kdloss.torch``), so that each is rounded once in all.
     """
-    _check_divergence(divergence)
+    form = _kernel_form(divergence, parameters)
     n_rows, n_classes = teacher.shape
     threads = threads_for(n_threads, n_rows, n_classes)
     dtype = _kernel.DTYPE_CODES[teacher.dtype.name]
@@ -68,11 +71,11 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     training = not (labels is None and weights is None and grad_output is None and d_student is None
                     and d_teacher is None and kl_weight == 1.0 and ce_weight == 0.0)
     if not training:
-        _kernel.kl_rows(student, teacher, divergence.kernel_code, dtype, temperature, out, threads)
+        _kernel.kl_rows(student, teacher, form, dtype, temperature, out, threads)
         return
     no_rows = np.empty((0, n_classes), dtype=gradient_dtype)
     _kernel.loss_grad_rows(
-        student, teacher, divergence.kernel_code, dtype,
+        student, teacher, form, dtype,
         _NO_LABELS if labels is None else labels,
         temperature, kl_weight, ce_weight,
         _NO_VALUES if weights is None else weights,

@@ -46,6 +46,9 @@ cdef extern from "simd.h" nogil:
     enum: KD_SHORT_ROW
     enum: KD_MAX_STEP
     enum: KD_KL
+    enum: KD_MIXTURE
+    enum: KD_TVD
+    enum: KD_WEIGHTS
     enum: KD_FLOAT32
     enum: KD_FLOAT64
     enum: KD_FLOAT16
@@ -62,7 +65,7 @@ cdef extern from "simd.h" nogil:
         double err[4]
     ctypedef struct kd_row_finish:
         double value
-        double constant[6]
+        double constant[14]
     enum: KD_CE_NONE
     enum: KD_CE_FROM_Q
     enum: KD_CE_OWN_EXP
@@ -85,17 +88,21 @@ cdef extern from "simd.h" nogil:
         void (*sums)(const void*, const void*, ptrdiff_t, const kd_row_range*, double,
                      kd_row_sums*, double*, double*, ptrdiff_t, ptrdiff_t) noexcept nogil
         void (*short_rows)(const char*, const char*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                           ptrdiff_t, ptrdiff_t, double, double*, const kd_short_grad*) noexcept nogil
+                           ptrdiff_t, ptrdiff_t, double, const double*, double*,
+                           const kd_short_grad*) noexcept nogil
         void (*gradient)(const void*, const void*, ptrdiff_t, const kd_grad_row*, void*,
                          void*) noexcept nogil
         void (*normaliser)(const void*, ptrdiff_t, double, double*, double*) noexcept nogil
+        void (*second_sums)(const void*, const void*, ptrdiff_t, const kd_grad_row*,
+                            kd_row_sums*) noexcept nogil
     ctypedef struct kd_divergence_passes:
         kd_dtype_passes dtype[4]
-        void (*finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
+        void (*finish)(const kd_row_sums*, const double*, kd_row_finish*) noexcept nogil
+        void (*second_finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
         double (*class_gradient)(const kd_grad_row*, double, double, double, double) noexcept nogil
     ctypedef struct kd_target:
         const char* name
-        kd_divergence_passes divergence[1]
+        kd_divergence_passes divergence[3]
     const kd_target* kd_active_target
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -333,27 +340,55 @@ cdef void row_sums(
         merge_sums(sums, &chunk)
 
 
-cdef double settle_special(const kd_input* t_row, const kd_input* s_row, Py_ssize_t n, int dtype) noexcept nogil:
-    """The documented KL of a row the formulas leave as NaN (README "Semantics"): NaN for a NaN
-    or +inf logit anywhere or a teacher row all -inf; +inf where the student rules out (-inf) a
-    class the teacher allows, a student row all -inf included."""
+cdef void second_row_sums(
+    const kd_input* t, const kd_input* s, Py_ssize_t n, const kd_dtype_passes* p,
+    const kd_grad_row* row, kd_row_sums* sums,
+) noexcept nogil:
+    """The second pass's sums of a two-pass divergence over a row, chunk by chunk, merged in order,
+    from the kept values and the first finish in ``row``."""
+    cdef Py_ssize_t c, start
+    cdef kd_row_sums chunk
+    cdef kd_grad_row chunk_row = row[0]
+    memset(sums, 0, sizeof(kd_row_sums))
+    for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
+        start = c * KD_CHUNK
+        chunk_row.kept_a = row.kept_a + start
+        chunk_row.kept_w = row.kept_w + start
+        p.second_sums(t + start, s + start, chunk_length(start, n), &chunk_row, &chunk)
+        merge_sums(sums, &chunk)
+
+
+cdef double settle_special(
+    const kd_input* t_row, const kd_input* s_row, Py_ssize_t n, const LossTerms* terms,
+) noexcept nogil:
+    """The documented value of a row the formulas leave as NaN (README "Semantics"): NaN for a
+    NaN or +inf logit anywhere; +inf where one side rules out (-inf) a class the other allows,
+    when that makes the divergence infinite (the form's flags: for KL, a student -inf where the
+    teacher is finite, a student row all -inf included); else NaN for a side with no class."""
     cdef Py_ssize_t i
     cdef double t_max = -INFINITY, s_max = -INFINITY, ti, si
-    cdef bint has_nan = False, ruled_out = False
+    cdef bint has_nan = False, student_gap = False, teacher_gap = False
     for i in range(n):
-        ti = value_at(t_row, i, dtype)
-        si = value_at(s_row, i, dtype)
+        ti = value_at(t_row, i, terms.dtype)
+        si = value_at(s_row, i, terms.dtype)
         has_nan |= (ti != ti) | (si != si)
         t_max = ti if ti > t_max else t_max
         s_max = si if si > s_max else s_max
-        ruled_out |= (si == -INFINITY) & (ti != -INFINITY)
-    if has_nan or t_max == INFINITY or t_max == -INFINITY or s_max == INFINITY:
+        student_gap |= (si == -INFINITY) & (ti != -INFINITY)
+        teacher_gap |= (ti == -INFINITY) & (si != -INFINITY)
+    if has_nan or t_max == INFINITY or s_max == INFINITY:
         return NAN
-    return INFINITY if ruled_out else NAN
+    if (student_gap and terms.infinite_student_gap) or (teacher_gap and terms.infinite_teacher_gap):
+        return INFINITY
+    return NAN
 
 
 cdef struct LossTerms:
     double temperature, inv_T
+    double weights[3]  # the divergence's weights (KD_WEIGHTS: the mixture's lam, c_P, c_Q)
+    bint two_pass      # the divergence takes a second pass over the kept values
+    bint infinite_student_gap  # +inf where the student rules out a class the teacher allows
+    bint infinite_teacher_gap  # +inf where the teacher rules out a class the student allows
     double kl_weight  # 0: no KL term, and the teacher row is not read
     double ce_weight  # 0: no cross-entropy term, and the label is not read
     # Bytes from a row to the next, which the sums' pass prefetches while it sums this row (0:
@@ -393,6 +428,7 @@ cdef double row_loss_and_grad(
     cdef bint with_kl = terms.kl_weight != 0.0, with_ce = terms.ce_weight != 0.0
     cdef bint want_grad = d_s != NULL, short_row = n <= KD_SHORT_ROW
     cdef bint need_sums = with_kl and (want_grad or not short_row)
+    cdef bint keeping = want_grad or terms.two_pass
     cdef int dtype = terms.dtype
     cdef size_t out_size = terms.out_size
     cdef const kd_dtype_passes* p = passes(terms.divergence, dtype)
@@ -404,19 +440,22 @@ cdef double row_loss_and_grad(
         # With the cross-entropy alone, the student's extrema in both halves (t is not read).
         row_extrema(t if with_kl else s, s, n, p, &row.range)
     if need_sums:
-        if want_grad:
+        if keeping:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP
-        row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if want_grad else NULL,
-                 kept + n + KD_MAX_STEP if want_grad else NULL, terms.ahead_t, terms.ahead_s)
-        kd_active_target.divergence[terms.divergence].finish(&sums, &row.finish)
+        row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
+                 kept + n + KD_MAX_STEP if keeping else NULL, terms.ahead_t, terms.ahead_s)
+        kd_active_target.divergence[terms.divergence].finish(&sums, terms.weights, &row.finish)
+        if terms.two_pass and row.finish.value == row.finish.value:
+            second_row_sums(t, s, n, p, &row, &sums)
+            kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
     # The formulas settle every row but those with special values (NaN in the value).
     cdef bint settled = not need_sums or row.finish.value == row.finish.value
     if with_kl:
         if short_row and short_kd == short_kd:
             kd_value = short_kd
         elif short_row or not settled:
-            kd_value = T * (T * settle_special(t, s, n, dtype))
+            kd_value = T * (T * settle_special(t, s, n, terms))
         else:
             kd_value = T * (T * row.finish.value)  # T^2 alone overflows for T > 1e154
     if with_ce:
@@ -514,7 +553,7 @@ cdef void short_rows_block(
     passes(job.terms.divergence, job.terms.dtype).short_rows(
         job.t_base + first * job.t_row, job.s_base + first * job.s_row,
         job.t_row, job.s_row, job.t_col, job.s_col, count, n,
-        job.terms.inv_T, kd_values, &grad if lane_gradient else NULL)
+        job.terms.inv_T, job.terms.weights, kd_values, &grad if lane_gradient else NULL)
     for r in range(count):
         written[r] = lane_gradient and kd_values[r] == kd_values[r]
         kd_values[r] = job.terms.temperature * (job.terms.temperature * kd_values[r])
@@ -607,12 +646,13 @@ cdef bint long_rows(
     cdef kd_grad_row chunk_row
     cdef kd_row_sums sums
     cdef const kd_dtype_passes* p = passes(job.terms.divergence, job.terms.dtype)
-    if job.want_grad:
+    cdef bint keeping = job.want_grad or job.terms.two_pass
+    if keeping:
         kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
-        if job.d_student == NULL:
-            sink = <char*> malloc(row_bytes)
-    if extrema == NULL or chunks == NULL or (job.want_grad and (kept == NULL or (
-            job.d_student == NULL and sink == NULL))):
+    if job.want_grad and job.d_student == NULL:
+        sink = <char*> malloc(row_bytes)
+    if extrema == NULL or chunks == NULL or (keeping and kept == NULL) or (
+            job.want_grad and job.d_student == NULL and sink == NULL):
         free(extrema)
         free(chunks)
         free(kept)
@@ -648,9 +688,22 @@ cdef bint long_rows(
         memset(&sums, 0, sizeof(sums))
         for c in range(n_chunks):
             merge_sums(&sums, &chunks[c])
-        kd_active_target.divergence[job.terms.divergence].finish(&sums, &row.finish)
+        kd_active_target.divergence[job.terms.divergence].finish(&sums, job.terms.weights, &row.finish)
+        if job.terms.two_pass and row.finish.value == row.finish.value:
+            row.kept_a = kept
+            row.kept_w = kept + n + KD_MAX_STEP
+            for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+                start = c * KD_CHUNK
+                chunk_row = row  # the same row constants, with the kept values of this chunk
+                chunk_row.kept_a = kept + start
+                chunk_row.kept_w = kept + n + KD_MAX_STEP + start
+                p.second_sums(t + start, s + start, chunk_length(start, n), &chunk_row, &chunks[c])
+            memset(&sums, 0, sizeof(sums))
+            for c in range(n_chunks):
+                merge_sums(&sums, &chunks[c])
+            kd_active_target.divergence[job.terms.divergence].second_finish(&sums, &row.finish)
         kd_value = T * (T * (row.finish.value if row.finish.value == row.finish.value
-                             else settle_special(t, s, n, job.terms.dtype)))
+                             else settle_special(t, s, n, &job.terms)))
         job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
         if not job.want_grad:
             continue
@@ -693,7 +746,7 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
     cdef ThreadScratch* scratch
     cdef int failed = 0
     cdef int* failure = &failed
-    cdef bint keeps = job.want_grad and job.terms.kl_weight != 0.0
+    cdef bint keeps = (job.want_grad or job.terms.two_pass) and job.terms.kl_weight != 0.0
     cdef bint sinks = job.want_grad and job.d_student == NULL
     num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
     # Blocks are handed out a chunk at a time: a few dozen hand-outs per thread keep the shared
@@ -728,7 +781,7 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
 cdef void run_rows(
     const kd_input[:, :] student,
     const kd_input[:, :] teacher,
-    int divergence,
+    object form,
     int dtype,
     const int64_t* labels,
     double temperature,
@@ -755,9 +808,13 @@ cdef void run_rows(
     job.n_classes = teacher.shape[1]
     cdef bint contiguous = (teacher.strides[1] == <Py_ssize_t> sizeof(kd_input)
                             and student.strides[1] == <Py_ssize_t> sizeof(kd_input))
+    cdef int divergence = form.code
     if not 0 <= divergence < KD_DIVERGENCE_COUNT:
         raise ValueError(f"the kernel's divergence table has no row {divergence}")
-    job.terms = LossTerms(temperature, 1.0 / temperature, kl_weight, ce_weight,
+    job.terms = LossTerms(temperature, 1.0 / temperature, form.weights,
+                          kd_active_target.divergence[divergence].second_finish != NULL,
+                          form.infinite_where_student_rules_out, form.infinite_where_teacher_rules_out,
+                          kl_weight, ce_weight,
                           teacher.strides[0] if contiguous else 0, student.strides[0] if contiguous else 0,
                           divergence, dtype, sizeof(double) if kd_input is double else sizeof(float),
                           round_to_odd)
@@ -806,7 +863,7 @@ cdef int checked_dtype(int dtype, kd_input input_tag, size_t out_size) except -1
 def loss_grad_rows(
     const kd_input[:, :] student,
     const kd_input[:, :] teacher,
-    int divergence,
+    object form,
     int dtype,
     const int64_t[::1] labels,
     double temperature,
@@ -824,7 +881,8 @@ def loss_grad_rows(
     """For every row i: ``out[i] = w_i * loss_i`` with ``loss_i = kl_weight T^2 D + ce_weight
     CE``, and ``d_student[i]`` (``d_teacher[i]``) = ``grad_scale * g_i * w_i`` times its gradient.
 
-    Contract, beyond the module's: ``divergence`` a row of the divergence table; ``dtype`` the
+    Contract, beyond the module's: ``form`` the divergence's ``kdloss._divergences.KernelForm``
+    (its row of the divergence table and that row's weights); ``dtype`` the
     logits' row of the dtype table (``DTYPE_CODES``; float16 and bfloat16 as ``uint16`` bits),
     gradients float64 for float64 logits and float32 otherwise. ``labels`` (in [0, classes), or
     negative: the row is left out), ``row_weights`` (w, finite and >= 0; a weight of 0 leaves the
@@ -837,7 +895,7 @@ def loss_grad_rows(
     """
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, divergence, checked_dtype(dtype, <kd_input> 0, sizeof(kd_output)),
+    run_rows(student, teacher, form, checked_dtype(dtype, <kd_input> 0, sizeof(kd_output)),
              &labels[0] if labels.shape[0] > 0 else NULL,
              temperature, kl_weight, ce_weight,
              &row_weights[0] if row_weights.shape[0] > 0 else NULL,
@@ -851,18 +909,18 @@ def loss_grad_rows(
 def kl_rows(
     const kd_input[:, :] student,
     const kd_input[:, :] teacher,
-    int divergence,
+    object form,
     int dtype,
     double temperature,
     double[::1] out,
     int num_threads,
 ):
     """out[i] = T^2 * D(softmax(teacher[i] / T), softmax(student[i] / T)) for every row i, D the
-    divergence of that code (0: KL): the row loop with the divergence term alone, no gradient.
+    divergence computed as ``form`` (a ``KernelForm``): the row loop with the divergence term alone, no gradient.
     ``dtype`` as in ``loss_grad_rows``."""
     if teacher.shape[0] == 0:
         return
-    run_rows(student, teacher, divergence, checked_dtype(dtype, <kd_input> 0, 0), NULL, temperature,
+    run_rows(student, teacher, form, checked_dtype(dtype, <kd_input> 0, 0), NULL, temperature,
              1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
 
 
@@ -921,8 +979,8 @@ cdef double one_row_loss(
     job.s_base = <const char*> s
     job.t_col = job.s_col = sizeof(floating)
     job.n_classes = n
-    job.terms = LossTerms(temperature, 1.0 / temperature, 1.0, 0.0, 0, 0, KD_KL,
-                          KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating), False)
+    job.terms = LossTerms(temperature, 1.0 / temperature, [0.0, 0.0, 0.0], False, True, False, 1.0, 0.0, 0, 0,
+                          KD_KL, KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating), False)
     job.grad_scale = 1.0
     job.out = &out
     rows_block(&job, 0, 1, &scratch, <floating> 0)

@@ -102,6 +102,135 @@ def kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.nd
     return _kd_rows(np.asarray(student), np.asarray(teacher), temperature)[0]
 
 
+def _settled(values, student, teacher, form):
+    """The documented values of rows with special logits (README "Semantics"), for a divergence
+    computed as ``form`` (``kdloss._divergences.KernelForm``), over the per-row ``values``: NaN
+    for a NaN or +inf logit; +inf where one side rules out (-inf) a class the other allows, if
+    that makes this divergence infinite; NaN for a side that allows no class at all."""
+    student_gap = np.any((student == -np.inf) & (teacher != -np.inf), axis=-1)
+    teacher_gap = np.any((teacher == -np.inf) & (student != -np.inf), axis=-1)
+    values = np.where(np.all(teacher == -np.inf, axis=-1) | np.all(student == -np.inf, axis=-1), np.nan, values)
+    if form.infinite_where_teacher_rules_out:
+        values = np.where(teacher_gap, np.inf, values)
+    if form.infinite_where_student_rules_out:
+        values = np.where(student_gap, np.inf, values)
+    return np.where(_undefined_rows(student, teacher), np.nan, values)
+
+
+def _kl_of_logs(log_x, log_y):
+    """``sum x (log x - log y)`` per row from logs (a class with x = 0 adds 0)."""
+    with np.errstate(invalid="ignore"):
+        return np.sum(np.where(log_x == -np.inf, 0.0, np.exp(log_x) * (log_x - log_y)), axis=-1)
+
+
+def _divergence_rows(student, teacher, temperature, form, value):
+    """``T^2 value(log P, log Q)`` per row, at least 0, special values settled for ``form``."""
+    student, teacher = np.asarray(student), np.asarray(teacher)
+    log_p = _log_softmax64(teacher, temperature)
+    log_q = _log_softmax64(student, temperature)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        values = np.maximum(temperature**2 * value(log_p, log_q), 0.0)
+    return _settled(values, student, teacher, form)
+
+
+def _log_mixture(weight, log_x, log_y):
+    """``log(weight X + (1 - weight) Y)`` from ``log X`` and ``log Y``, 0 < weight < 1."""
+    return np.logaddexp(np.log(weight) + log_x, np.log1p(-weight) + log_y)
+
+
+def reverse_kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.ndarray:
+    """The oracle of divergence ``"reverse_kl"``: ``T^2 KL(Q || P)`` per row (as :func:`kl_rows`).
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.reverse_kl_rows([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    array([1.6851])
+    """
+    from ._divergences import DIVERGENCES
+
+    return _divergence_rows(student, teacher, temperature, DIVERGENCES["reverse_kl"].kernel_form(),
+                            lambda log_p, log_q: _kl_of_logs(log_q, log_p))
+
+
+def jsd_rows(student: ArrayLike, teacher: ArrayLike, temperature: float, beta: float = 0.5) -> np.ndarray:
+    """The oracle of divergence ``"jsd"``: ``T^2 (beta KL(P || M) + (1 - beta) KL(Q || M))`` per
+    row, ``M = beta P + (1 - beta) Q``; ``T^2 KL(P || Q)`` at beta = 0, ``T^2 KL(Q || P)`` at 1.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.jsd_rows([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    array([0.3532])
+    """
+    if beta == 0.0:
+        return kl_rows(student, teacher, temperature)
+    if beta == 1.0:
+        return reverse_kl_rows(student, teacher, temperature)
+    from ._divergences import DIVERGENCES
+
+    def value(log_p, log_q):
+        log_m = _log_mixture(beta, log_p, log_q)
+        return beta * _kl_of_logs(log_p, log_m) + (1.0 - beta) * _kl_of_logs(log_q, log_m)
+
+    return _divergence_rows(student, teacher, temperature, DIVERGENCES["jsd"].kernel_form(beta=beta), value)
+
+
+def skew_kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float, beta: float = 0.1) -> np.ndarray:
+    """The oracle of divergence ``"skew_kl"``: ``T^2 KL(P || beta P + (1 - beta) Q)`` per row.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.skew_kl_rows([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    array([1.1994])
+    """
+    if beta == 0.0:
+        return kl_rows(student, teacher, temperature)
+    from ._divergences import DIVERGENCES
+
+    def value(log_p, log_q):
+        return _kl_of_logs(log_p, log_p if beta == 1.0 else _log_mixture(beta, log_p, log_q))
+
+    return _divergence_rows(student, teacher, temperature, DIVERGENCES["skew_kl"].kernel_form(beta=beta), value)
+
+
+def skew_reverse_kl_rows(student: ArrayLike, teacher: ArrayLike, temperature: float,
+                         beta: float = 0.1) -> np.ndarray:
+    """The oracle of divergence ``"skew_reverse_kl"``: ``T^2 KL(Q || beta Q + (1 - beta) P)`` per row.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.skew_reverse_kl_rows([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    array([1.1823])
+    """
+    from ._divergences import DIVERGENCES
+
+    def value(log_p, log_q):
+        if beta == 0.0:
+            return _kl_of_logs(log_q, log_p)
+        return _kl_of_logs(log_q, log_q if beta == 1.0 else _log_mixture(beta, log_q, log_p))
+
+    return _divergence_rows(student, teacher, temperature,
+                            DIVERGENCES["skew_reverse_kl"].kernel_form(beta=beta), value)
+
+
+def tvd_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.ndarray:
+    """The oracle of divergence ``"tvd"``: ``T^2 (1/2) sum |P - Q|`` per row.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> kdloss.reference.tvd_rows([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    array([0.7538])
+    """
+    from ._divergences import DIVERGENCES
+
+    return _divergence_rows(student, teacher, temperature, DIVERGENCES["tvd"].kernel_form(),
+                            lambda log_p, log_q: 0.5 * np.sum(np.abs(np.exp(log_p) - np.exp(log_q)), axis=-1))
+
+
 def _kd_row_grads(student, teacher, temperature):
     """Per-row ``T^2 KL`` and its gradients (float64, unscaled):
 

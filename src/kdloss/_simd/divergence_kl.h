@@ -30,6 +30,7 @@
  * per-class constants (_row, _row_constants, _lane_constants), the terms of KD_LANES classes
  * (_terms, _class_terms: KD_KL_SUMS sums and two kept values per class), the finish of a row's
  * sums (_finished, _finish_lanes, _finish_store, _finish_splat) and the gradient (_gradient_lanes).
+ * Two-pass rows (divergence_mixture.h, divergence_tvd.h) add _second_terms and _second_finish_lanes.
  *
  * Included by target_impl.h after vector_math.h (kd_vd has KD_LANES lanes). */
 
@@ -179,8 +180,9 @@ typedef struct {
     kd_vd value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
 } kd_kl_finished;
 
-KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum)
+KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum, const double *weights)
 {
+    (void)weights; /* KL has no parameters */
     const kd_vd zp = sum[KD_KL_ZP], zq = sum[KD_KL_ZQ], gap = sum[KD_KL_GAP], g = sum[KD_KL_G];
     kd_kl_finished out;
     out.inv_zp = 1.0 / zp;
@@ -208,10 +210,12 @@ KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum)
     return out;
 }
 
-/* Q - P and the KL's teacher direction P (d - m) of KD_LANES classes, from the kept values. */
+/* Q - P and the KL's teacher direction P (d - m) of KD_LANES classes, from the kept values; and Q
+ * (for the cross-entropy when T = 1, R = Q). */
 KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                     const kd_kl_finished *row, const int mode,
-                                    const int for_double, kd_vd *q_minus_p, kd_vd *teacher_direction)
+                                    const int for_double, kd_vd *q_minus_p, kd_vd *teacher_direction,
+                                    kd_vd *student_probability)
 {
     const double inv_T = constants->inv_T;
     const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE);
@@ -223,12 +227,7 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
     else
         *q_minus_p = kd_select(kd_kl_near(at * inv_T, d), near_value, w * row->inv_zq - p);
     *teacher_direction = kd_keep(ea > 0.0, p * (d - row->mean_gap));
-}
-
-/* Q of KD_LANES classes from P's e^a and their Q - P (for the cross-entropy when T = 1, R = Q). */
-KD_INLINE kd_vd kd_kl_student_probability(kd_vd ea, const kd_kl_finished *row, kd_vd q_minus_p)
-{
-    return ea * row->inv_zp + q_minus_p;
+    *student_probability = p + *q_minus_p;
 }
 
 /* One lane of a finish into the row's kd_row_finish, and back (splat into every lane). */

@@ -68,14 +68,28 @@
 
 
 /* The finish of one row (a long row's merged chunks), by the same lane arithmetic as short rows. */
-static void KD_CAT(finish_row, KD_DIV_SUFFIX)(const kd_row_sums *sums, kd_row_finish *out)
+static void KD_CAT(finish_row, KD_DIV_SUFFIX)(const kd_row_sums *sums, const double *weights,
+                                              kd_row_finish *out)
 {
     kd_vd lanes[KD_DIV_SUMS];
     for (int k = 0; k < KD_DIV_SUMS; k++)
         lanes[k] = kd_splat(kd_sum_value(sums->sum[k], sums->err[k]));
-    const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes);
+    const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes, weights);
     KD_DIV(finish_store)(&finished, 0, out);
 }
+
+#if KD_DIV_SECOND_SUMS
+/* The finish of the second pass's sums (merged over a row's chunks) into the row's finish. */
+static void KD_CAT(second_finish_row, KD_DIV_SUFFIX)(const kd_row_sums *sums, kd_row_finish *out)
+{
+    kd_vd lanes[KD_DIV_SECOND_SUMS];
+    for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+        lanes[k] = kd_splat(kd_sum_value(sums->sum[k], sums->err[k]));
+    KD_DIV(finished) finished = KD_DIV(finish_splat)(out);
+    KD_DIV(second_finish_lanes)(&finished, lanes);
+    KD_DIV(finish_store)(&finished, 0, out);
+}
+#endif
 
 /* dD/ds at one class (Q - P for KL), by the gradient pass's arithmetic (float64 logits). */
 static double KD_CAT(class_gradient, KD_DIV_SUFFIX)(const kd_grad_row *row, double t, double s,
@@ -83,8 +97,8 @@ static double KD_CAT(class_gradient, KD_DIV_SUFFIX)(const kd_grad_row *row, doub
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
-    kd_vd q_minus_p, teacher_direction;
+    kd_vd q_minus_p, teacher_direction, q;
     KD_DIV(gradient_lanes)(kd_splat(t), kd_splat(s), kd_splat(kept_a), kd_splat(kept_w), &constants,
-                           &finish, 0, 1, &q_minus_p, &teacher_direction);
+                           &finish, 0, 1, &q_minus_p, &teacher_direction, &q);
     return q_minus_p[0];
 }

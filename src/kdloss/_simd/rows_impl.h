@@ -6,7 +6,8 @@
  * KD_NATIVE_RANGE (1: KD_REAL compares natively, so the extrema pass runs in its own lanes) and
  * KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for inputs of float precision or less,
  * whose results are rounded to float32). The divergence's own arithmetic comes from the row of the
- * divergence table named by KD_DIV(name) (e.g. kd_kl_name, divergence_kl.h), with KD_DIV_SUMS sums. */
+ * divergence table named by KD_DIV(name) (e.g. kd_kl_name, divergence_kl.h), with KD_DIV_SUMS sums,
+ * and KD_DIV_SECOND_SUMS sums in a second pass (0: the divergence takes one pass). */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -192,9 +193,9 @@ static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, in
         coef[lane] = grad->coef[first + lane];
     const kd_vi infinite = row->value == INFINITY;
     for (ptrdiff_t j = 0; j < n; j++) {
-        kd_vd q_minus_p, teacher_direction;
+        kd_vd q_minus_p, teacher_direction, q;
         KD_DIV(gradient_lanes)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], constants, row,
-                             moderate, KD_EXP_FOR_DOUBLE, &q_minus_p, &teacher_direction);
+                             moderate, KD_EXP_FOR_DOUBLE, &q_minus_p, &teacher_direction, &q);
         const kd_vd d_s = q_minus_p * coef;
         /* An infinite KL (the student rules out a class the teacher allows): d_t is NaN. */
         const kd_vd d_t = kd_select(infinite, kd_splat(NAN), teacher_direction * coef);
@@ -216,7 +217,8 @@ static void KD_FN(short_gradient)(const kd_short_grad *grad, ptrdiff_t first, in
  * wherever both apply. */
 static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                               ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col, ptrdiff_t n_rows,
-                              ptrdiff_t n, double inv_T, double *value, const kd_short_grad *grad)
+                              ptrdiff_t n, double inv_T, const double *weights, double *value,
+                              const kd_short_grad *grad)
 {
     for (ptrdiff_t first = 0; first < n_rows; first += KD_LANES) {
         const int rows = n_rows - first < KD_LANES ? (int)(n_rows - first) : KD_LANES;
@@ -261,7 +263,18 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             kept_a[j] = x.kept_a;
             kept_w[j] = x.kept_w;
         }
-        const KD_DIV(finished) row = KD_DIV(finish_lanes)(sum);
+        KD_DIV(finished) row = KD_DIV(finish_lanes)(sum, weights);
+#if KD_DIV_SECOND_SUMS
+        kd_vd second[KD_DIV_SECOND_SUMS];
+        for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+            second[k] = kd_splat(0.0);
+        for (ptrdiff_t j = 0; j < n; j++)
+            moderate ? KD_DIV(second_terms)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], &constants, &row,
+                                            KD_MODERATE, KD_EXP_FOR_DOUBLE, second)
+                     : KD_DIV(second_terms)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], &constants, &row,
+                                            KD_GENERAL, KD_EXP_FOR_DOUBLE, second);
+        KD_DIV(second_finish_lanes)(&row, second);
+#endif
         if (grad)
             KD_FN(short_gradient)(grad, first, rows, n, &constants, &row, columns_t, columns_s,
                                   kept_a, kept_w, moderate);
@@ -284,9 +297,8 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
         const kd_vd ea = kd_load_f64(row->kept_a + i), w = kd_load_f64(row->kept_w + i);
         kd_vd q_minus_p, teacher_direction;
         KD_DIV(gradient_lanes)(t, s, ea, w, constants, finish, moderate, KD_EXP_FOR_DOUBLE,
-                             &q_minus_p, &teacher_direction);
+                             &q_minus_p, &teacher_direction, &q);
         grad = q_minus_p * row->kl_coef;
-        q = KD_DIV(student_probability)(ea, finish, q_minus_p);
         *d_t = teacher_direction * row->kl_coef;
     }
     if (ce_mode == KD_CE_FROM_Q)
@@ -344,6 +356,44 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
     default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1); break;
     }
 }
+
+#if KD_DIV_SECOND_SUMS
+/* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
+KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
+                                   const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
+                                   const int mode, kd_row_sums *out)
+{
+    for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
+        const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
+        kd_block_sums block;
+        for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+            block.sum[k] = kd_splat(0.0);
+        for (ptrdiff_t i = start; i < start + len; i += KD_LANES) {
+            const int count = start + len - i < KD_LANES ? (int)(start + len - i) : KD_LANES;
+            /* the tail padded with a class both mask: it adds 0 */
+            const kd_vd tv = count == KD_LANES ? KD_LOAD(t + i) : KD_LOAD_PARTIAL(t + i, count, -INFINITY);
+            const kd_vd sv = count == KD_LANES ? KD_LOAD(s + i) : KD_LOAD_PARTIAL(s + i, count, -INFINITY);
+            /* the kept values cover the padding of the sums' pass, which adds 0 (e^a = 0) */
+            KD_DIV(second_terms)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
+                                 constants, finish, mode, KD_EXP_FOR_DOUBLE, block.sum);
+        }
+        kd_add_block(out, &block, KD_DIV_SECOND_SUMS);
+    }
+}
+
+/* The second pass's sums over n <= KD_CHUNK classes (see kd_second_sums_fn). */
+static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, const kd_grad_row *row,
+                               kd_row_sums *out)
+{
+    memset(out, 0, sizeof *out);
+    const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
+    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
+    if (kd_is_moderate(&row->range, row->inv_T))
+        KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, out);
+    else
+        KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, out);
+}
+#endif
 
 /* sum_j e^(s_j - s_max) over a row of n classes, as top (classes at the maximum, each adding
  * exactly 1) + rest, so that log of it stays accurate when it is 1 + tiny. Lane sums over

@@ -92,8 +92,12 @@ static inline double kd_float16_to_double(unsigned short bits)
     return bits & 0x8000 ? -magnitude : magnitude;
 }
 
-/* The divergence table: a row each (divergence_*.h), instantiated for every input dtype. */
-enum { KD_KL = 0, KD_DIVERGENCE_COUNT = 1 };
+/* The divergence table: a row each (divergence_*.h), instantiated for every input dtype. KL takes
+ * one pass of sums; the mixture (c_P KL(P || M) + c_Q KL(Q || M), M = lam P + (1 - lam) Q: reverse
+ * KL, JSD, skew KLs) and TVD need P and Q normalised, so they add a second pass over the values the
+ * first kept. Their parameters (lam, c_P, c_Q) reach the finish as KD_WEIGHTS weights. */
+enum { KD_KL = 0, KD_MIXTURE = 1, KD_TVD = 2, KD_DIVERGENCE_COUNT = 3 };
+#define KD_WEIGHTS 3
 
 /* How the sums' pass treats a row (target_impl.h, kd_row_mode): every logit in the cheap range;
  * -inf logits (masked classes) among finite ones in that range; anything (the general mode). */
@@ -101,7 +105,7 @@ enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2 };
 
 /* The most sums a divergence keeps per row, and constants its finish hands the gradient pass. */
 #define KD_MAX_SUMS 4
-#define KD_MAX_CONSTANTS 6
+#define KD_MAX_CONSTANTS 14
 
 /* Extrema of a row (NaN ignored). */
 typedef struct {
@@ -154,8 +158,10 @@ typedef void (*kd_sums_fn)(const void *t, const void *s, ptrdiff_t n, const kd_r
                            ptrdiff_t ahead_t, ptrdiff_t ahead_s);
 typedef void (*kd_short_rows_fn)(const char *t_base, const char *s_base, ptrdiff_t t_row,
                                  ptrdiff_t s_row, ptrdiff_t t_col, ptrdiff_t s_col,
-                                 ptrdiff_t n_rows, ptrdiff_t n, double inv_T, double *value,
-                                 const kd_short_grad *grad);
+                                 ptrdiff_t n_rows, ptrdiff_t n, double inv_T, const double *weights,
+                                 double *value, const kd_short_grad *grad);
+typedef void (*kd_second_sums_fn)(const void *t, const void *s, ptrdiff_t n, const kd_grad_row *row,
+                                  kd_row_sums *out);
 typedef void (*kd_grad_fn)(const void *t, const void *s, ptrdiff_t n, const kd_grad_row *row,
                            void *d_s, void *d_t);
 typedef void (*kd_normaliser_fn)(const void *s, ptrdiff_t n, double s_max, double *top,
@@ -168,22 +174,28 @@ typedef void (*kd_normaliser_fn)(const void *s, ptrdiff_t n, double s_max, doubl
  * short_rows: both passes, the finish and (unless grad is NULL) the gradient for n_rows rows of
  * n <= KD_SHORT_ROW classes, one row per lane, any strides in bytes; NaN values for the rows the
  * caller must settle. gradient: the gradient of one row of any length (d_t may be NULL).
- * normaliser: sum_j e^(s_j - s_max) of one row, as top (classes at the maximum) + rest. */
+ * normaliser: sum_j e^(s_j - s_max) of one row, as top (classes at the maximum) + rest.
+ * second_sums (two-pass divergences, else NULL): the second pass's sums over n <= KD_CHUNK classes,
+ * from the logits and the kept values of row (its kept_a, kept_w point at these classes' values)
+ * and the first finish in row->finish. */
 typedef struct {
     kd_range_fn range;
     kd_sums_fn sums;
     kd_short_rows_fn short_rows;
     kd_grad_fn gradient;
     kd_normaliser_fn normaliser;
+    kd_second_sums_fn second_sums;
 } kd_dtype_passes;
 
 /* One divergence on one compiled instruction set: its passes for every input dtype, its finish
- * (shared by all dtypes: it sees only sums), and its student gradient at one class (where the
- * Cython layer corrects a label's entry of Hinton's loss), from that class's logits and kept
- * values. */
+ * (shared by all dtypes: it sees only sums and the weights), for two-pass divergences the finish
+ * of the second pass's sums (it completes *out; NULL for one pass), and its student gradient at
+ * one class (where the Cython layer corrects a label's entry of Hinton's loss), from that class's
+ * logits and kept values. */
 typedef struct {
     kd_dtype_passes dtype[KD_DTYPE_COUNT];
-    void (*finish)(const kd_row_sums *sums, kd_row_finish *out);
+    void (*finish)(const kd_row_sums *sums, const double *weights, kd_row_finish *out);
+    void (*second_finish)(const kd_row_sums *sums, kd_row_finish *out);
     double (*class_gradient)(const kd_grad_row *row, double t, double s, double kept_a, double kept_w);
 } kd_divergence_passes;
 

@@ -9,6 +9,8 @@
 #include "simd.h"
 #include "vector_math.h"
 #include "divergence_kl.h"
+#include "divergence_mixture.h"
+#include "divergence_tvd.h"
 
 #define KD_STEP (2 * KD_LANES) /* classes per inner step: two vectors */
 _Static_assert(KD_STEP <= KD_MAX_STEP, "KD_MAX_STEP must cover a step");
@@ -89,25 +91,56 @@ static inline double kd_sum_value(double total, double error)
 #define KD_DIV_SUFFIX kl
 #define KD_DIV(name) kd_kl_##name
 #define KD_DIV_SUMS KD_KL_SUMS
+#define KD_DIV_SECOND_SUMS 0
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
 #undef KD_DIV
 #undef KD_DIV_SUMS
+#undef KD_DIV_SECOND_SUMS
 
-#define KD_DTYPE_PASSES(dtype, div)                                                                \
+#define KD_DIV_SUFFIX mixture
+#define KD_DIV(name) kd_mix_##name
+#define KD_DIV_SUMS KD_KL_SUMS
+#define KD_DIV_SECOND_SUMS 4 /* a number for #if */
+_Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
+#include "dtype_rows.h"
+#undef KD_DIV_SUFFIX
+#undef KD_DIV
+#undef KD_DIV_SUMS
+#undef KD_DIV_SECOND_SUMS
+
+#define KD_DIV_SUFFIX tvd
+#define KD_DIV(name) kd_tvd_##name
+#define KD_DIV_SUMS KD_KL_SUMS
+#define KD_DIV_SECOND_SUMS 3
+_Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
+#include "dtype_rows.h"
+#undef KD_DIV_SUFFIX
+#undef KD_DIV
+#undef KD_DIV_SUMS
+#undef KD_DIV_SECOND_SUMS
+
+/* The passes of one dtype; second: the second pass's sums, or NULL (one-pass divergences). */
+#define KD_DTYPE_PASSES(dtype, div, second)                                                        \
     {                                                                                              \
         KD_CAT3(row_range, dtype, div), KD_CAT3(row_sums, dtype, div),                             \
             KD_CAT3(short_rows, dtype, div), KD_CAT3(row_gradient, dtype, div),                    \
-            KD_CAT3(student_normaliser, dtype, div)                                                \
+            KD_CAT3(student_normaliser, dtype, div), second                                        \
     }
-#define KD_DIVERGENCE_PASSES(div)                                                                  \
+#define KD_ONE_PASS(dtype, div) KD_DTYPE_PASSES(dtype, div, NULL)
+#define KD_TWO_PASSES(dtype, div) KD_DTYPE_PASSES(dtype, div, KD_CAT3(second_sums, dtype, div))
+#define KD_DIVERGENCE_PASSES(div, passes, second_finish)                                           \
     {                                                                                              \
-        {[KD_FLOAT32] = KD_DTYPE_PASSES(f32, div), [KD_FLOAT64] = KD_DTYPE_PASSES(f64, div),       \
-         [KD_FLOAT16] = KD_DTYPE_PASSES(f16, div), [KD_BFLOAT16] = KD_DTYPE_PASSES(bf16, div)},    \
-            KD_CAT(finish_row, div), KD_CAT(class_gradient, div)                                   \
+        {[KD_FLOAT32] = passes(f32, div), [KD_FLOAT64] = passes(f64, div),                         \
+         [KD_FLOAT16] = passes(f16, div), [KD_BFLOAT16] = passes(bf16, div)},                      \
+            KD_CAT(finish_row, div), second_finish, KD_CAT(class_gradient, div)                    \
     }
 
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL,
-    {[KD_KL] = KD_DIVERGENCE_PASSES(kl)},
+    {
+        [KD_KL] = KD_DIVERGENCE_PASSES(kl, KD_ONE_PASS, NULL),
+        [KD_MIXTURE] = KD_DIVERGENCE_PASSES(mixture, KD_TWO_PASSES, second_finish_row_mixture),
+        [KD_TVD] = KD_DIVERGENCE_PASSES(tvd, KD_TWO_PASSES, second_finish_row_tvd),
+    },
 };
