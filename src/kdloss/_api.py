@@ -10,9 +10,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _engine, _reduction
+from ._divergences import resolve_divergence
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
-from ._typing import ScalarReduction
+from ._typing import DivergenceName, ScalarReduction
 from ._validation import (
     as_logits,
     as_logits_pair,
@@ -23,17 +24,19 @@ from ._validation import (
 )
 
 
-def _row_losses(student, teacher, temperature, num_threads):
-    """T^2 KL per row (shape ``teacher.shape[:-1]``, float64) for validated arrays."""
+def _row_losses(student, teacher, temperature, num_threads, divergence, parameters):
+    """T^2 D per row (shape ``teacher.shape[:-1]``, float64) for validated arrays and a
+    resolved divergence (``resolve_divergence``)."""
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(teacher.shape[:-1], dtype=np.float64)
     for student_rows, teacher_rows, out in row_blocks((student, teacher, losses), (1, 1, 0)):
-        _engine.rows(student_rows, teacher_rows, temperature, out, n_threads)
+        _engine.rows(student_rows, teacher_rows, temperature, out, n_threads, divergence=divergence,
+                     parameters=parameters)
     return losses
 
 
-def _summed_losses(student, teacher, temperature, num_threads):
-    """The sum of T^2 KL over all rows, for validated arrays, without a per-row array: rows in
+def _summed_losses(student, teacher, temperature, num_threads, divergence, parameters):
+    """The sum of T^2 D over all rows, for validated arrays, without a per-row array: rows in
     C order go through the reused buffer of a :class:`_reduction.BlockwiseSum`, so the result is
     ``blockwise_sum`` of the per-row losses, the same for every layout and thread count."""
     n_threads = resolve_num_threads(num_threads)
@@ -43,7 +46,8 @@ def _summed_losses(student, teacher, temperature, num_threads):
         while start < teacher_rows.shape[0]:
             out = total.space()[: teacher_rows.shape[0] - start]
             stop = start + out.size
-            _engine.rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads)
+            _engine.rows(student_rows[start:stop], teacher_rows[start:stop], temperature, out, n_threads,
+                         divergence=divergence, parameters=parameters)
             total.commit(out.size)
             start = stop
     return total.value
@@ -57,16 +61,19 @@ _SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
 def kd_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: Literal["none"], weights: ArrayLike | None = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> np.ndarray: ...
 @overload
 def kd_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> float: ...
 @overload
 def kd_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: Reduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> float | np.ndarray: ...
 def kd_loss(
     student_logits: ArrayLike,
@@ -76,6 +83,8 @@ def kd_loss(
     reduction: Reduction = "mean",
     weights: ArrayLike | None = None,
     num_threads: int | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> float | np.ndarray:
     """Knowledge-distillation loss ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
 
@@ -102,13 +111,24 @@ def kd_loss(
     num_threads : int, optional
         OpenMP threads. None: ``OMP_NUM_THREADS`` or all usable CPUs; negative counts back
         (-1 = all). Results are bitwise identical for every thread count.
+    divergence : {"kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"}
+        The divergence ``D(P || Q)`` the loss is ``T^2`` times, ``P = softmax(teacher / T)``,
+        ``Q = softmax(student / T)`` (README "Divergences"): ``"kl"`` (the default)
+        ``KL(P || Q)``; ``"reverse_kl"`` ``KL(Q || P)``; ``"jsd"`` ``beta KL(P || M) + (1 - beta)
+        KL(Q || M)``, ``M = beta P + (1 - beta) Q``; ``"skew_kl"`` ``KL(P || beta P + (1 - beta) Q)``;
+        ``"skew_reverse_kl"`` ``KL(Q || beta Q + (1 - beta) P)``; ``"tvd"`` ``sum |P - Q| / 2``.
+    beta : float in [0, 1], optional
+        The parameter of ``"jsd"`` (default 0.5; 0 gives exactly ``"kl"``, 1 ``"reverse_kl"``),
+        ``"skew_kl"`` and ``"skew_reverse_kl"`` (default 0.1). The other divergences take none:
+        ValueError.
 
     Returns
     -------
     float or numpy.ndarray
-        Full precision (never rounded). Special values follow README "Semantics": NaN rows for
-        NaN/+inf logits or all-masked teachers, +inf where the student rules out a class the
-        teacher allows.
+        Full precision (never rounded). Special values follow README "Semantics" (and, per
+        divergence, "Divergences"): NaN rows for NaN/+inf logits or all-masked teachers, +inf
+        where the divergence is infinite (for ``"kl"``: where the student rules out a class the
+        teacher allows).
 
     Examples
     --------
@@ -121,9 +141,13 @@ def kd_loss(
     array([1.2806, 0.    ])
     >>> kdloss.kd_loss(student, teacher, 2.0, weights=[1.0, 0.0])  # sum(w * loss) / sum(w)
     1.2806
+    >>> kdloss.kd_loss(student, teacher, 2.0, divergence="jsd", beta=0.5)
+    0.1537
     """
     if (
         weights is None
+        and divergence == "kl"
+        and beta is None
         and type(reduction) is str
         and reduction in _SCALAR_REDUCTIONS
         and (num_threads is None or (type(num_threads) is int and num_threads != 0))
@@ -138,10 +162,11 @@ def kd_loss(
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
     weights = check_weights(weights, teacher.shape[:-1])
+    divergence_row, parameters = resolve_divergence(divergence, beta)
     if weights is None and reduction != "none":
-        total = _summed_losses(student, teacher, temperature, num_threads)
+        total = _summed_losses(student, teacher, temperature, num_threads, divergence_row, parameters)
         return total if reduction == "sum" else _reduction.mean(total, math.prod(teacher.shape[:-1]))
-    losses = _row_losses(student, teacher, temperature, num_threads)
+    losses = _row_losses(student, teacher, temperature, num_threads, divergence_row, parameters)
     if weights is not None:
         losses = _reduction.weighted(losses, weights)
     denominator = _reduction.mean_denominator(losses.shape, weights)

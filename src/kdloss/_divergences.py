@@ -27,7 +27,6 @@ from collections.abc import Callable
 from . import reference
 from ._validation import plain, real_scalar
 
-
 # Rows of the kernel's divergence table (simd.h's KD_KL, KD_MIXTURE, KD_TVD).
 KERNEL_KL, KERNEL_MIXTURE, KERNEL_TVD = 0, 1, 2
 

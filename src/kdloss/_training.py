@@ -15,9 +15,10 @@ from numpy.typing import ArrayLike
 
 from . import _engine, _reduction
 from ._api import Reduction
+from ._divergences import resolve_divergence
 from ._rows import row_blocks
 from ._threads import resolve_num_threads
-from ._typing import ScalarReduction
+from ._typing import DivergenceName, ScalarReduction
 from ._validation import (
     as_logits_pair,
     check_alpha,
@@ -32,7 +33,7 @@ from ._validation import (
 
 def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_weight, weights,
                         grad_output, grad_scale, want_student_grad, want_teacher_grad, num_threads,
-                        round_to_odd=False):
+                        divergence, parameters, round_to_odd=False):
     """Per-row weighted losses (float64, shape ``teacher.shape[:-1]``) and the gradients (C-order
     arrays of the logits' shape and result dtype, or None), for validated inputs."""
     dtype = result_dtype(teacher.dtype)
@@ -50,13 +51,14 @@ def _rows_loss_and_grad(student, teacher, temperature, *, labels, kl_weight, ce_
     for views in row_blocks(tuple(arrays[name] for name in names), trailing):
         block = dict(zip(names, views))
         _engine.rows(block.pop("student"), block.pop("teacher"), temperature, n_threads=n_threads,
-                     kl_weight=kl_weight, ce_weight=ce_weight, grad_scale=grad_scale,
-                     round_to_odd=round_to_odd, **block)
+                     divergence=divergence, parameters=parameters, kl_weight=kl_weight,
+                     ce_weight=ce_weight, grad_scale=grad_scale, round_to_odd=round_to_odd, **block)
     return losses, d_student, d_teacher
 
 
 def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_weight, ce_weight,
-             grad_output, student_grad, teacher_grad, num_threads, round_to_odd=False):
+             grad_output, student_grad, teacher_grad, num_threads, divergence, parameters,
+             round_to_odd=False):
     """``(loss, d_student, d_teacher)`` for validated inputs: the reduced loss and the gradients
     asked for (None for the others; see ``kd_loss_and_grad``)."""
     rows_shape = teacher.shape[:-1]
@@ -72,7 +74,7 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
         student, teacher, temperature, labels=labels, kl_weight=kl_weight, ce_weight=ce_weight,
         weights=weights, grad_output=grad_output, grad_scale=grad_scale,
         want_student_grad=student_grad, want_teacher_grad=teacher_grad, num_threads=num_threads,
-        round_to_odd=round_to_odd,
+        divergence=divergence, parameters=parameters, round_to_odd=round_to_odd,
     )
     loss = _reduction.reduce(losses, reduction, denominator, result_dtype(teacher.dtype), round_to_odd)
     return loss, d_student, d_teacher
@@ -80,7 +82,7 @@ def _reduced(student, teacher, temperature, *, reduction, weights, labels, kl_we
 
 def kd_loss_and_grads(student_logits, teacher_logits, temperature=1.0, *, reduction="mean",
                       weights=None, grad_output=None, student_grad=True, teacher_grad=False,
-                      num_threads=None, round_to_odd=False):
+                      num_threads=None, divergence="kl", beta=None, round_to_odd=False):
     """``(loss, d_student, d_teacher)``, each gradient only if asked for (else None): what
     ``kd_loss_and_grad`` returns, for callers (``kdloss.torch``) that may want the teacher's
     gradient alone, or none. ``round_to_odd``: float32 results of 2-byte inputs (per-row losses,
@@ -89,16 +91,19 @@ def kd_loss_and_grads(student_logits, teacher_logits, temperature=1.0, *, reduct
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
     weights = check_weights(weights, teacher.shape[:-1])
+    divergence, parameters = resolve_divergence(divergence, beta)
     return _reduced(
         student, teacher, temperature, reduction=reduction, weights=weights, labels=None,
         kl_weight=1.0, ce_weight=0.0, grad_output=grad_output, student_grad=bool(student_grad),
-        teacher_grad=bool(teacher_grad), num_threads=num_threads, round_to_odd=round_to_odd,
+        teacher_grad=bool(teacher_grad), num_threads=num_threads, divergence=divergence,
+        parameters=parameters, round_to_odd=round_to_odd,
     )
 
 
 def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.0, alpha=0.5, *,
                           ignore_index=-100, reduction="mean", weights=None, grad_output=None,
-                          student_grad=True, teacher_grad=False, num_threads=None, round_to_odd=False):
+                          student_grad=True, teacher_grad=False, num_threads=None, divergence="kl",
+                          beta=None, round_to_odd=False):
     """As ``kd_loss_and_grads``, for Hinton's loss (``hinton_loss_and_grad``)."""
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
@@ -107,11 +112,12 @@ def hinton_loss_and_grads(student_logits, teacher_logits, labels, temperature=1.
     rows_shape = teacher.shape[:-1]
     labels = check_labels(labels, rows_shape, teacher.shape[-1], ignore_index)
     weights = check_weights(weights, rows_shape)
+    divergence, parameters = resolve_divergence(divergence, beta)
     return _reduced(
         student, teacher, temperature, reduction=reduction, weights=weights, labels=labels,
         kl_weight=alpha, ce_weight=1.0 - alpha, grad_output=grad_output,
         student_grad=bool(student_grad), teacher_grad=bool(teacher_grad), num_threads=num_threads,
-        round_to_odd=round_to_odd,
+        divergence=divergence, parameters=parameters, round_to_odd=round_to_odd,
     )
 
 
@@ -121,30 +127,35 @@ def kd_loss_and_grad(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float, np.ndarray]: ...
 @overload
 def kd_loss_and_grad(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     teacher_grad: Literal[False] = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
 def kd_loss_and_grad(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     teacher_grad: Literal[True], num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float, np.ndarray, np.ndarray]: ...
 @overload
 def kd_loss_and_grad(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     teacher_grad: Literal[True], num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 @overload
 def kd_loss_and_grad(
     student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = ..., *,
     reduction: Reduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     teacher_grad: bool = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float | np.ndarray, ...]: ...
 def kd_loss_and_grad(
     student_logits: ArrayLike,
@@ -156,12 +167,14 @@ def kd_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and its gradient, in one fused pass.
 
     Parameters
     ----------
-    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads, divergence, beta
         As in :func:`kd_loss`.
     grad_output : float or array_like, optional
         The upstream gradient. For ``"sum"`` and ``"mean"``, a scalar (default 1.0: the
@@ -182,6 +195,8 @@ def kd_loss_and_grad(
         Computed in double, rounded once. A row of weight 0 has gradient 0. A row whose loss
         is NaN has NaN gradients; a row whose loss is +inf (the student rules out a class the
         teacher allows) has the finite ``d_student`` autograd gives and a NaN ``d_teacher``.
+        For another ``divergence``, ``dL/ds = T Q (g - E_Q[g])`` and ``dL/dt = T P (f - E_P[f])``
+        with ``g = dD/dQ``, ``f = dD/dP`` (README "Divergences").
 
     Examples
     --------
@@ -201,6 +216,7 @@ def kd_loss_and_grad(
     loss, d_student, d_teacher = kd_loss_and_grads(
         student_logits, teacher_logits, temperature, reduction=reduction, weights=weights,
         grad_output=grad_output, teacher_grad=teacher_grad, num_threads=num_threads,
+        divergence=divergence, beta=beta,
     )
     return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)
 
@@ -210,18 +226,21 @@ def hinton_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
     alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"], weights: ArrayLike | None = ...,
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> np.ndarray: ...
 @overload
 def hinton_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
     alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
     weights: ArrayLike | None = ..., num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> float: ...
 @overload
 def hinton_loss(
     student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = ...,
     alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ..., weights: ArrayLike | None = ...,
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> float | np.ndarray: ...
 def hinton_loss(
     student_logits: ArrayLike,
@@ -234,6 +253,8 @@ def hinton_loss(
     reduction: Reduction = "mean",
     weights: ArrayLike | None = None,
     num_threads: int | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> float | np.ndarray:
     """Hinton's distillation objective with hard labels, per row:
 
@@ -250,6 +271,8 @@ def hinton_loss(
         raises ValueError.
     temperature : float
         ``T`` of the KL term (the cross-entropy is at T = 1).
+    divergence, beta
+        As in :func:`kd_loss`: the soft term is ``alpha * T^2 * D`` (default KL).
     alpha : float in [0, 1]
         The weight of the KL term. A term whose weight is 0 is not computed: with
         ``alpha=0`` the teacher is not read (a NaN there changes nothing); with ``alpha=1``
@@ -281,6 +304,7 @@ def hinton_loss(
     loss, _, _ = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
         reduction=reduction, weights=weights, student_grad=False, num_threads=num_threads,
+        divergence=divergence, beta=beta,
     )
     return loss
 
@@ -291,6 +315,7 @@ def hinton_loss_and_grad(
     alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
     weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float, np.ndarray]: ...
 @overload
 def hinton_loss_and_grad(
@@ -298,6 +323,7 @@ def hinton_loss_and_grad(
     alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
     weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[False] = ...,
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
 def hinton_loss_and_grad(
@@ -305,6 +331,7 @@ def hinton_loss_and_grad(
     alpha: float = ..., *, ignore_index: int = ..., reduction: ScalarReduction = ...,
     weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float, np.ndarray, np.ndarray]: ...
 @overload
 def hinton_loss_and_grad(
@@ -312,6 +339,7 @@ def hinton_loss_and_grad(
     alpha: float = ..., *, ignore_index: int = ..., reduction: Literal["none"],
     weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: Literal[True],
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 @overload
 def hinton_loss_and_grad(
@@ -319,6 +347,7 @@ def hinton_loss_and_grad(
     alpha: float = ..., *, ignore_index: int = ..., reduction: Reduction = ...,
     weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ..., teacher_grad: bool = ...,
     num_threads: int | None = ...,
+    divergence: DivergenceName = ..., beta: float | None = ...,
 ) -> tuple[float | np.ndarray, ...]: ...
 def hinton_loss_and_grad(
     student_logits: ArrayLike,
@@ -333,6 +362,8 @@ def hinton_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient in one fused pass.
 
@@ -345,6 +376,8 @@ def hinton_loss_and_grad(
     ----------
     student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
         As in :func:`hinton_loss`.
+    divergence, beta
+        As in :func:`kd_loss`.
     grad_output, teacher_grad
         As in :func:`kd_loss_and_grad`.
 
@@ -369,6 +402,6 @@ def hinton_loss_and_grad(
     loss, d_student, d_teacher = hinton_loss_and_grads(
         student_logits, teacher_logits, labels, temperature, alpha, ignore_index=ignore_index,
         reduction=reduction, weights=weights, grad_output=grad_output, teacher_grad=teacher_grad,
-        num_threads=num_threads,
+        num_threads=num_threads, divergence=divergence, beta=beta,
     )
     return (loss, d_student, d_teacher) if teacher_grad else (loss, d_student)

@@ -8,6 +8,9 @@ from typing import Any, Literal, TypeVar
 # The reductions to one number give a Python float; "none" gives an array (see the @overloads).
 ScalarReduction = Literal["mean", "sum", "batchmean"]
 
+# The names of the divergence table's rows (kdloss._divergences.DIVERGENCES).
+DivergenceName = Literal["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
