@@ -15,6 +15,7 @@ from kdloss._divergences import (
     KERNEL_MIXTURE,
     KERNEL_TVD,
     KL_FORM,
+    REVERSE_KL_FORM,
     Divergence,
     KernelForm,
     resolve_divergence,
@@ -44,13 +45,13 @@ def test_the_kernel_rows_are_the_kernels():
 
 
 @pytest.mark.parametrize(("name", "beta", "form"), [
-    ("reverse_kl", None, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("reverse_kl", None, REVERSE_KL_FORM),
     ("jsd", 0.0, KL_FORM),
-    ("jsd", 1.0, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("jsd", 1.0, REVERSE_KL_FORM),
     ("jsd", 0.25, KernelForm(KERNEL_MIXTURE, (0.25, 0.25, 0.75))),
     ("skew_kl", 0.0, KL_FORM),
     ("skew_kl", 0.1, KernelForm(KERNEL_MIXTURE, (0.1, 1.0, 0.0))),
-    ("skew_reverse_kl", 0.0, KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))),
+    ("skew_reverse_kl", 0.0, REVERSE_KL_FORM),
     ("skew_reverse_kl", 0.1, KernelForm(KERNEL_MIXTURE, (0.9, 0.0, 1.0))),
     ("tvd", None, KernelForm(KERNEL_TVD)),
 ])
@@ -60,6 +61,23 @@ def test_kernel_forms_and_where_they_are_infinite(name, beta, form):
     reverse = form.weights == (1.0, 0.0, 1.0)
     assert form.infinite_where_teacher_rules_out == reverse
     assert form.infinite_where_student_rules_out == (form == KL_FORM)
+
+
+def test_reverse_kl_is_kl_of_the_exchanged_pair():
+    """The engine runs reverse KL as KL with the roles exchanged: the same bits, gradients
+    exchanged too (and the mixture form, which Hinton's loss takes, agrees to rounding)."""
+    student, teacher = pair()
+    reverse, d_student, d_teacher = kdloss.kd_loss_and_grad(
+        student, teacher, 2.0, reduction="none", divergence="reverse_kl", teacher_grad=True)
+    forward, d_teacher_kl, d_student_kl = kdloss.kd_loss_and_grad(
+        teacher, student, 2.0, reduction="none", teacher_grad=True)
+    np.testing.assert_array_equal(reverse, forward)
+    np.testing.assert_array_equal(d_student, d_student_kl)
+    np.testing.assert_array_equal(d_teacher, d_teacher_kl)
+    labels = np.zeros(reverse.shape, dtype=np.int64)
+    mixture = kdloss.hinton_loss(student, teacher, labels, 2.0, alpha=1.0, reduction="none",
+                                 divergence="reverse_kl")
+    np.testing.assert_allclose(mixture, reverse, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))

@@ -9,8 +9,9 @@ kernel's divergence table and that row's weights), its oracle (a per-row float64
 The kernel's table has three rows (``_simd/simd.h``): forward KL; a *mixture* row,
 ``c_P KL(P || M) + c_Q KL(Q || M)`` with ``M = lam P + (1 - lam) Q``, which covers reverse KL,
 JSD(beta) and both skew KLs by its weights ``(lam, c_P, c_Q)``; and TVD. Where a divergence's
-parameters make it exactly forward KL (``jsd`` and ``skew_kl`` at ``beta = 0``) it takes the KL
-row, so that the identity holds bit for bit.
+parameters make it exactly forward or reverse KL (``jsd`` at ``beta = 0`` and 1, the skew KLs at
+``beta = 0``) it takes that form, so that the identity holds bit for bit. Reverse KL is computed
+as forward KL of the exchanged pair (``KernelForm.exchanged``).
 
 Adding a divergence on the Python side is one row in ``DIVERGENCES`` plus its oracle in
 ``kdloss.reference`` (the C side has its own table row; see README "Layout"). Its parameters
@@ -38,10 +39,15 @@ class KernelForm:
     code: the row of the kernel's divergence table (``KERNEL_KL``, ``KERNEL_MIXTURE``, ``KERNEL_TVD``).
     weights: the mixture row's ``(lam, c_P, c_Q)``: ``c_P KL(P || M) + c_Q KL(Q || M)``,
         ``M = lam P + (1 - lam) Q`` (zeros for the other rows).
+    exchanged: the same divergence as a form of the pair with student and teacher exchanged, or
+        None. Reverse KL is forward KL with the roles exchanged: the engine then runs KL's one-pass
+        row on the exchanged pair (same values and special values; KL's speed), except when a
+        cross-entropy term reads the student's logits (Hinton's loss), where it takes this form.
     """
 
     code: int
     weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    exchanged: "KernelForm | None" = None
 
     @property
     def infinite_where_student_rules_out(self) -> bool:
@@ -57,7 +63,7 @@ class KernelForm:
 
 
 KL_FORM = KernelForm(KERNEL_KL)
-REVERSE_KL_FORM = KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0))  # KL(Q || M), M = P
+REVERSE_KL_FORM = KernelForm(KERNEL_MIXTURE, (1.0, 0.0, 1.0), exchanged=KL_FORM)  # KL(Q || M), M = P
 
 
 def _jsd_form(beta):
@@ -125,7 +131,7 @@ DIVERGENCES = {
     ),
     "skew_reverse_kl": Divergence(
         name="skew_reverse_kl",
-        kernel_form=lambda beta: KernelForm(KERNEL_MIXTURE, (1.0 - beta, 0.0, 1.0)),
+        kernel_form=lambda beta: REVERSE_KL_FORM if beta == 0.0 else KernelForm(KERNEL_MIXTURE, (1.0 - beta, 0.0, 1.0)),
         parameters={"beta": 0.1},
         parameter_ranges={"beta": (0.0, 1.0)},
         oracle=reference.skew_reverse_kl_rows,

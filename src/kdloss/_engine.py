@@ -63,6 +63,11 @@ def rows(student, teacher, temperature, out, n_threads, *, divergence=KL, parame
     2-byte type (``kdloss.torch``), so that each is rounded once in all.
     """
     form = _kernel_form(divergence, parameters)
+    if form.exchanged is not None and labels is None and ce_weight == 0.0:
+        # D(P || Q) as D'(Q || P) (reverse KL as KL): exchange the roles, inputs and gradients.
+        # Not with a cross-entropy term, which reads the student's logits and labels.
+        form = form.exchanged
+        student, teacher, d_student, d_teacher = teacher, student, d_teacher, d_student
     n_rows, n_classes = teacher.shape
     threads = threads_for(n_threads, n_rows, n_classes)
     dtype = _kernel.DTYPE_CODES[teacher.dtype.name]
