@@ -11,7 +11,8 @@
  *     KL(P || M) = sum M h(u),  KL(Q || M) = sum M h(v),  h(x) = (1 + x) log1p(x) - x >= 0
  *
  * (sum M u = sum M v = 0). Near zero h(x) = (1 + x) L(x) + x^2 with L(x) = log1p(x) - x from its
- * series: every term is >= 0 and nothing cancels, down to D = 0. Elsewhere a term is
+ * series: every term is >= 0 and nothing cancels, down to D = 0. Rows whose first pass shows them
+ * far from zero skip the series (kd_mix_finish_lanes). Elsewhere a term is
  * P log(P / M) - (P - M) (resp. Q), from logs of the ratios. Classes whose ratio Q / P is out of
  * range for that (|d| > 700, a mask, an underflow) take logs of P, Q and M from the logits
  * (log P = a - log Z_P), "far" classes.
@@ -32,6 +33,7 @@ enum { KD_MIX_A, KD_MIX_B, KD_MIX_SQ, KD_MIX_SP, KD_MIX_SUMS };
 /* The gradient's row constants after KL's (kd_row_finish.constant[...]). */
 enum {
     KD_MIX_LOG_ZP = KD_KL_CONSTANTS, KD_MIX_LOG_ZQ, KD_MIX_LOG_RATIO_Z, KD_MIX_EQ, KD_MIX_EP, KD_MIX_LAM, KD_MIX_CP, KD_MIX_CQ,
+    KD_MIX_TINY_LIMIT,
     KD_MIX_CONSTANTS
 };
 _Static_assert(KD_MIX_SUMS <= KD_MAX_SUMS && KD_MIX_CONSTANTS <= KD_MAX_CONSTANTS,
@@ -50,6 +52,7 @@ typedef struct {
     kd_vd log_zp, log_zq; /* for far classes */
     kd_vd log_ratio_z;    /* log(Z_Q / Z_P) = log1p(y) */
     kd_vd e_q, e_p;       /* E_Q[g], E_P[f] (after the second pass) */
+    kd_vd tiny_limit;     /* |u|, |v| below it take the series: 1/16 near zero, else 0 */
     double lam, c_p, c_q;
 } kd_mix_finished;
 
@@ -64,6 +67,14 @@ KD_INLINE kd_mix_finished kd_mix_finish_lanes(const kd_vd *sum, const double *we
     const kd_vd y = out.kl.y, central = kd_select(y >= -0.5, y, kd_splat(0.0));
     out.log_ratio_z = kd_select(y >= -0.5, kd_log1p_minus_identity(central) + central, out.log_zq - out.log_zp);
     out.e_q = out.e_p = kd_splat(0.0);
+    /* A row far enough from zero takes logs for every class: the rounding of its terms, about
+     * 2^-53 (c_P mu + c_Q lam) E_P|rho|, is then below 2^-44 of its value, about
+     * (c_P mu^2 + c_Q lam^2) E_P[rho^2] / 2 with E_P[rho^2] ~ 2 KL(P || Q) from the first pass.
+     * Closer to zero, the series (no cancellation) where |u|, |v| < 1/16. */
+    const double lam = weights[0], c_p = weights[1], c_q = weights[2], mu = 1.0 - lam;
+    const double second_order = c_p * mu * mu + c_q * lam * lam;
+    const double root_needed = second_order > 0.0 ? 0x1p-8 * (c_p * mu + c_q * lam) / second_order : INFINITY;
+    out.tiny_limit = kd_select(2.0 * out.kl.value >= root_needed * root_needed, kd_splat(0.0), kd_splat(0.0625));
     out.lam = weights[0];
     out.c_p = weights[1];
     out.c_q = weights[2];
@@ -129,9 +140,13 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     }
     near &= (ratio > 0.0) & (ratio < 0x1p900);
     const kd_vd zero = kd_splat(0.0), one = kd_splat(1.0);
-    kd_vd den = one, r = one, u = zero, v = rho, m = out.p; /* M = P where lam = 1 */
+    kd_vd den = one, den_error = zero, r = one, u = zero, v = rho, m = out.p; /* M = P where lam = 1 */
     if (mu != 0.0) {
-        den = kd_select((rho < 0.5) & (rho > -0.5), 1.0 + mu * rho, lam + mu * ratio);
+        const kd_vi central = (rho < 0.5) & (rho > -0.5);
+        den = kd_select(central, 1.0 + mu * rho, lam + mu * ratio);
+        /* 1 + mu rho - den exactly (Fast2Sum): log(den) + den_error / den is log1p(mu rho) to
+         * rounding of mu rho itself, not of 1 */
+        den_error = kd_select(central, (1.0 - den) + mu * rho, zero);
         r = 1.0 / den;
         u = -mu * rho * r;
         v = lam * rho * r;
@@ -141,7 +156,8 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     out.c = row->c_p * u + row->c_q * v;
     /* Near zero h(x) = (1 + x) L(x) + x^2 by the series of L; elsewhere logs of the ratios:
      * log(P / M) = -log(den), log(Q / M) = log(Q / P) - log(den), log(Q / P) = -d - log(Z_Q / Z_P). */
-    const kd_vi tiny_u = (u < 0.0625) & (u > -0.0625), tiny_v = (v < 0.0625) & (v > -0.0625);
+    const kd_vd limit = row->tiny_limit;
+    const kd_vi tiny_u = (u < limit) & (u > -limit), tiny_v = (v < limit) & (v > -limit);
     out.l1u = out.l1v = out.a_term = out.b_term = zero;
     if (row->c_p != 0.0 && kd_any(tiny_u)) {
         const kd_vd lu = kd_mix_log1p_series(kd_keep(tiny_u, u));
@@ -154,7 +170,9 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         out.b_term = m * ((ratio * r) * lv + v * v); /* 1 + v = Q / M */
     }
     if (kd_any(~(tiny_u & tiny_v))) {
-        const kd_vd log_den = mu != 0.0 ? kd_log_positive(kd_select((tiny_u & tiny_v) | ~near, one, den)) : zero;
+        const kd_vd log_den = mu != 0.0
+            ? kd_log_positive(kd_select((tiny_u & tiny_v) | ~near, one, den)) + den_error * r
+            : zero;
         const kd_vd l1v = (-d - row->log_ratio_z) - log_den;
         out.l1u = kd_select(tiny_u, out.l1u, -log_den);
         out.l1v = kd_select(tiny_v, out.l1v, l1v);
@@ -240,6 +258,7 @@ KD_INLINE void kd_mix_finish_store(const kd_mix_finished *lanes, int lane, kd_ro
     out->constant[KD_MIX_LAM] = lanes->lam;
     out->constant[KD_MIX_CP] = lanes->c_p;
     out->constant[KD_MIX_CQ] = lanes->c_q;
+    out->constant[KD_MIX_TINY_LIMIT] = lanes->tiny_limit[lane];
 }
 
 KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
@@ -255,5 +274,6 @@ KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
     out.lam = f->constant[KD_MIX_LAM];
     out.c_p = f->constant[KD_MIX_CP];
     out.c_q = f->constant[KD_MIX_CQ];
+    out.tiny_limit = kd_splat(f->constant[KD_MIX_TINY_LIMIT]);
     return out;
 }
