@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from divergence_arguments import divergence_arguments
 from stored_logits import logit_pair, store_pair, summary_of
 
 import kdloss
@@ -51,6 +52,24 @@ def test_sum_and_mean_are_lazy_scalars_equal_to_the_in_memory_ones(reduction, dt
         assert value == expected  # one block: the same pairwise sum
     else:
         assert value == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_each_divergence_is_the_in_memory_result(divergence, reduction):
+    """divergence= and beta= reach every task: per-row losses bitwise, one block's sum bitwise,
+    several blocks' sums to summation rounding."""
+    chosen = divergence_arguments(divergence)
+    student, teacher = logit_pair((40, 23), np.float32, seed=2)
+    expected = kdloss.kd_loss(student, teacher, 2.0, reduction=reduction, **chosen)
+    for row_chunk in (40, 7):
+        lazy = kdloss_dask.kd_loss(da.from_array(student, chunks=(row_chunk, 23)),
+                                   da.from_array(teacher, chunks=(row_chunk, 23)), 2.0, reduction=reduction,
+                                   **chosen)
+        got = lazy.compute(scheduler="threads")
+        if reduction == "none" or row_chunk == 40:
+            np.testing.assert_array_equal(got, expected, strict=reduction == "none")
+        else:
+            assert float(got) == pytest.approx(expected, rel=1e-14)
 
 
 def test_class_axis_rechunked_and_teacher_follows_the_student_rows():
@@ -130,6 +149,9 @@ def test_threads_per_task_default_to_one(monkeypatch):
         ({"reduction": "avg"}, ValueError, "reduction must be one of"),
         ({"num_threads": 0}, ValueError, "num_threads must not be 0"),
         ({"num_threads": 1.5}, TypeError, "num_threads must be an int"),
+        ({"divergence": "js"}, ValueError, "divergence must be one of"),
+        ({"divergence": "tvd", "beta": 0.5}, ValueError, "divergence 'tvd' .* takes no parameters"),
+        ({"divergence": "jsd", "beta": -0.1}, ValueError, r"beta of divergence 'jsd' must be in \[0.0, 1.0\]"),
     ],
 )
 def test_bad_arguments_raise_before_any_task(kwargs, error, message):

@@ -181,7 +181,7 @@ def test_vmap_under_ordinary_autograd():
 def test_vmap_over_the_operator_itself(reduction):
     """torch.ops.kdloss.* has the same vmap rule as the functions."""
     student, teacher, _, weights, _in_dims = batch_arguments("kd", True, True)
-    got = func.vmap(lambda s, t, w: torch.ops.kdloss.kd_loss(s, t, 2.0, reduction, w, False, False)[0])(
+    got = func.vmap(lambda s, t, w: torch.ops.kdloss.kd_loss(s, t, 2.0, reduction, w, "kl", None, False, False)[0])(
         student, teacher, weights)
     want = func.vmap(lambda s, t, w: kdt.kd_loss(s, t, 2.0, reduction, w))(student, teacher, weights)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
