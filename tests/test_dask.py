@@ -194,6 +194,21 @@ def test_cluster_workers_run_one_openmp_thread(client):
     assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}
 
 
+def test_score_on_a_cluster_with_a_divergence_writes_the_same_file(tmp_path, capsys, client):
+    student, teacher = logit_pair((60, 21), seed=6)
+    student_spec, teacher_spec = store_pair(tmp_path, student, teacher)
+    alone, on_cluster = tmp_path / "alone.npy", tmp_path / "cluster.npy"
+    chosen = ["--divergence", "skew_reverse_kl", "--beta", "0.25"]
+    assert main(["score", student_spec, teacher_spec, *chosen, "--out", str(alone), "--chunk-rows", "23"]) == 0
+    assert main(["score", student_spec, teacher_spec, *chosen, "--out", str(on_cluster), "--chunk-rows", "23",
+                 "--dask", client.scheduler.address]) == 0
+    first, second = (summary_of(line) for line in capsys.readouterr().out.splitlines())
+    assert first["divergence"] == second["divergence"] == "skew_reverse_kl" and first["beta"] == 0.25
+    expected = kdloss.kd_loss(student, teacher, reduction="none", divergence="skew_reverse_kl", beta=0.25)
+    np.testing.assert_array_equal(np.load(on_cluster), expected, strict=True)
+    np.testing.assert_array_equal(np.load(alone), expected, strict=True)
+
+
 @pytest.mark.parametrize("fmt", ["npy", "zarr"])
 def test_score_on_an_existing_cluster_writes_the_same_file(tmp_path, capsys, client, fmt):
     student, teacher = logit_pair((5, 40, 21), seed=4)
