@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from divergence_arguments import divergence_arguments
 from stored_logits import logit_pair, store_pair, summary_of
 
 import kdloss
@@ -51,6 +52,24 @@ def test_sum_and_mean_are_lazy_scalars_equal_to_the_in_memory_ones(reduction, dt
         assert value == expected  # one block: the same pairwise sum
     else:
         assert value == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_each_divergence_is_the_in_memory_result(divergence, reduction):
+    """divergence= and beta= reach every task: per-row losses bitwise, one block's sum bitwise,
+    several blocks' sums to summation rounding."""
+    chosen = divergence_arguments(divergence)
+    student, teacher = logit_pair((40, 23), np.float32, seed=2)
+    expected = kdloss.kd_loss(student, teacher, 2.0, reduction=reduction, **chosen)
+    for row_chunk in (40, 7):
+        lazy = kdloss_dask.kd_loss(da.from_array(student, chunks=(row_chunk, 23)),
+                                   da.from_array(teacher, chunks=(row_chunk, 23)), 2.0, reduction=reduction,
+                                   **chosen)
+        got = lazy.compute(scheduler="threads")
+        if reduction == "none" or row_chunk == 40:
+            np.testing.assert_array_equal(got, expected, strict=reduction == "none")
+        else:
+            assert float(got) == pytest.approx(expected, rel=1e-14)
 
 
 def test_class_axis_rechunked_and_teacher_follows_the_student_rows():
@@ -130,6 +149,9 @@ def test_threads_per_task_default_to_one(monkeypatch):
         ({"reduction": "avg"}, ValueError, "reduction must be one of"),
         ({"num_threads": 0}, ValueError, "num_threads must not be 0"),
         ({"num_threads": 1.5}, TypeError, "num_threads must be an int"),
+        ({"divergence": "js"}, ValueError, "divergence must be one of"),
+        ({"divergence": "tvd", "beta": 0.5}, ValueError, "divergence 'tvd' .* takes no parameters"),
+        ({"divergence": "jsd", "beta": -0.1}, ValueError, r"beta of divergence 'jsd' must be in \[0.0, 1.0\]"),
     ],
 )
 def test_bad_arguments_raise_before_any_task(kwargs, error, message):
@@ -170,6 +192,21 @@ def client():
 
 def test_cluster_workers_run_one_openmp_thread(client):
     assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}
+
+
+def test_score_on_a_cluster_with_a_divergence_writes_the_same_file(tmp_path, capsys, client):
+    student, teacher = logit_pair((60, 21), seed=6)
+    student_spec, teacher_spec = store_pair(tmp_path, student, teacher)
+    alone, on_cluster = tmp_path / "alone.npy", tmp_path / "cluster.npy"
+    chosen = ["--divergence", "skew_reverse_kl", "--beta", "0.25"]
+    assert main(["score", student_spec, teacher_spec, *chosen, "--out", str(alone), "--chunk-rows", "23"]) == 0
+    assert main(["score", student_spec, teacher_spec, *chosen, "--out", str(on_cluster), "--chunk-rows", "23",
+                 "--dask", client.scheduler.address]) == 0
+    first, second = (summary_of(line) for line in capsys.readouterr().out.splitlines())
+    assert first["divergence"] == second["divergence"] == "skew_reverse_kl" and first["beta"] == 0.25
+    expected = kdloss.kd_loss(student, teacher, reduction="none", divergence="skew_reverse_kl", beta=0.25)
+    np.testing.assert_array_equal(np.load(on_cluster), expected, strict=True)
+    np.testing.assert_array_equal(np.load(alone), expected, strict=True)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "zarr"])

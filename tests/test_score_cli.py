@@ -12,6 +12,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from divergence_arguments import divergence_arguments
 from stored_logits import (
     FORMATS,
     logit_pair,
@@ -59,6 +60,38 @@ def test_every_format_and_leading_axes_match_kd_loss(tmp_path, capsys, fmt, shap
     summary = summary_of(capsys.readouterr().out)
     check_summary(summary, expected)
     assert summary["shape"] == list(shape[:-1]) and summary["classes"] == shape[-1]
+
+
+@pytest.mark.parametrize("given_beta", [True, False], ids=["beta", "default"])
+def test_each_divergence_matches_kd_loss_and_is_recorded(tmp_path, capsys, divergence, given_beta):
+    """--divergence NAME [--beta B]: per-row losses bitwise kd_loss's with that divergence; the
+    summary records the divergence and beta as it resolved (the default when not given; null
+    for a divergence without one), and sums exactly what was written."""
+    chosen = divergence_arguments(divergence)
+    if not given_beta:
+        chosen["beta"] = None
+    student, teacher = logit_pair((3, 13, 11), np.float32, seed=5)
+    student_spec, teacher_spec = store_pair(tmp_path, student, teacher)
+    out = tmp_path / "losses.npy"
+    beta_args = [] if chosen["beta"] is None else ["--beta", str(chosen["beta"])]
+    assert main(["score", student_spec, teacher_spec, "-T", "2", "--divergence", divergence.name, *beta_args,
+                 "--out", str(out), "--chunk-rows", "4"]) == 0
+    expected = kdloss.kd_loss(student, teacher, 2.0, reduction="none", **chosen)
+    np.testing.assert_array_equal(np.load(out), expected, strict=True)
+    summary = summary_of(capsys.readouterr().out)
+    check_summary(summary, expected)
+    assert summary["divergence"] == divergence.name
+    assert summary["beta"] == (chosen["beta"] if given_beta else divergence.parameters.get("beta"))
+    assert main(["score", student_spec, teacher_spec, "-T", "2", "--divergence", divergence.name, *beta_args,
+                 "--reduction", "sum"]) == 0
+    assert summary_of(capsys.readouterr().out)["loss"] == summary["sum"]
+
+
+def test_default_divergence_is_kl_and_recorded(tmp_path, capsys):
+    student_spec, teacher_spec = store_pair(tmp_path, *logit_pair((9, 5)))
+    assert main(["score", student_spec, teacher_spec]) == 0
+    summary = summary_of(capsys.readouterr().out)
+    assert summary["divergence"] == "kl" and summary["beta"] is None
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -265,6 +298,12 @@ def bad_inputs(tmp_path):
         "no extension": (good_s, good_t, ["--out", str(tmp_path / "losses")], ["extension"]),
         "out is an input": (good_s, good_t, ["--out", good_t], ["one of the inputs"]),
         "bad dask address": (good_s, good_t, ["--dask", "somewhere"], ["--dask", "somewhere"]),
+        "unknown divergence": (good_s, good_t, ["--divergence", "js"], ["divergence must be one of", "'js'"]),
+        "beta out of range": (good_s, good_t, ["--divergence", "jsd", "--beta", "1.5"],
+                              ["beta", "'jsd'", "[0.0, 1.0]", "1.5"]),
+        "beta for kl": (good_s, good_t, ["--beta", "0.5"], ["'kl'", "takes no parameters", "beta=0.5"]),
+        "beta text": (good_s, good_t, ["--divergence", "skew_kl", "--beta", "half"], ["--beta", "'half'"]),
+        "beta nan": (good_s, good_t, ["--divergence", "skew_kl", "--beta", "nan"], ["beta", "'skew_kl'", "nan"]),
         "directory that is not zarr": (str(tmp_path), good_t, [], ["directory"]),
     }
     npz_zip_path = tmp_path / "fake.npz"
@@ -279,7 +318,8 @@ BAD_INPUT_CASES = [
     "temperature inf", "temperature text", "unknown npz key", "npz without key", "npz that is not a zip",
     "chunk rows 0", "chunk rows negative", "chunk rows text", "num threads 0", "num threads text",
     "unknown reduction", "out with sum", "output folder missing", "unknown extension", "no extension",
-    "out is an input", "bad dask address", "directory that is not zarr",
+    "out is an input", "bad dask address", "directory that is not zarr", "unknown divergence",
+    "beta out of range", "beta for kl", "beta text", "beta nan",
 ]
 
 

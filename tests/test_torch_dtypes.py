@@ -6,7 +6,16 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
+from divergence_arguments import divergence_arguments
+from torch_reference import (
+    IGNORE,
+    REDUCTIONS,
+    labels_for,
+    logits,
+    reference_hinton,
+    reference_kd,
+    weights_for,
+)
 
 import kdloss
 import kdloss.torch as kdt
@@ -96,17 +105,19 @@ def test_values_and_gradients_are_float64_rounded(dtype, reduction, loss_name):
 
 @pytest.mark.parametrize("dtype", NARROW, ids=str)
 @pytest.mark.parametrize("ml_dtypes", [True, False], ids=["ml_dtypes", "without-ml_dtypes"])
-def test_per_row_losses_and_gradients_are_rounded_once(dtype, ml_dtypes, monkeypatch):
+def test_per_row_losses_and_gradients_are_rounded_once(dtype, ml_dtypes, monkeypatch, divergence):
     """Each per-row loss and gradient element is kdloss's float64 value on the widened logits
     rounded once to the logits' dtype (the NumPy layer hands float32 rounded to odd, so the second
-    rounding is exact), bfloat16 read natively (ml_dtypes) or widened to float32 first alike."""
+    rounding is exact), bfloat16 read natively (ml_dtypes) or widened to float32 first alike;
+    for every divergence."""
     if not ml_dtypes:
         monkeypatch.setattr(_two_byte, "_numpy_bfloat16", lambda: None)
+    chosen = divergence_arguments(divergence)
     student, teacher, (s64, t64) = pair((64, 300), dtype, seed=4)
-    loss = kdt.kd_loss(student, teacher, 3.0, "none")
+    loss = kdt.kd_loss(student, teacher, 3.0, "none", **chosen)
     loss.sum().backward()
     want_loss, want_s, want_t = kdloss.kd_loss_and_grad(
-        s64.detach().numpy(), t64.detach().numpy(), 3.0, reduction="none", teacher_grad=True)
+        s64.detach().numpy(), t64.detach().numpy(), 3.0, reduction="none", teacher_grad=True, **chosen)
     assert torch.equal(loss.detach(), rounded_once(torch.from_numpy(want_loss), dtype))
     assert torch.equal(student.grad, rounded_once(torch.from_numpy(want_s), dtype))
     assert torch.equal(teacher.grad, rounded_once(torch.from_numpy(want_t), dtype))
@@ -138,8 +149,13 @@ def test_autocast_forward_and_backward_on_a_small_model():
                    lambda s, t: reference_hinton(s.float(), t.float(), labels, 2.0, 0.5)),
         "kd": (lambda s, t: kdt.kd_loss(s, t, 2.0, weights=torch.ones(64, dtype=torch.bfloat16)),
                lambda s, t: reference_kd(s.float(), t.float(), 2.0)),
-        "operator": (lambda s, t: torch.ops.kdloss.kd_loss(s, t, 2.0, "mean", None, True, False)[0],
+        "operator": (lambda s, t: torch.ops.kdloss.kd_loss(s, t, 2.0, "mean", None, "kl", None, True, False)[0],
                      lambda s, t: reference_kd(s.float(), t.float(), 2.0)),
+        # Another divergence: the same float32 computation as on float32 logits made outside autocast.
+        "jsd operator": (lambda s, t: torch.ops.kdloss.kd_loss(s, t, 2.0, "mean", None, "jsd", 0.3, True, False)[0],
+                         lambda s, t: kdt.kd_loss(s.float(), t.float(), 2.0, divergence="jsd", beta=0.3)),
+        "tvd": (lambda s, t: kdt.kd_loss(s, t, 2.0, divergence="tvd"),
+                lambda s, t: kdt.kd_loss(s.float(), t.float(), 2.0, divergence="tvd")),
     }
     for name, (ours, theirs) in cases.items():
         got_loss, got = parameter_grads(ours)
@@ -150,12 +166,13 @@ def test_autocast_forward_and_backward_on_a_small_model():
 
 
 @pytest.mark.parametrize("dtype", NARROW, ids=str)
-def test_opcheck(dtype):
+def test_opcheck(dtype, divergence):
     s3, t3 = logits((3, 4, 5), dtype, 3).requires_grad_(), logits((3, 4, 5), dtype, 4).requires_grad_()
     weights, labels = weights_for((3, 4)).to(dtype), labels_for((3, 4), 5)
-    torch.library.opcheck(_ops.kd_loss_op, (s3, t3, 0.5, "none", weights, True, True))
-    torch.library.opcheck(_ops.kd_loss_op, (s3, t3.detach(), 2.0, "mean", None, True, False))
-    torch.library.opcheck(_ops.hinton_loss_op, (s3, t3, labels, 2.0, 0.3, IGNORE, "sum", weights, True, True))
+    chosen = tuple(divergence_arguments(divergence).values())
+    torch.library.opcheck(_ops.kd_loss_op, (s3, t3, 0.5, "none", weights, *chosen, True, True))
+    torch.library.opcheck(_ops.kd_loss_op, (s3, t3.detach(), 2.0, "mean", None, *chosen, True, False))
+    torch.library.opcheck(_ops.hinton_loss_op, (s3, t3, labels, 2.0, 0.3, IGNORE, "sum", weights, *chosen, True, True))
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 func = torch.func
 
+from divergence_arguments import divergence_arguments
 from torch_reference import IGNORE, REDUCTIONS, labels_for, logits, reference_hinton, reference_kd, weights_for
 
+import kdloss
 import kdloss.torch as kdt
 
 # PyTorch's own kl_div has no batching rule (its formulation is the reference here).
@@ -181,7 +183,7 @@ def test_vmap_under_ordinary_autograd():
 def test_vmap_over_the_operator_itself(reduction):
     """torch.ops.kdloss.* has the same vmap rule as the functions."""
     student, teacher, _, weights, _in_dims = batch_arguments("kd", True, True)
-    got = func.vmap(lambda s, t, w: torch.ops.kdloss.kd_loss(s, t, 2.0, reduction, w, False, False)[0])(
+    got = func.vmap(lambda s, t, w: torch.ops.kdloss.kd_loss(s, t, 2.0, reduction, w, "kl", None, False, False)[0])(
         student, teacher, weights)
     want = func.vmap(lambda s, t, w: kdt.kd_loss(s, t, 2.0, reduction, w))(student, teacher, weights)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -208,3 +210,19 @@ def test_forward_mode_is_not_supported():
     for transform in (func.jacfwd, func.hessian):
         with pytest.raises(RuntimeError, match="jvp function"):
             transform(ours)(student, teacher)
+
+
+def test_vmap_and_per_sample_gradients_pass_the_divergence_on(divergence):
+    """Each sample of vmap (per-row and reduced) and of vmap(grad) gets the bits of the NumPy
+    layer's call on that sample with the same divergence and beta."""
+    chosen = divergence_arguments(divergence)
+    student, teacher = logits((SAMPLES, ROWS, CLASSES), seed=1), logits((SAMPLES, ROWS, CLASSES), seed=2)
+    for reduction in ("none", "mean"):
+        got = func.vmap(lambda s, t, reduction=reduction: kdt.kd_loss(s, t, 2.0, reduction, **chosen))(student, teacher)
+        for sample in range(SAMPLES):
+            want = kdloss.kd_loss(student[sample].numpy(), teacher[sample].numpy(), 2.0, reduction=reduction, **chosen)
+            assert torch.equal(got[sample], torch.as_tensor(want, dtype=torch.float64))
+    grads = func.vmap(func.grad(lambda s, t: kdt.kd_loss(s, t, 2.0, **chosen)))(student, teacher)
+    for sample in range(SAMPLES):
+        _, want = kdloss.kd_loss_and_grad(student[sample].numpy(), teacher[sample].numpy(), 2.0, **chosen)
+        assert torch.equal(grads[sample], torch.from_numpy(want))

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from divergence_arguments import divergence_arguments
 from torch_reference import (
     IGNORE,
     REDUCTIONS,
@@ -23,6 +24,7 @@ from torch_reference import (
 
 import kdloss
 import kdloss.torch as kdt
+from kdloss._divergences import DIVERGENCES
 from kdloss.torch import _ops
 
 DTYPES = (torch.float32, torch.float64)
@@ -41,17 +43,23 @@ def opcheck_cases():
         strided_s3 = non_contiguous(s3.detach()).requires_grad_()
         weights, labels = weights_for((3, 4)).to(dtype), labels_for((3, 4), 5)
         kd, hinton = _ops.kd_loss_op, _ops.hinton_loss_op
+        kl = ("kl", None)
         cases += [
-            pytest.param(kd, (s2, t2, 2.0, "mean", None, True, False), id=f"kd-2d-mean-{name}"),
-            pytest.param(kd, (s2.detach(), t2, 2.0, "sum", None, False, False), id=f"kd-no-grad-{name}"),
-            pytest.param(kd, (s3, t3, 0.5, "none", weights, True, True), id=f"kd-3d-none-teacher-grad-{name}"),
-            pytest.param(kd, (strided_s3, non_contiguous(t3.detach()), 3.0, "sum", weights, True, False),
+            pytest.param(kd, (s2, t2, 2.0, "mean", None, *kl, True, False), id=f"kd-2d-mean-{name}"),
+            pytest.param(kd, (s2.detach(), t2, 2.0, "sum", None, *kl, False, False), id=f"kd-no-grad-{name}"),
+            pytest.param(kd, (strided_s3, non_contiguous(t3.detach()), 3.0, "sum", weights, *kl, True, False),
                          id=f"kd-3d-strided-sum-{name}"),
-            pytest.param(hinton, (s3, t3, labels, 2.0, 0.3, IGNORE, "mean", weights, True, True),
-                         id=f"hinton-3d-mean-teacher-grad-{name}"),
-            pytest.param(hinton, (strided_s3, t3.detach(), labels, 1.0, 0.7, IGNORE, "none", None, True, False),
+            pytest.param(hinton, (strided_s3, t3.detach(), labels, 1.0, 0.7, IGNORE, "none", None, *kl, True, False),
                          id=f"hinton-3d-strided-none-{name}"),
         ]
+        for divergence in DIVERGENCES.values():
+            chosen = tuple(divergence_arguments(divergence).values())
+            cases += [
+                pytest.param(kd, (s3, t3, 0.5, "none", weights, *chosen, True, True),
+                             id=f"kd-3d-none-teacher-grad-{divergence.name}-{name}"),
+                pytest.param(hinton, (s3, t3, labels, 2.0, 0.3, IGNORE, "mean", weights, *chosen, True, True),
+                             id=f"hinton-3d-mean-teacher-grad-{divergence.name}-{name}"),
+            ]
     return cases
 
 
@@ -66,16 +74,18 @@ def test_opcheck(op, args):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("loss", ["kd", "hinton"])
-def test_gradcheck(loss, reduction, weighted):
+def test_gradcheck(loss, reduction, weighted, divergence):
+    """float64 finite differences, for every divergence of the table."""
     student = logits((2, 3, 4), seed=1).requires_grad_()
     teacher = logits((2, 3, 4), seed=2).requires_grad_()
     weights = weights_for((2, 3)) if weighted else None
     labels = labels_for((2, 3), 4, ignored=[(0, 1), (1, 2)])
+    chosen = divergence_arguments(divergence)
 
     def function(student, teacher):
         if loss == "kd":
-            return kdt.kd_loss(student, teacher, 1.5, reduction, weights)
-        return kdt.hinton_loss(student, teacher, labels, 1.5, 0.4, IGNORE, reduction, weights)
+            return kdt.kd_loss(student, teacher, 1.5, reduction, weights, **chosen)
+        return kdt.hinton_loss(student, teacher, labels, 1.5, 0.4, IGNORE, reduction, weights, **chosen)
 
     assert torch.autograd.gradcheck(function, (student, teacher))
 
@@ -147,22 +157,26 @@ def test_hinton_loss_matches_pytorch_autograd(dtype, reduction, weighted, alpha)
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("loss_name", ["kd", "hinton"])
-def test_backward_of_the_loss_itself_gives_the_numpy_gradients(loss_name, reduction):
-    """``loss.backward()`` (upstream all ones: the saved gradients are handed over unscaled)."""
+def test_backward_of_the_loss_itself_gives_the_numpy_gradients(loss_name, reduction, divergence):
+    """``loss.backward()`` (upstream all ones: the saved gradients are handed over unscaled):
+    the NumPy layer's loss and gradients, bit for bit, for every divergence."""
     student = logits((5, 8), torch.float32, 1).requires_grad_()
     teacher = logits((5, 8), torch.float32, 2).requires_grad_()
     labels = labels_for((5,), 8)
+    chosen = divergence_arguments(divergence)
     if loss_name == "kd":
-        loss = kdt.kd_loss(student, teacher, 2.0, reduction)
-        _, d_student, d_teacher = kdloss.kd_loss_and_grad(
-            student.detach().numpy(), teacher.detach().numpy(), 2.0, reduction=reduction, teacher_grad=True
+        loss = kdt.kd_loss(student, teacher, 2.0, reduction, **chosen)
+        want, d_student, d_teacher = kdloss.kd_loss_and_grad(
+            student.detach().numpy(), teacher.detach().numpy(), 2.0, reduction=reduction, teacher_grad=True,
+            **chosen,
         )
     else:
-        loss = kdt.hinton_loss(student, teacher, labels, 2.0, 0.5, IGNORE, reduction)
-        _, d_student, d_teacher = kdloss.hinton_loss_and_grad(
+        loss = kdt.hinton_loss(student, teacher, labels, 2.0, 0.5, IGNORE, reduction, **chosen)
+        want, d_student, d_teacher = kdloss.hinton_loss_and_grad(
             student.detach().numpy(), teacher.detach().numpy(), labels.numpy(), 2.0, 0.5,
-            reduction=reduction, teacher_grad=True,
+            reduction=reduction, teacher_grad=True, **chosen,
         )
+    np.testing.assert_array_equal(loss.detach().numpy(), np.asarray(want, dtype=np.float32))
     (loss.sum() if reduction == "none" else loss).backward()
     np.testing.assert_array_equal(student.grad.numpy(), d_student)
     np.testing.assert_array_equal(teacher.grad.numpy(), d_teacher)
@@ -200,11 +214,11 @@ def test_eager_twin_and_operator_give_the_same_bits(loss_name, reduction):
     for via_operator in (False, True):
         s, t = student.clone().requires_grad_(), teacher.clone().requires_grad_()
         if loss_name == "kd_loss":
-            args = (2.0, reduction, None)
+            args = (2.0, reduction, None, "jsd", 0.3)
             loss = (torch.ops.kdloss.kd_loss(s, t, *args, True, True)[0] if via_operator
                     else kdt.kd_loss(s, t, *args))
         else:
-            args = (2.0, 0.3, -100, reduction, None)
+            args = (2.0, 0.3, -100, reduction, None, "tvd", None)
             loss = (torch.ops.kdloss.hinton_loss(s, t, labels, *args, True, True)[0] if via_operator
                     else kdt.hinton_loss(s, t, labels, *args))
         loss.backward(upstream)
@@ -222,7 +236,7 @@ def test_second_derivatives_are_refused():
 
 def test_operator_called_without_the_gradient_autograd_needs():
     student = logits((3, 4), seed=1).requires_grad_()
-    loss, _, _ = _ops.kd_loss_op(student, logits((3, 4), seed=2), 1.0, "mean", None, False, False)
+    loss, _, _ = _ops.kd_loss_op(student, logits((3, 4), seed=2), 1.0, "mean", None, "kl", None, False, False)
     with pytest.raises(RuntimeError, match="student requires grad.*student_grad=False"):
         loss.backward()
 
@@ -377,6 +391,26 @@ def test_modules():
     )
 
 
+def test_modules_take_a_divergence(divergence):
+    """The modules compute the functions' values with the divergence they were built with; the
+    repr names it (and its parameters, at their resolved values) unless it is KL."""
+    student, teacher = logits((3, 4, 6), seed=3), logits((3, 4, 6), seed=4)
+    labels = labels_for((3, 4), 6)
+    chosen = divergence_arguments(divergence)
+    kd = kdt.KDLoss(2.0, "sum", **chosen)
+    hinton = kdt.HintonLoss(2.0, 0.25, IGNORE, "mean", **chosen)
+    assert torch.equal(kd(student, teacher), kdt.kd_loss(student, teacher, 2.0, "sum", **chosen))
+    assert torch.equal(hinton(student, teacher, labels),
+                       kdt.hinton_loss(student, teacher, labels, 2.0, 0.25, IGNORE, "mean", **chosen))
+    shown = "" if divergence.name == "kl" else f", divergence={divergence.name!r}"
+    shown += "" if chosen["beta"] is None else f", beta={chosen['beta']}"
+    assert repr(kd) == f"KDLoss(temperature=2.0, reduction='sum'{shown})"
+    assert repr(hinton).endswith(f"reduction='mean'{shown})")
+    if divergence.parameters:  # not given: the default, shown
+        default = kdt.KDLoss(divergence=divergence.name)
+        assert default.beta == divergence.parameters["beta"] and f"beta={default.beta}" in repr(default)
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.int64, torch.uint8], ids=str)
 def test_labels_of_any_integer_dtype(dtype):
     student, teacher = logits((4, 5), seed=1), logits((4, 5), seed=2)
@@ -430,6 +464,29 @@ def test_unsupported_logits(student, teacher, error, message):
 def test_bad_kd_arguments(arguments, error, message):
     with pytest.raises(error, match=message):
         kdt.kd_loss(GOOD, GOOD, **arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        ({"divergence": "js"}, ValueError, "divergence must be one of 'kl', .*got 'js'"),
+        ({"divergence": None}, ValueError, "divergence must be one of"),
+        ({"divergence": "kl", "beta": 0.5}, ValueError, "divergence 'kl' .* takes no parameters; got beta=0.5"),
+        ({"divergence": "tvd", "beta": 0.5}, ValueError, "divergence 'tvd' .* takes no parameters"),
+        ({"divergence": "jsd", "beta": 1.5}, ValueError, r"beta of divergence 'jsd' must be in \[0.0, 1.0\], got 1.5"),
+        ({"divergence": "skew_kl", "beta": float("nan")}, ValueError, "beta of divergence 'skew_kl' must be in"),
+        ({"divergence": "jsd", "beta": "0.5"}, TypeError, "beta must be a real number"),
+        ({"divergence": "jsd", "beta": True}, TypeError, "beta must be a real number"),
+    ],
+)
+def test_bad_divergence_arguments(arguments, error, message):
+    """The NumPy layer's resolve_divergence checks, before the operator, for every front end here."""
+    labels = torch.tensor([0, 1])
+    for call in (lambda: kdt.kd_loss(GOOD, GOOD, **arguments),
+                 lambda: kdt.hinton_loss(GOOD, GOOD, labels, **arguments),
+                 lambda: kdt.KDLoss(**arguments), lambda: kdt.HintonLoss(**arguments)):
+        with pytest.raises(error, match=message):
+            call()
 
 
 @pytest.mark.parametrize(

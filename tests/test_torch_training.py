@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
+from divergence_arguments import divergence_arguments
+
 import kdloss.torch as kdt
 
 IGNORE = -100
@@ -109,6 +111,28 @@ def test_compiled_mutual_learning_with_hinton_loss(reduction):
     def step(inputs, labels, mask):
         loss = criterion(student(inputs), teacher(inputs), labels)
         return loss if reduction == "mean" else (loss * torch.linspace(0.5, 2.0, 6, dtype=dtype)).sum()
+
+    parameters = [*student.parameters(), *teacher.parameters()]
+    compare_compiled(step, (inputs, labels, mask), parameters, dtype, backend="aot_eager")
+
+
+@pytest.mark.parametrize("loss_name", ["kd", "hinton"])
+def test_compiled_with_each_divergence(divergence, loss_name):
+    """Every divergence traces without graph breaks (fullgraph) and computes eager's bits;
+    aot_eager, the same tracing as inductor without its compile time."""
+    dtype = torch.float64
+    student, teacher = network(0, dtype), network(1, dtype)
+    inputs, labels, mask = token_batch(3, dtype)
+    chosen = divergence_arguments(divergence)
+    criterion = (kdt.KDLoss(2.0, **chosen) if loss_name == "kd"
+                 else kdt.HintonLoss(2.0, 0.7, reduction="sum", **chosen))
+
+    def step(inputs, labels, mask):
+        student_logits, teacher_logits = student(inputs), teacher(inputs)
+        if loss_name == "kd":
+            return (criterion(student_logits, teacher_logits)
+                    + kdt.kd_loss(student_logits, teacher_logits, 3.0, "mean", mask, **chosen))
+        return criterion(student_logits, teacher_logits, labels)
 
     parameters = [*student.parameters(), *teacher.parameters()]
     compare_compiled(step, (inputs, labels, mask), parameters, dtype, backend="aot_eager")

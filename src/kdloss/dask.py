@@ -47,6 +47,8 @@ from numpy.typing import ArrayLike
 from . import _reduction
 from . import kd_loss as _in_memory_kd_loss
 from ._api import Reduction
+from ._divergences import resolve_divergence
+from ._typing import DivergenceName
 from ._validation import (
     check_classes,
     check_num_threads,
@@ -60,13 +62,16 @@ from ._validation import (
 __all__ = ["kd_loss"]
 
 
-def _block_losses(student, teacher, temperature, num_threads):
-    return _in_memory_kd_loss(student, teacher, temperature, reduction="none", num_threads=num_threads)
+def _block_losses(student, teacher, temperature, num_threads, divergence, beta):
+    return _in_memory_kd_loss(student, teacher, temperature, reduction="none", num_threads=num_threads,
+                              divergence=divergence, beta=beta)
 
 
-def _block_sum(student, teacher, temperature, num_threads):
+def _block_sum(student, teacher, temperature, num_threads, divergence, beta):
     rows = math.prod(teacher.shape[:-1])
-    return _in_memory_kd_loss(student, teacher, temperature, reduction="sum", num_threads=num_threads), rows
+    total = _in_memory_kd_loss(student, teacher, temperature, reduction="sum", num_threads=num_threads,
+                               divergence=divergence, beta=beta)
+    return total, rows
 
 
 def _combine(partials, reduction):
@@ -105,7 +110,8 @@ def _same_chunks(a, b):
 
 def kd_loss(
     student_logits: da.Array | ArrayLike, teacher_logits: da.Array | ArrayLike, temperature: float = 1.0, *,
-    reduction: Reduction = "mean", num_threads: int | None = None,
+    reduction: Reduction = "mean", num_threads: int | None = None, divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> da.Array:
     """:func:`kdloss.kd_loss` for Dask arrays, lazily: one task per block of rows.
 
@@ -113,8 +119,9 @@ def kd_loss(
     ----------
     student_logits, teacher_logits : dask.array.Array
         Of the same shape, with any chunking (anything else is wrapped as one chunk).
-    temperature, reduction
-        As in :func:`kdloss.kd_loss`.
+    temperature, reduction, divergence, beta
+        As in :func:`kdloss.kd_loss` (the divergence and ``beta`` are checked here, before any
+        task runs).
     num_threads : int, optional
         The threads *per task* (None: 1; see the module notes).
 
@@ -135,6 +142,8 @@ def kd_loss(
     0.6403
     >>> kdloss.dask.kd_loss(student, teacher, 2.0, reduction="none").compute()
     array([1.2806, 0.    ])
+    >>> float(kdloss.dask.kd_loss(student, teacher, 2.0, divergence="jsd", beta=0.5).compute())
+    0.1537
     """
     student = _as_dask_logits(student_logits, "student_logits")
     teacher = _as_dask_logits(teacher_logits, "teacher_logits")
@@ -142,6 +151,8 @@ def kd_loss(
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
     threads = check_num_threads(num_threads) or 1  # errors now, not inside a task
+    _, parameters = resolve_divergence(divergence, beta)
+    beta = parameters.get("beta")  # the value it resolves to: each task resolves the same
     if not _same_chunks(teacher.chunks, student.chunks):
         if _unknown(student.chunks) or _unknown(teacher.chunks):
             raise ValueError(
@@ -155,12 +166,12 @@ def kd_loss(
     if reduction == "none":
         rows_ndim = student.ndim - 1
         return da.map_blocks(
-            _block_losses, student, teacher, temperature, threads,
+            _block_losses, student, teacher, temperature, threads, divergence, beta,
             dtype=dtype, drop_axis=rows_ndim, meta=np.empty((0,) * rows_ndim, dtype),
             token="kdloss-kd-loss",
         )
     partials = [
-        dask.delayed(_block_sum, pure=True)(s, t, temperature, threads)
+        dask.delayed(_block_sum, pure=True)(s, t, temperature, threads, divergence, beta)
         for s, t in zip(student.to_delayed().ravel(), teacher.to_delayed().ravel())
     ]
     total = dask.delayed(_combine, pure=True)(partials, reduction)

@@ -69,6 +69,12 @@ assert_type(kdloss.torch.kd_loss(s, t, 2.0, "none"), torch.Tensor)
 hinton = kdloss.torch.HintonLoss(temperature=2.0, alpha=0.5)
 assert_type(hinton.forward(s, t, torch.as_tensor(labels)), torch.Tensor)
 assert_type(kdloss.torch.hinton_loss(s, t, torch.as_tensor(labels), 2.0), torch.Tensor)
+jsd = kdloss.torch.KDLoss(temperature=2.0, divergence="jsd", beta=0.5)
+assert_type(jsd.forward(s, t), torch.Tensor)
+assert_type(kdloss.torch.kd_loss(s, t, 2.0, divergence="tvd"), torch.Tensor)
+assert_type(kdloss.torch.hinton_loss(s, t, torch.as_tensor(labels), divergence="skew_kl", beta=0.2), torch.Tensor)
+assert_type(kdloss.dask.kd_loss(student, teacher, divergence="reverse_kl"), da.Array)
+assert_type(kdloss.torch.generalized_jsd_loss(s, t, None, 0.5, 2.0, "sum"), torch.Tensor)
 lazy = kdloss.dask.kd_loss(student, teacher, 2.0)  # NumPy inputs become one chunk each
 assert_type(lazy, da.Array)
 value = lazy.compute()  # type: ignore[no-untyped-call]  # Dask's own compute() is untyped

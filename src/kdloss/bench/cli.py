@@ -35,6 +35,10 @@ def add_parser(commands):
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput against class count (needs matplotlib)")
     bench.add_argument("--json", metavar="FILE", default=None, help="also save every sample and the machine as JSON")
+    bench.add_argument("--divergence", default="kl", metavar="NAME[,NAME...]",
+                       help="kl (default): the comparison above; other divergences, or all: each divergence by "
+                       "kdloss beside kdloss's KL and the divergence's PyTorch formulation (TRL, DistiLLM), "
+                       "at --shapes, --dtype, --threads, --repeat and -T (--peers, --plot do not apply)")
     return bench
 
 
@@ -83,11 +87,30 @@ def settings_from(args):
     return settings, jax_threads
 
 
+def run_divergences(args, settings):
+    """``--divergence``: the divergence table instead of the KL comparison."""
+    from . import divergence_compare, machine, table
+
+    divergences = divergence_compare.parse_divergences(args.divergence)
+    if args.plot:
+        raise ValueError("--plot draws the KL comparison; it cannot be used with --divergence")
+    cases = divergence_compare.run(
+        settings, divergences, lambda text: print(f"kdloss bench: {text}", file=sys.stderr, flush=True))
+    described = machine.describe()
+    print("\n\n".join(["\n".join(table.header_lines(described, settings)), divergence_compare.table(cases),
+                       divergence_compare.LEGEND]))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"machine": described, "divergences": divergence_compare.as_json(cases)}, out, indent=1)
+
+
 def run(args):
     from . import compare, machine, plot, table
     from .jax_threads import set_jax_threads
 
     settings, jax_threads = settings_from(args)
+    if args.divergence != "kl":
+        return run_divergences(args, settings)
     if args.plot:
         plot.require_matplotlib()  # fail now, not after minutes of timing
     set_jax_threads(jax_threads)  # before JAX first runs: its pool is sized once

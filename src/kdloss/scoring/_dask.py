@@ -56,7 +56,7 @@ def client_for(address):
         yield client
 
 
-def chunk_losses(client, student, teacher, temperature, chunk_rows, num_threads):
+def chunk_losses(client, student, teacher, temperature, chunk_rows, num_threads, divergence="kl", beta=None):
     """Yield per-row losses block by block, in row order, computed by ``client``'s workers."""
     import dask.array as da
 
@@ -70,7 +70,7 @@ def chunk_losses(client, student, teacher, temperature, chunk_rows, num_threads)
 
     losses = kdloss_dask.kd_loss(
         as_dask(student, "student"), as_dask(teacher, "teacher"), temperature,
-        reduction="none", num_threads=num_threads,
+        reduction="none", num_threads=num_threads, divergence=divergence, beta=beta,
     )
     futures = client.compute(list(losses.to_delayed().ravel()))
     try:

@@ -1,6 +1,6 @@
 """The scoring loop: per-row losses chunk by chunk, an exact running sum, a summary.
 
-Each chunk is ``kdloss.kd_loss(student_rows, teacher_rows, T, reduction="none")``; the kernel
+Each chunk is ``kdloss.kd_loss(student_rows, teacher_rows, T, reduction="none", divergence=...)``; the kernel
 computes every row from that row alone, so the per-row losses are bitwise those of one
 in-memory call, whatever the chunk size. The summary's ``sum`` is the correctly rounded sum of
 every finite per-row loss (as written to the output, i.e. in the output dtype), kept exactly
@@ -114,7 +114,7 @@ class Summary:
         return self.sum / counted if counted else math.nan
 
 
-def chunk_losses(student, teacher, temperature, chunk_rows, num_threads):
+def chunk_losses(student, teacher, temperature, chunk_rows, num_threads, divergence="kl", beta=None):
     """Yield the per-row losses (1-D, output dtype) of rows ``0:chunk_rows``, ``chunk_rows:2 * chunk_rows`` ...
 
     Only one chunk of each input is mapped at a time: the views are dropped (and with them the
@@ -124,7 +124,8 @@ def chunk_losses(student, teacher, temperature, chunk_rows, num_threads):
         stop = min(student.rows, start + chunk_rows)
         student_rows = student.read_rows(start, stop)
         teacher_rows = teacher.read_rows(start, stop)
-        losses = kd_loss(student_rows, teacher_rows, temperature, reduction="none", num_threads=num_threads)
+        losses = kd_loss(student_rows, teacher_rows, temperature, reduction="none", num_threads=num_threads,
+                         divergence=divergence, beta=beta)
         del student_rows, teacher_rows
         yield losses
 

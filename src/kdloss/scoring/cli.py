@@ -14,6 +14,7 @@ import sys
 import threading
 from collections import namedtuple
 
+from .._divergences import DIVERGENCES, resolve_divergence
 from .._threads import resolve_num_threads
 from .._validation import check_num_threads, check_reduction, check_same_shape, check_temperature, pair_row
 from . import _score
@@ -28,8 +29,9 @@ CHUNK_ROWS_MAX = 1 << 20
 
 DESCRIPTION = """\
 Score stored logits row by row: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the
-last axis, for every row of two arrays of the same shape (any number of leading axes; the last
-holds classes). Inputs are read a chunk of rows at a time and never loaded whole.
+last axis (or T^2 times another --divergence), for every row of two arrays of the same shape
+(any number of leading axes; the last holds classes). Inputs are read a chunk of rows at a time
+and never loaded whole.
 
 Inputs (STUDENT and TEACHER):
   FILE.npy        memory-mapped, read chunk by chunk
@@ -44,7 +46,8 @@ Inputs (STUDENT and TEACHER):
 
 Output:
   stdout          always one line of JSON: rows, classes, shape (leading axes), dtype,
-                  temperature, reduction, loss, mean, sum, nan_rows, inf_rows, seconds,
+                  temperature, divergence, beta (null for a divergence without one),
+                  reduction, loss, mean, sum, nan_rows, inf_rows, seconds,
                   rows_per_second, threads, chunk_rows, out, dask. mean and sum are over the
                   rows that are not NaN (nan_rows counts those; mean is null if every row is
                   NaN); an inf row makes them infinite, written as null (inf_rows says so).
@@ -71,13 +74,15 @@ EPILOG = """\
 examples:
   kdloss score student.npy teacher.npy -T 2
   kdloss score student.npy teacher.npy -T 2 --out losses.npy
+  kdloss score student.npy teacher.npy -T 2 --divergence jsd --beta 0.5
   kdloss score logits.npz:student logits.npz:teacher --out losses.csv --quiet
   kdloss score student.zarr teacher.zarr --dask local --out losses.npy
   kdloss score student.npy teacher.npy --dask tcp://scheduler:8786
 """
 
 Job = namedtuple(
-    "Job", "student teacher temperature reduction out dtype chunk_rows num_threads threads dask quiet"
+    "Job", "student teacher temperature divergence beta reduction out dtype chunk_rows num_threads threads dask "
+    "quiet"
 )
 
 
@@ -94,6 +99,11 @@ def add_parser(commands):
     parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT")
     parser.add_argument("-T", "--temperature", default="1.0", metavar="T",
                         help="temperature, finite and > 0 (default 1.0)")
+    parser.add_argument("--divergence", default="kl", metavar="NAME",
+                        help=f"the divergence: {', '.join(DIVERGENCES)} (default kl; README \"Divergences\")")
+    parser.add_argument("--beta", metavar="B",
+                        help="the parameter of jsd (default 0.5), skew_kl and skew_reverse_kl (default 0.1), "
+                        "in [0, 1]; the other divergences take none")
     parser.add_argument("--out", metavar="FILE", help="write the per-row losses to FILE.npy or FILE.csv (atomically)")
     parser.add_argument(
         "--reduction", metavar="{none,sum,mean}",
@@ -140,6 +150,19 @@ def _check_out(out, sources):
     return resolve_output(out, [(source.spec, source.file_id) for source in sources])
 
 
+def _divergence(name, beta_text):
+    """``(name, beta)`` checked by ``resolve_divergence``: beta as it resolves (the default when
+    not given), None for a divergence without one."""
+    beta = None
+    if beta_text is not None:
+        try:
+            beta = float(beta_text)
+        except ValueError:
+            raise InputError(f"--beta must be a real number, got {beta_text!r}") from None
+    _, parameters = resolve_divergence(name, beta)
+    return name, parameters.get("beta")
+
+
 def validate(args):
     """Every check, in one place, before any work: a :class:`Job`, or InputError/ValueError/TypeError."""
     try:
@@ -147,6 +170,7 @@ def validate(args):
     except ValueError:
         raise InputError(f"temperature must be a real number, got {args.temperature!r}") from None
     temperature = check_temperature(temperature)
+    divergence, beta = _divergence(args.divergence, args.beta)
     reduction = check_reduction(args.reduction or ("none" if args.out else "mean"), "--reduction")
     if args.out and reduction != "none":
         raise InputError(f"--out writes per-row losses; it cannot be used with --reduction {reduction}")
@@ -176,8 +200,8 @@ def validate(args):
         threads = 1 if num_threads is None else resolve_num_threads(num_threads)
     else:
         threads = resolve_num_threads(num_threads)
-    return Job(student, teacher, temperature, reduction, out, dtype, chunk_rows, num_threads, threads,
-               args.dask, args.quiet)
+    return Job(student, teacher, temperature, divergence, beta, reduction, out, dtype, chunk_rows, num_threads,
+               threads, args.dask, args.quiet)
 
 
 def _json_number(value):
@@ -193,6 +217,8 @@ def summary_line(job, summary):
         "shape": list(job.student.shape[:-1]),
         "dtype": str(job.dtype),
         "temperature": job.temperature,
+        "divergence": job.divergence,
+        "beta": job.beta,
         "reduction": job.reduction,
         "loss": None if loss is None else _json_number(loss),
         "mean": _json_number(summary.mean),
@@ -226,9 +252,10 @@ def score(job):
 
             client = stack.enter_context(_dask.client_for(job.dask))
             chunks = _dask.chunk_losses(client, job.student, job.teacher, job.temperature, job.chunk_rows,
-                                        job.num_threads)
+                                        job.num_threads, job.divergence, job.beta)
         else:
-            chunks = _score.chunk_losses(job.student, job.teacher, job.temperature, job.chunk_rows, job.num_threads)
+            chunks = _score.chunk_losses(job.student, job.teacher, job.temperature, job.chunk_rows, job.num_threads,
+                                         job.divergence, job.beta)
         stack.callback(getattr(chunks, "close", lambda: None))
         writer = None
         if job.out:

@@ -1,4 +1,5 @@
-"""PyTorch autograd for kdloss's losses: ``kd_loss``, ``hinton_loss``, ``KDLoss``, ``HintonLoss``.
+"""PyTorch autograd for kdloss's losses: ``kd_loss``, ``hinton_loss``, ``KDLoss``, ``HintonLoss``,
+and TRL's ``generalized_jsd_loss`` (a drop-in for ``trl.GKDTrainer.generalized_jsd_loss``).
 
     import kdloss.torch as kdt
     loss = kdt.kd_loss(student_logits, teacher_logits, temperature=2.0)
@@ -43,5 +44,6 @@ except ModuleNotFoundError as error:
 
 from ._modules import HintonLoss, KDLoss
 from ._ops import hinton_loss, kd_loss
+from ._trl import generalized_jsd_loss
 
-__all__ = ["HintonLoss", "KDLoss", "hinton_loss", "kd_loss"]
+__all__ = ["HintonLoss", "KDLoss", "generalized_jsd_loss", "hinton_loss", "kd_loss"]

@@ -18,6 +18,8 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .. import _api, _training
 from .._api import Reduction
+from .._divergences import resolve_divergence
+from .._typing import DivergenceName
 from .._validation import check_alpha, check_ignore_index, check_reduction, check_same_shape, check_temperature
 from . import _two_byte
 from ._batching import vmap_rows, wants_grad
@@ -93,23 +95,29 @@ def kd_loss_op(
     temperature: float,
     reduction: str,
     weights: torch.Tensor | None,
+    divergence: str,
+    beta: float | None,
     student_grad: bool,
     teacher_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, d_student, d_teacher)``: the loss and its gradients for a unit upstream
-    gradient, each an empty tensor unless ``student_grad`` / ``teacher_grad``."""
-    return _kd_loss_numpy(student, teacher, temperature, reduction, weights, student_grad, teacher_grad)
+    gradient, each an empty tensor unless ``student_grad`` / ``teacher_grad``. ``divergence``
+    and ``beta`` as in :func:`kdloss.kd_loss` (``beta`` None: the divergence's default)."""
+    return _kd_loss_numpy(student, teacher, temperature, reduction, weights, divergence, beta,
+                          student_grad, teacher_grad)
 
 
-def _kd_loss_numpy(student, teacher, temperature, reduction, weights, student_grad, teacher_grad):
+def _kd_loss_numpy(student, teacher, temperature, reduction, weights, divergence, beta, student_grad,
+                   teacher_grad):
     return _call_numpy(
         _api.kd_loss, _training.kd_loss_and_grads, student, teacher, student_grad, teacher_grad,
         temperature=temperature, reduction=reduction, weights=_optional_numpy(weights),
+        divergence=divergence, beta=beta,
     )
 
 
 @kd_loss_op.register_fake
-def _(student, teacher, temperature, reduction, weights, student_grad, teacher_grad):
+def _(student, teacher, temperature, reduction, weights, divergence, beta, student_grad, teacher_grad):
     return _fake_outputs(student, teacher, reduction, student_grad, teacher_grad)
 
 
@@ -123,25 +131,28 @@ def hinton_loss_op(
     ignore_index: int,
     reduction: str,
     weights: torch.Tensor | None,
+    divergence: str,
+    beta: float | None,
     student_grad: bool,
     teacher_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As ``kdloss::kd_loss``, for Hinton's loss with hard labels."""
     return _hinton_loss_numpy(student, teacher, labels, temperature, alpha, ignore_index, reduction,
-                              weights, student_grad, teacher_grad)
+                              weights, divergence, beta, student_grad, teacher_grad)
 
 
 def _hinton_loss_numpy(student, teacher, labels, temperature, alpha, ignore_index, reduction, weights,
-                       student_grad, teacher_grad):
+                       divergence, beta, student_grad, teacher_grad):
     return _call_numpy(
         _training.hinton_loss, _training.hinton_loss_and_grads, student, teacher, student_grad, teacher_grad,
         labels=_as_numpy(labels), temperature=temperature, alpha=alpha, ignore_index=ignore_index,
-        reduction=reduction, weights=_optional_numpy(weights),
+        reduction=reduction, weights=_optional_numpy(weights), divergence=divergence, beta=beta,
     )
 
 
 @hinton_loss_op.register_fake
-def _(student, teacher, labels, temperature, alpha, ignore_index, reduction, weights, student_grad, teacher_grad):
+def _(student, teacher, labels, temperature, alpha, ignore_index, reduction, weights, divergence, beta,
+      student_grad, teacher_grad):
     return _fake_outputs(student, teacher, reduction, student_grad, teacher_grad)
 
 
@@ -314,6 +325,16 @@ def _per_row(values, name):
     return values.detach()  # constants: no gradient flows to weights
 
 
+def _checked_divergence(divergence, beta):
+    """``(divergence, beta)`` for the operators: checked by the NumPy layer's
+    ``resolve_divergence`` (its ValueError and TypeError), ``beta`` as the float it resolves to
+    (None for a divergence without one). Compiled code passes them as given: the operator checks."""
+    if torch.compiler.is_compiling():
+        return divergence, beta
+    _, parameters = resolve_divergence(divergence, beta)
+    return divergence, parameters.get("beta")
+
+
 
 
 def kd_loss(
@@ -322,8 +343,11 @@ def kd_loss(
     temperature: float = 1.0,
     reduction: Reduction = "mean",
     weights: torch.Tensor | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, with autograd.
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, with autograd (or
+    ``T^2`` times another ``divergence``).
 
     Parameters
     ----------
@@ -341,6 +365,12 @@ def kd_loss(
         One weight per row (anything that broadcasts to ``logits.shape[:-1]``; a bool padding
         mask works), finite and >= 0. ``"mean"`` is then ``sum(w * loss) / sum(w)`` (0 when
         every weight is 0) and ``"none"`` gives ``w * loss``. A constant: no gradient flows to it.
+    divergence : {"kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"}
+        The divergence ``D(P || Q)`` the loss is ``T^2`` times, as in :func:`kdloss.kd_loss`
+        (README "Divergences"); default ``"kl"``.
+    beta : float in [0, 1], optional
+        The parameter of ``"jsd"`` (default 0.5), ``"skew_kl"`` and ``"skew_reverse_kl"``
+        (default 0.1); ValueError for the divergences that take none.
 
     Returns
     -------
@@ -362,6 +392,8 @@ def kd_loss(
     >>> student.grad + 0.0  # + 0.0: no -0.0
     tensor([[-0.3202,  0.0000,  0.3202],
             [ 0.0000,  0.0000,  0.0000]])
+    >>> kdt.kd_loss(student, teacher, 2.0, divergence="jsd", beta=0.5).item()
+    0.1537
     """
     student, teacher, weights = _two_byte.autocast_inputs(student, teacher, weights)
     _check_logits(student, teacher)
@@ -370,7 +402,7 @@ def kd_loss(
         # a float silently. (Compiled code meets the same checks inside the operator.)
         temperature = check_temperature(temperature)
     return _run(KD_LOSS, student, teacher, temperature, check_reduction(reduction),
-                _per_row(weights, "weights"))
+                _per_row(weights, "weights"), *_checked_divergence(divergence, beta))
 
 
 def hinton_loss(
@@ -382,6 +414,8 @@ def hinton_loss(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     weights: torch.Tensor | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> torch.Tensor:
     """Hinton's distillation loss with hard labels, with autograd; per row:
 
@@ -391,12 +425,12 @@ def hinton_loss(
     ``logits.shape[:-1]`` holding classes in ``[0, classes)`` or ``ignore_index``; ignored rows
     count in neither term nor in the mean's denominator, and get zero gradients.
     ``student``, ``teacher``, ``temperature``, ``reduction`` and ``weights`` are as in
-    :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term. Values and special cases as
-    :func:`kdloss.hinton_loss`.
+    :func:`kd_loss`; ``alpha`` in [0, 1] weighs the KL term (``T^2`` times another
+    ``divergence``, as in :func:`kd_loss`). Values and special cases as :func:`kdloss.hinton_loss`.
 
     Parameters
     ----------
-    student, teacher, temperature, reduction, weights
+    student, teacher, temperature, reduction, weights, divergence, beta
         As in :func:`kd_loss`.
     labels : Tensor of int
         Shape ``logits.shape[:-1]``: a class in ``[0, classes)`` or ``ignore_index`` per row.
@@ -430,4 +464,5 @@ def hinton_loss(
         temperature, alpha = check_temperature(temperature), check_alpha(alpha)
         ignore_index = check_ignore_index(ignore_index)
     return _run(HINTON_LOSS, student, teacher, _per_row(labels, "labels"), temperature,
-                alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"))
+                alpha, ignore_index, check_reduction(reduction), _per_row(weights, "weights"),
+                *_checked_divergence(divergence, beta))
