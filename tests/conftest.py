@@ -5,6 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
+from divergence_cases import CASES
 
 from kdloss import _kernel
 from kdloss._divergences import DIVERGENCES
@@ -41,6 +42,13 @@ HUGE.update({dtype.type: h for dtype, h in list(HUGE.items())})
 def divergence(request):
     """Each row of the divergence table (``kdloss._divergences.DIVERGENCES``) in turn."""
     return DIVERGENCES[request.param]
+
+
+@pytest.fixture(params=tuple(CASES))
+def case(request):
+    """Each divergence case (divergence_cases.py: every row of the divergence table at its
+    default parameters, and some rows at other parameters) in turn."""
+    return CASES[request.param]
 
 
 @pytest.fixture(params=DTYPE_ROWS, ids=lambda row: row.name)

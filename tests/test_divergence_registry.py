@@ -195,6 +195,13 @@ def test_the_public_oracle_takes_every_divergence(name):
     assert hinton == pytest.approx(loss, rel=1e-12) and np.allclose(h_s, d_s, rtol=1e-12, atol=1e-15)
     assert reference.hinton_loss(student, teacher, labels, 2.0, 1.0, reduction="sum", divergence=name,
                                  **given) == pytest.approx(loss, rel=1e-12)
+    # Hinton's loss with this divergence: the kernel agrees with the oracle.
+    got = kdloss.hinton_loss_and_grad(student, teacher, labels, 2.0, 0.3, teacher_grad=True, divergence=name,
+                                      **given)
+    want = reference.hinton_loss_and_grad(student, teacher, labels, 2.0, 0.3, teacher_grad=True, divergence=name,
+                                          **given)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-14)
     # The kernel agrees (values and gradients; every invariant: test_tables.py).
     k_loss, k_s, k_t = kdloss.kd_loss_and_grad(student, teacher, 2.0, reduction="sum", teacher_grad=True,
                                                divergence=name, **given)
