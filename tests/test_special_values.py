@@ -3,7 +3,8 @@ and input dtype of the tables.
 
 Each special row sits between ordinary rows, which must come out exactly as when computed
 alone. Every result is checked against a closed-form value (the divergence's case in
-divergence_cases.py) and against the registry's oracle.
+divergence_cases.py) and against the registry's oracle; the gradients against its gradient
+oracle (NaN where it is NaN).
 """
 
 import math
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import HUGE, result_row
 from divergence_cases import CASES
+from gradient_checks import intermediate_eps
 from numpy.testing import assert_allclose
 
 import kdloss
@@ -71,6 +73,14 @@ def check_special_row(case, student_row, teacher_row, expected, row, temperature
     # The oracle agrees, row by row (on the widened values) and in the reductions.
     want = case.oracle(student.astype(np.float64), teacher.astype(np.float64), temperature)
     assert_allclose(losses, want, rtol=max(1e-6, 8 * result_row(row).eps))
+    # The gradients: the gradient oracle's (NaN where it is NaN), the same losses.
+    losses_too, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="none", teacher_grad=True)
+    assert losses_too.tobytes() == losses.tobytes()
+    _, want_s, want_t = case.gradient_oracle(student.astype(np.float64), teacher.astype(np.float64), temperature)
+    for what, got, want_grad in (("d_student", d_s, want_s), ("d_teacher", d_t, want_t)):
+        assert_allclose(got, want_grad, rtol=max(1e-6, 8 * result_row(row).eps),
+                        atol=32 * intermediate_eps(dtype) * temperature,
+                        err_msg=what)
     for reduction in ("sum", "mean"):
         total = loss(student, teacher, temperature, reduction=reduction)
         want_total = math.fsum(want) / (1 if reduction == "sum" else len(want))
