@@ -51,6 +51,13 @@ def case(request):
     return CASES[request.param]
 
 
+@pytest.fixture(params=tuple(DIVERGENCES))
+def row_case(request):
+    """The case of each row of the divergence table at its default parameters, for invariants
+    that a parameter's value cannot change (layouts, thread counts: the same code either way)."""
+    return CASES[request.param]
+
+
 @pytest.fixture(params=DTYPE_ROWS, ids=lambda row: row.name)
 def dtype_row(request):
     """Each input dtype of the dtype table (``kdloss._dtypes``) in turn."""

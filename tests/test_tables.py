@@ -112,7 +112,8 @@ LAYOUT_SHAPES = ((1025,), (13, 9), (3, 5, 17))  # one row; short rows in 2-D; (B
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_every_layout_gives_the_contiguous_bits(layout, case, dtype_row, layout_of):
+def test_every_layout_gives_the_contiguous_bits(layout, row_case, dtype_row, layout_of):
+    case = row_case
     for shape in LAYOUT_SHAPES:
         pair = logits_pair(shape, dtype_row, masks=case.masks)
         expected = everything(case, *pair, 1.5)
@@ -145,7 +146,8 @@ THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 # on every target: their partial sums are merged per dtype and target. Whole rows go to one thread
 # each, the same partition for every dtype: each dtype runs on its share of the targets there.
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
-def test_every_thread_count_gives_the_same_bits(shape, case, kernel_target):
+def test_every_thread_count_gives_the_same_bits(shape, row_case, kernel_target):
+    case = row_case
     assert thread_counts_for(shape) == THREAD_COUNTS  # big enough to share
     split_rows = shape[-1] > kdloss._kernel.CHUNK_CLASSES
     for dtype_row in DTYPE_ROWS if split_rows else share_of(DTYPE_ROWS, kernel_target):
