@@ -5,6 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
+from divergence_cases import CASES
 
 from kdloss import _kernel
 from kdloss._divergences import DIVERGENCES
@@ -41,6 +42,20 @@ HUGE.update({dtype.type: h for dtype, h in list(HUGE.items())})
 def divergence(request):
     """Each row of the divergence table (``kdloss._divergences.DIVERGENCES``) in turn."""
     return DIVERGENCES[request.param]
+
+
+@pytest.fixture(params=tuple(CASES))
+def case(request):
+    """Each divergence case (divergence_cases.py: every row of the divergence table at its
+    default parameters, and some rows at other parameters) in turn."""
+    return CASES[request.param]
+
+
+@pytest.fixture(params=tuple(DIVERGENCES))
+def row_case(request):
+    """The case of each row of the divergence table at its default parameters, for invariants
+    that a parameter's value cannot change (layouts, thread counts: the same code either way)."""
+    return CASES[request.param]
 
 
 @pytest.fixture(params=DTYPE_ROWS, ids=lambda row: row.name)

@@ -112,3 +112,99 @@ def exact_hinton_grad(student, teacher, label, temperature, alpha, dps=DPS):
         d_s, d_t = exact_kd_grad(student, teacher, temperature, dps)
         ce = exact_ce_grad(student, label, dps)
         return [kl_weight * a + ce_weight * b for a, b in zip(d_s, ce)], [kl_weight * v for v in d_t]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every divergence of the table (kdloss._divergences), from its definition
+# ---------------------------------------------------------------------------------------------
+
+
+def _probabilities(student, teacher, temperature, dps):
+    """``(P, Q)`` of one row, lists of mpf (0 where a logit is -inf)."""
+    return exact_softmax(teacher, temperature, dps), exact_softmax(student, temperature, dps)
+
+
+def _kl(x, y):
+    """``KL(X || Y) = sum x log(x / y)`` over the classes with ``x > 0``; +inf where such a
+    class has ``y = 0``."""
+    if any(xi > 0 and yi == 0 for xi, yi in zip(x, y)):
+        return mpmath.inf
+    return mpmath.fsum(xi * mpmath.log(xi / yi) for xi, yi in zip(x, y) if xi > 0)
+
+
+def _mixture(weight, x, y):
+    """``weight X + (1 - weight) Y``, the weight taken exactly (``1 - weight`` in mpmath)."""
+    w = exact(weight)
+    return [w * xi + (1 - w) * yi for xi, yi in zip(x, y)]
+
+
+def _ratio(x, y):
+    """``x / y``: 0 where ``x`` is (a class of no mass: ``y`` may be 0 there too), +inf where
+    only ``y`` is."""
+    if x == 0:
+        return mpmath.mpf(0)
+    return x / y if y != 0 else mpmath.inf
+
+
+def _value_and_directions(name, p, q, beta):
+    """``(D, f, g)`` of one row: the divergence ``name`` of ``P`` and ``Q`` and, per class, ``f = dD/dP``
+    and ``g = dD/dQ`` up to a constant (a constant cancels in the gradient); ``beta`` exactly."""
+    if name == "jsd" and beta == 0.0 or name == "skew_kl" and beta == 0.0:
+        name = "kl"
+    if name == "jsd" and beta == 1.0 or name == "skew_reverse_kl" and beta == 0.0:
+        name = "reverse_kl"
+    if name == "kl":
+        return _kl(p, q), [mpmath.log(_ratio(pi, qi)) if pi else 0 for pi, qi in zip(p, q)], \
+            [-_ratio(pi, qi) for pi, qi in zip(p, q)]
+    if name == "reverse_kl":
+        return _kl(q, p), [-_ratio(qi, pi) for pi, qi in zip(p, q)], \
+            [mpmath.log(_ratio(qi, pi)) if qi else 0 for pi, qi in zip(p, q)]
+    if name == "jsd":  # beta P / M + (1 - beta) Q / M = 1: the terms through M are a constant
+        b = exact(beta)
+        m = _mixture(beta, p, q)
+        value = b * _kl(p, m) + (1 - b) * _kl(q, m)
+        return value, [b * mpmath.log(pi / mi) if pi else 0 for pi, mi in zip(p, m)], \
+            [(1 - b) * mpmath.log(qi / mi) if qi else 0 for qi, mi in zip(q, m)]
+    if name == "skew_kl":  # KL(P || M), M = beta P + (1 - beta) Q
+        b = exact(beta)
+        m = _mixture(beta, p, q)
+        f = [mpmath.log(pi / mi) - b * pi / mi if pi else 0 for pi, mi in zip(p, m)]
+        return _kl(p, m), f, [-(1 - b) * _ratio(pi, mi) for pi, mi in zip(p, m)]
+    if name == "skew_reverse_kl":  # KL(Q || M), M = beta Q + (1 - beta) P
+        b = exact(beta)
+        m = _mixture(beta, q, p)
+        g = [mpmath.log(qi / mi) - b * qi / mi if qi else 0 for qi, mi in zip(q, m)]
+        return _kl(q, m), [-(1 - b) * _ratio(qi, mi) for qi, mi in zip(q, m)], g
+    if name == "tvd":
+        half_sign = [mpmath.sign(qi - pi) / 2 for pi, qi in zip(p, q)]
+        return mpmath.fsum(abs(pi - qi) for pi, qi in zip(p, q)) / 2, [-h for h in half_sign], half_sign
+    raise ValueError(name)
+
+
+def exact_divergence(name, student, teacher, temperature, beta=None, dps=DPS):
+    """``T^2 D(P || Q)`` of one row for the divergence ``name`` of the table, from its definition
+    (README "Divergences"), ``beta`` the float given, taken exactly. +inf where the divergence is
+    infinite (a class one side rules out and the other allows, where it counts)."""
+    with mpmath.workdps(dps):
+        p, q = _probabilities(student, teacher, temperature, dps)
+        value = _value_and_directions(name, p, q, beta)[0]
+        return exact(temperature) ** 2 * value
+
+
+def exact_divergence_grad(name, student, teacher, temperature, beta=None, dps=DPS):
+    """The exact gradient of ``T^2 D`` of one row: ``(d_student, d_teacher)``, lists of mpf:
+    ``d_s = T Q (g - E_Q[g])``, ``d_t = T P (f - E_P[f])`` (0 on a class of probability 0), with
+    ``g = dD/dQ`` and ``f = dD/dP`` from the definition. For ``"kl"``: :func:`exact_kd_grad`."""
+    if name == "kl" or name in ("jsd", "skew_kl") and beta == 0.0:
+        return exact_kd_grad(student, teacher, temperature, dps)
+    with mpmath.workdps(dps):
+        T = exact(temperature)
+        p, q = _probabilities(student, teacher, temperature, dps)
+        value, f, g = _value_and_directions(name, p, q, beta)
+        if not mpmath.isfinite(value):  # the kernel's rows of +inf: NaN gradients
+            return [mpmath.nan] * len(p), [mpmath.nan] * len(p)
+        e_p = mpmath.fsum(pi * fi for pi, fi in zip(p, f) if pi)
+        e_q = mpmath.fsum(qi * gi for qi, gi in zip(q, g) if qi)
+        d_student = [T * qi * (gi - e_q) if qi else mpmath.mpf(0) for qi, gi in zip(q, g)]
+        d_teacher = [T * pi * (fi - e_p) if pi else mpmath.mpf(0) for pi, fi in zip(p, f)]
+        return d_student, d_teacher

@@ -55,6 +55,17 @@ def kd_error_scales(student, teacher, temperature):
     return np.nan_to_num(scale_s), np.nan_to_num(scale_t)
 
 
+def divergence_error_scales(student, teacher, temperature):
+    """The scales of :func:`kd_error_scales` for any divergence of the table: its gradient
+    terms are those of KL(P || Q) and of KL(Q || P) (sides swapped), through logs of P, Q and
+    their mixture, so each element's scale is the sum of both directions' scales of both, for
+    ``d_s`` and ``d_t`` alike (at most a few times KL's own)."""
+    forward = kd_error_scales(student, teacher, temperature)
+    mirrored = kd_error_scales(teacher, student, temperature)
+    scale = forward[0] + forward[1] + mirrored[0] + mirrored[1]
+    return scale, scale
+
+
 def row_factors_like(factors, shape):
     """The per-row factors broadcast over the class axis, as absolute values."""
     return np.abs(np.broadcast_to(np.asarray(factors, np.float64)[..., None], shape))

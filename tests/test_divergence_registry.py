@@ -86,6 +86,7 @@ def test_every_row_is_complete(name):
     assert row.name == name and row.summary
     assert isinstance(row.kernel_form(**row.parameters), KernelForm)
     assert set(row.parameters) == set(row.parameter_ranges)
+    assert row.oracle.__module__ == row.gradient_oracle.__module__ == "kdloss.reference"
     for key, default in row.parameters.items():
         lo, hi = row.parameter_ranges[key]
         assert lo <= default <= hi
@@ -142,7 +143,8 @@ def test_a_parameter_given_to_kl_is_refused_by_name(beta):
 def with_a_parameter_row(monkeypatch):
     """A row with a parameter, as the next divergences (JSD(beta)) will add: one dict entry."""
     row = Divergence(name="test_jsd", kernel_form=lambda beta: KernelForm(99), parameters={"beta": 0.5},
-                     parameter_ranges={"beta": (0.0, 1.0)}, oracle=reference.kl_rows, summary="a test row")
+                     parameter_ranges={"beta": (0.0, 1.0)}, oracle=reference.kl_rows,
+                     gradient_oracle=reference.kl_row_grads, summary="a test row")
     monkeypatch.setitem(_divergences.DIVERGENCES, "test_jsd", row)
     return row
 
@@ -168,3 +170,59 @@ def test_the_engine_refuses_a_divergence_the_kernel_lacks(with_a_parameter_row):
     student, teacher = pair()
     with pytest.raises(ValueError, match="'test_jsd'"):
         _engine.rows(student, teacher, 1.0, np.empty(7), 1, divergence=with_a_parameter_row)
+
+
+BAD_CHOICES = [("nope", None), ("kl", 0.5), ("tvd", 0.0), ("reverse_kl", 1.0), ("jsd", 1.5), ("skew_kl", -0.1),
+               ("skew_reverse_kl", math.nan)]
+
+
+@pytest.mark.parametrize(("name", "beta"), BAD_CHOICES)
+def test_the_oracle_refuses_what_the_kernel_refuses_with_the_same_message(name, beta):
+    student, teacher = pair((2, 5))
+    labels = [0, 1]
+    calls = [("kd_loss", (student, teacher)), ("kd_loss_and_grad", (student, teacher)),
+             ("hinton_loss", (student, teacher, labels)), ("hinton_loss_and_grad", (student, teacher, labels))]
+    for function, args in calls:
+        messages = []
+        for module in (kdloss, reference):
+            with pytest.raises(ValueError) as info:
+                getattr(module, function)(*args, divergence=name, beta=beta)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1] and repr(name) in messages[0], function
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_the_public_oracle_takes_every_divergence(name):
+    """reference.kd_loss & co. with ``divergence=`` are the registry's oracles, reduced."""
+    row = DIVERGENCES[name]
+    student, teacher = pair()
+    given = {"beta": 0.3} if row.parameters else {}
+    rows = row.oracle(student, teacher, 2.0, **given)
+    np.testing.assert_array_equal(reference.kd_loss(student, teacher, 2.0, reduction="none", divergence=name,
+                                                    **given), rows)
+    loss, d_s, d_t = reference.kd_loss_and_grad(student, teacher, 2.0, reduction="sum", teacher_grad=True,
+                                                divergence=name, **given)
+    want_rows, want_s, want_t = row.gradient_oracle(student, teacher, 2.0, **given)
+    np.testing.assert_array_equal(want_rows, rows)
+    assert loss == pytest.approx(math.fsum(rows), rel=1e-12)
+    np.testing.assert_array_equal(d_s, want_s)
+    np.testing.assert_array_equal(d_t, want_t)
+    labels = np.arange(7) % 3
+    hinton, h_s = reference.hinton_loss_and_grad(student, teacher, labels, 2.0, 1.0, reduction="sum",
+                                                 divergence=name, **given)
+    assert hinton == pytest.approx(loss, rel=1e-12) and np.allclose(h_s, d_s, rtol=1e-12, atol=1e-15)
+    assert reference.hinton_loss(student, teacher, labels, 2.0, 1.0, reduction="sum", divergence=name,
+                                 **given) == pytest.approx(loss, rel=1e-12)
+    # Hinton's loss with this divergence: the kernel agrees with the oracle.
+    got = kdloss.hinton_loss_and_grad(student, teacher, labels, 2.0, 0.3, teacher_grad=True, divergence=name,
+                                      **given)
+    want = reference.hinton_loss_and_grad(student, teacher, labels, 2.0, 0.3, teacher_grad=True, divergence=name,
+                                          **given)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-14)
+    # The kernel agrees (values and gradients; every invariant: test_tables.py).
+    k_loss, k_s, k_t = kdloss.kd_loss_and_grad(student, teacher, 2.0, reduction="sum", teacher_grad=True,
+                                               divergence=name, **given)
+    assert k_loss == pytest.approx(loss, rel=1e-9)
+    np.testing.assert_allclose(k_s, d_s, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(k_t, d_t, rtol=1e-9, atol=1e-14)

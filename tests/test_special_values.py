@@ -3,7 +3,8 @@ and input dtype of the tables.
 
 Each special row sits between ordinary rows, which must come out exactly as when computed
 alone. Every result is checked against a closed-form value (the divergence's case in
-divergence_cases.py) and against the registry's oracle.
+divergence_cases.py) and against the registry's oracle; the gradients against its gradient
+oracle (NaN where it is NaN).
 """
 
 import math
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from conftest import HUGE, result_row
 from divergence_cases import CASES
+from gradient_checks import intermediate_eps
 from numpy.testing import assert_allclose
 
 import kdloss
 from kdloss import reference
-from kdloss._divergences import DIVERGENCES
 
 # Every test here runs once per kernel target (see conftest.py).
 pytestmark = pytest.mark.usefixtures("kernel_target")
@@ -25,9 +26,9 @@ inf, nan = math.inf, math.nan
 DTYPES = (np.float32, np.float64)
 TEMPERATURES = (0.5, 1.0, 3.0)
 
-# (divergence, name of a special row), for every divergence of the registry.
-SPECIAL_ROWS = [(name, row) for name in DIVERGENCES for row in CASES[name].special_rows]
-HUGE_ROWS = [(name, row) for name in DIVERGENCES for row in CASES[name].huge_rows]
+# (divergence case, name of a special row), for every case of divergence_cases.py.
+SPECIAL_ROWS = [(name, row) for name in CASES for row in CASES[name].special_rows]
+HUGE_ROWS = [(name, row) for name in CASES for row in CASES[name].huge_rows]
 
 
 def row_of(values, dtype, huge=None):
@@ -54,11 +55,11 @@ def assert_value(got, expected, rel_tol):
         assert math.isclose(got, expected, rel_tol=rel_tol), (got, expected)
 
 
-def check_special_row(divergence, student_row, teacher_row, expected, row, temperature):
+def check_special_row(case, student_row, teacher_row, expected, row, temperature):
     """The special row between ordinary ones, through the divergence's public function."""
-    loss = CASES[divergence.name].loss
+    loss = case.loss
     dtype = row.numpy_dtype
-    rel_tol = 32 * result_row(row).eps  # a few ulps of the result
+    rel_tol = case.special_ulps * result_row(row).eps  # a few ulps of the result
     student = with_neighbours(row_of(student_row, dtype), dtype, seed=1)
     teacher = with_neighbours(row_of(teacher_row, dtype), dtype, seed=2)
     losses = loss(student, teacher, temperature, reduction="none")
@@ -70,9 +71,16 @@ def check_special_row(divergence, student_row, teacher_row, expected, row, tempe
     assert np.all(np.isfinite(alone))
     assert losses[[0, 2]].tobytes() == alone.tobytes()
     # The oracle agrees, row by row (on the widened values) and in the reductions.
-    want = divergence.oracle(student.astype(np.float64), teacher.astype(np.float64), temperature,
-                             **divergence.parameters)
+    want = case.oracle(student.astype(np.float64), teacher.astype(np.float64), temperature)
     assert_allclose(losses, want, rtol=max(1e-6, 8 * result_row(row).eps))
+    # The gradients: the gradient oracle's (NaN where it is NaN), the same losses.
+    losses_too, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="none", teacher_grad=True)
+    assert losses_too.tobytes() == losses.tobytes()
+    _, want_s, want_t = case.gradient_oracle(student.astype(np.float64), teacher.astype(np.float64), temperature)
+    for what, got, want_grad in (("d_student", d_s, want_s), ("d_teacher", d_t, want_t)):
+        assert_allclose(got, want_grad, rtol=max(1e-6, 8 * result_row(row).eps),
+                        atol=32 * intermediate_eps(dtype) * temperature,
+                        err_msg=what)
     for reduction in ("sum", "mean"):
         total = loss(student, teacher, temperature, reduction=reduction)
         want_total = math.fsum(want) / (1 if reduction == "sum" else len(want))
@@ -83,21 +91,20 @@ def check_special_row(divergence, student_row, teacher_row, expected, row, tempe
             assert math.isfinite(total)
 
 
-@pytest.mark.parametrize("divergence_name, case", SPECIAL_ROWS, ids=[f"{d}-{c}" for d, c in SPECIAL_ROWS])
-def test_special_row(divergence_name, case, dtype_row):
-    student_row, teacher_row, expected = CASES[divergence_name].special_rows[case]
+@pytest.mark.parametrize("case_name, special", SPECIAL_ROWS, ids=[f"{d}-{c}" for d, c in SPECIAL_ROWS])
+def test_special_row(case_name, special, dtype_row):
+    student_row, teacher_row, expected = CASES[case_name].special_rows[special]
     for temperature in TEMPERATURES:
-        check_special_row(DIVERGENCES[divergence_name], student_row, teacher_row, expected(temperature),
-                          dtype_row, temperature)
+        check_special_row(CASES[case_name], student_row, teacher_row, expected(temperature), dtype_row, temperature)
 
 
-@pytest.mark.parametrize("divergence_name, case", HUGE_ROWS, ids=[f"{d}-{c}" for d, c in HUGE_ROWS])
-def test_huge_logits_are_finite(divergence_name, case, dtype_row):
-    student_row, teacher_row, expected = CASES[divergence_name].huge_rows[case]
+@pytest.mark.parametrize("case_name, special", HUGE_ROWS, ids=[f"{d}-{c}" for d, c in HUGE_ROWS])
+def test_huge_logits_are_finite(case_name, special, dtype_row):
+    student_row, teacher_row, expected = CASES[case_name].huge_rows[special]
     for temperature in (0.5, 1.0):
         want = expected(temperature, HUGE[np.dtype(dtype_row.numpy_dtype)])
         assert math.isfinite(want)
-        check_special_row(DIVERGENCES[divergence_name], student_row, teacher_row, want, dtype_row, temperature)
+        check_special_row(CASES[case_name], student_row, teacher_row, want, dtype_row, temperature)
 
 
 # (row, T -> expected log_softmax); softmax is its exp.

@@ -6,7 +6,7 @@ without new test code (a divergence also needs its case in divergence_cases.py).
 - the thread count changes no bit (on inputs big enough to use several threads; rows split
   among threads for every dtype on every target, whole rows for each dtype on its share);
 - identical rows give exactly 0, and exactly 0 gradients;
-- the registry's oracle agrees, row by row and in the reductions;
+- the registry's oracles agree, row by row and in the reductions, gradients included;
 - gradients agree with central finite differences;
 - losses and gradients are accurate against mpmath.
 
@@ -33,6 +33,7 @@ from conftest import (
 from divergence_cases import CASES
 from exact_reference import DPS
 from gradient_checks import (
+    assert_grad_close,
     central_differences,
     double_double,
     errors_against_exact,
@@ -51,7 +52,10 @@ EPS64 = float(np.finfo(np.float64).eps)
 
 
 def test_every_divergence_has_its_test_case():
-    assert set(CASES) == set(DIVERGENCES), "add the divergence's row to tests/divergence_cases.py"
+    assert set(DIVERGENCES) <= set(CASES), "add the divergence's row to tests/divergence_cases.py"
+    for name in DIVERGENCES:
+        assert CASES[name].divergence == name and CASES[name].beta is None  # the row's defaults
+    assert all(case.divergence in DIVERGENCES for case in CASES.values())
 
 
 def widened(array):
@@ -59,16 +63,23 @@ def widened(array):
     return np.asarray(array).astype(np.float64)
 
 
-def logits_pair(shape, row, kind="masked", seed=0):
+NOISE = {"close": 1e-2, "near_zero": 1e-6}
+
+
+def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
-    (student = teacher + 1e-2 noise) or "masked" (independent; the teacher masks every fourth
-    class, never a whole row)."""
+    (student = teacher + 1e-2 noise), "near_zero" (+ 1e-6 noise: values ~1e-12) or "masked"
+    (independent; the sides in ``masks`` set to -inf on every fourth class, the teacher from
+    class 1, the student from class 3: never a whole row)."""
     rng = rng_for(shape, row.name, kind, seed)
     teacher = rng.normal(0, 3, shape)
     noise = rng.normal(0, 1, shape)
-    student = teacher + (1e-2 * noise if kind == "close" else noise)
+    student = teacher + NOISE.get(kind, 1.0) * noise
     if kind == "masked":
-        teacher[..., 1::4] = -inf
+        if "teacher" in masks:
+            teacher[..., 1::4] = -inf
+        if "student" in masks:
+            student[..., 3::4] = -inf
     return student.astype(row.numpy_dtype), teacher.astype(row.numpy_dtype)
 
 
@@ -101,10 +112,10 @@ LAYOUT_SHAPES = ((1025,), (13, 9), (3, 5, 17))  # one row; short rows in 2-D; (B
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_every_layout_gives_the_contiguous_bits(layout, divergence, dtype_row, layout_of):
-    case = CASES[divergence.name]
+def test_every_layout_gives_the_contiguous_bits(layout, row_case, dtype_row, layout_of):
+    case = row_case
     for shape in LAYOUT_SHAPES:
-        pair = logits_pair(shape, dtype_row)
+        pair = logits_pair(shape, dtype_row, masks=case.masks)
         expected = everything(case, *pair, 1.5)
         assert expected[0][0] == dtype_row.result_dtype and expected[-1][0] == dtype_row.result_dtype
         views = [layout_of(x, layout) for x in pair]
@@ -135,12 +146,12 @@ THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 # on every target: their partial sums are merged per dtype and target. Whole rows go to one thread
 # each, the same partition for every dtype: each dtype runs on its share of the targets there.
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
-def test_every_thread_count_gives_the_same_bits(shape, divergence, kernel_target):
+def test_every_thread_count_gives_the_same_bits(shape, row_case, kernel_target):
+    case = row_case
     assert thread_counts_for(shape) == THREAD_COUNTS  # big enough to share
-    case = CASES[divergence.name]
     split_rows = shape[-1] > kdloss._kernel.CHUNK_CLASSES
     for dtype_row in DTYPE_ROWS if split_rows else share_of(DTYPE_ROWS, kernel_target):
-        student, teacher = logits_pair(shape, dtype_row, seed=1)
+        student, teacher = logits_pair(shape, dtype_row, seed=1, masks=case.masks)
         student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it
         student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
         student = np.asfortranarray(student)  # one side strided: per-thread row copies
@@ -162,8 +173,7 @@ def test_softmax_every_thread_count_gives_the_same_bits(shape, kernel_target):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rows", ("ordinary", "masked", "huge"))
-def test_identical_rows_give_exactly_zero(rows, divergence, dtype_row):
-    case = CASES[divergence.name]
+def test_identical_rows_give_exactly_zero(rows, case, dtype_row):
     dtype = dtype_row.numpy_dtype
     for n_classes in (1, 3, 9, 64, 65, 1000):  # one class; short rows; long rows
         teacher = rng_for(n_classes, "identical").normal(0, 3, (5, n_classes))
@@ -197,12 +207,11 @@ def oracle_atol(temperature, student, teacher):
 
 @pytest.mark.parametrize("temperature", (0.5, 1.0, 4.0))
 @pytest.mark.parametrize("kind", ("independent", "close", "masked"))
-def test_oracle_agrees(kind, temperature, divergence, dtype_row):
-    case = CASES[divergence.name]
+def test_oracle_agrees(kind, temperature, case, dtype_row):
     rtol = max(8 * result_row(dtype_row).eps, 1e-9)
     for shape in ORACLE_SHAPES:
-        student, teacher = logits_pair(shape, dtype_row, kind)
-        want = divergence.oracle(widened(student), widened(teacher), temperature, **divergence.parameters)
+        student, teacher = logits_pair(shape, dtype_row, kind, masks=case.masks)
+        want = case.oracle(widened(student), widened(teacher), temperature)
         assert want.dtype == np.float64 and want.shape == shape[:-1]
         got = case.loss(student, teacher, temperature, reduction="none")
         assert got.dtype == dtype_row.result_dtype
@@ -214,6 +223,15 @@ def test_oracle_agrees(kind, temperature, divergence, dtype_row):
         np.testing.assert_allclose(total, math.fsum(want.ravel()), rtol=1e-9, atol=atol * want.size)
         mean = case.loss(student, teacher, temperature, reduction="mean")
         np.testing.assert_allclose(mean, math.fsum(want.ravel()) / want.size, rtol=1e-9, atol=atol)
+        # The gradient oracle: the same values, and the kernel's gradients to its rounding.
+        want_rows, want_s, want_t = case.gradient_oracle(widened(student), widened(teacher), temperature)
+        np.testing.assert_array_equal(want_rows, want)
+        _, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="none", teacher_grad=True)
+        scales = case.gradient_error_scales(widened(student), widened(teacher), temperature)
+        for what, got, expected, scale in (("d_student", d_s, want_s, scales[0]),
+                                           ("d_teacher", d_t, want_t, scales[1])):
+            assert_grad_close(got, expected, 32 * intermediate_eps(student.dtype) * scale, student.dtype,
+                              f"{what} {shape}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +240,8 @@ def test_oracle_agrees(kind, temperature, divergence, dtype_row):
 
 @pytest.mark.parametrize("temperature", (0.5, 2.0))
 @pytest.mark.parametrize("shape", ((5,), (3, 4)), ids=str)
-def test_gradients_match_finite_differences(shape, temperature, divergence, dtype_row):
+def test_gradients_match_finite_differences(shape, temperature, case, dtype_row):
     """The gradient at the widened point: central differences of the float64 loss there."""
-    case = CASES[divergence.name]
     student, teacher = logits_pair(shape, dtype_row, "independent", seed=3)
 
     def objective(s, t):
@@ -245,24 +262,25 @@ def test_gradients_match_finite_differences(shape, temperature, divergence, dtyp
 # Accuracy against mpmath
 # ---------------------------------------------------------------------------------------------
 
-EXACT_KINDS = ("independent", "close", "masked")
+EXACT_KINDS = ("independent", "close", "masked", "near_zero")
 EXACT_CLASSES = (9, 300)
 EXACT_TEMPERATURES = (1.0, 4.0)
 # Relative error of a row loss, before the rounding to the result dtype, by the dtype the
 # kernel reads (README "Accuracy": 1e-11 for float64; float32 results are checked to 1e-5 there,
 # which the rounding dominates).
 LOSS_RTOL = {"float64": 1e-11, "float32": 1e-9}
+# Down to values of 1e-12 (student close to teacher, where the usual formulas cancel): 1e-9.
+NEAR_ZERO_RTOL = 1e-9
 # Gradient error in units of the intermediate accuracy times the scales (test_gradients.EXACT_K).
 GRADIENT_K = 4
 
 
 @functools.cache
-def exact_case(divergence_name, dtype_name, kind, n_classes, temperature):
+def exact_case(case, dtype_name, kind, n_classes, temperature):
     """Inputs of a dtype row and their exact losses and gradients (computed once, on the widened
     values): ``student, teacher, losses (mpf), d_student (hi, lo), d_teacher (hi, lo)``."""
-    case = CASES[divergence_name]
     row = next(r for r in DTYPE_ROWS if r.name == dtype_name)
-    student, teacher = logits_pair((2, n_classes), row, kind, seed=4)
+    student, teacher = logits_pair((2, n_classes), row, kind, seed=4, masks=case.masks)
     pairs = list(zip(widened(student).tolist(), widened(teacher).tolist()))
     losses = [case.exact(s, t, temperature) for s, t in pairs]
     grads = [case.exact_grad(s, t, temperature) for s, t in pairs]
@@ -274,17 +292,18 @@ def exact_case(divergence_name, dtype_name, kind, n_classes, temperature):
 @pytest.mark.parametrize("temperature", EXACT_TEMPERATURES)
 @pytest.mark.parametrize("n_classes", EXACT_CLASSES)
 @pytest.mark.parametrize("kind", EXACT_KINDS)
-def test_accurate_against_mpmath(kind, n_classes, temperature, divergence, dtype_row):
-    case = CASES[divergence.name]
-    student, teacher, want, exact_s, exact_t = exact_case(divergence.name, dtype_row.name, kind, n_classes,
-                                                          temperature)
+def test_accurate_against_mpmath(kind, n_classes, temperature, case, dtype_row):
+    student, teacher, want, exact_s, exact_t = exact_case(case, dtype_row.name, kind, n_classes, temperature)
     kernel = dtype_row.kernel_dtype.name
     u = result_row(dtype_row).eps  # the rounding of the returned value
+    rtol = NEAR_ZERO_RTOL if kind == "near_zero" else LOSS_RTOL[kernel]
     got = case.loss(student, teacher, temperature, reduction="none")
+    tiny = float(np.finfo(dtype_row.result_dtype).tiny)  # below the normal range: absolute
     with mpmath.workdps(DPS):
         for g, w in zip(got.tolist(), want):
+            assert mpmath.isfinite(w) and g >= 0.0
             error = abs(mpmath.mpf(g) - w)
-            assert error <= (LOSS_RTOL[kernel] + u) * abs(w), (g, mpmath.nstr(w, 17))
+            assert error <= (rtol + u) * abs(w) + tiny, (g, mpmath.nstr(w, 17))
 
     _, d_s, d_t = case.loss_and_grad(student, teacher, temperature, reduction="sum", teacher_grad=True)
     scales = case.gradient_error_scales(widened(student), widened(teacher), temperature)

@@ -13,8 +13,8 @@ parameters make it exactly forward or reverse KL (``jsd`` at ``beta = 0`` and 1,
 ``beta = 0``) it takes that form, so that the identity holds bit for bit. Reverse KL is computed
 as forward KL of the exchanged pair (``KernelForm.exchanged``).
 
-Adding a divergence on the Python side is one row in ``DIVERGENCES`` plus its oracle in
-``kdloss.reference`` (the C side has its own table row; see README "Layout"). Its parameters
+Adding a divergence on the Python side is one row in ``DIVERGENCES`` plus its oracle and its
+gradient oracle in ``kdloss.reference`` (the C side has its own table row; see README "Layout"). Its parameters
 come from the keyword arguments of :func:`resolve_divergence` (add one there if it is new).
 
 Hinton's loss mixes a divergence with a cross-entropy on hard labels; its two terms are data
@@ -84,6 +84,10 @@ class Divergence:
     parameter_ranges: parameter name -> ``(lo, hi)``, both included.
     oracle: ``oracle(student, teacher, temperature, **parameters)``: ``T^2 * D`` per row in
         float64 (shape ``logits.shape[:-1]``), special values included; in ``kdloss.reference``.
+    gradient_oracle: ``gradient_oracle(student, teacher, temperature, **parameters)``:
+        ``(T^2 D per row, d_student, d_teacher)`` in float64, unscaled (``d_s = T Q (g - E_Q[g])``,
+        ``d_t = T P (f - E_P[f])``, ``g = dD/dQ``, ``f = dD/dP``), special values as the kernel's;
+        in ``kdloss.reference``.
     summary: one line, for messages and docs.
     """
 
@@ -92,6 +96,7 @@ class Divergence:
     parameters: dict[str, float]
     parameter_ranges: dict[str, tuple[float, float]]
     oracle: Callable
+    gradient_oracle: Callable
     summary: str
 
 
@@ -102,6 +107,7 @@ DIVERGENCES = {
         parameters={},
         parameter_ranges={},
         oracle=reference.kl_rows,
+        gradient_oracle=reference.kl_row_grads,
         summary="forward KL: T^2 * KL(P || Q), P = softmax(teacher/T), Q = softmax(student/T)",
     ),
     "reverse_kl": Divergence(
@@ -110,6 +116,7 @@ DIVERGENCES = {
         parameters={},
         parameter_ranges={},
         oracle=reference.reverse_kl_rows,
+        gradient_oracle=reference.reverse_kl_row_grads,
         summary="reverse KL: T^2 * KL(Q || P)",
     ),
     "jsd": Divergence(
@@ -118,6 +125,7 @@ DIVERGENCES = {
         parameters={"beta": 0.5},
         parameter_ranges={"beta": (0.0, 1.0)},
         oracle=reference.jsd_rows,
+        gradient_oracle=reference.jsd_row_grads,
         summary=("generalized JSD: T^2 * (beta KL(P || M) + (1 - beta) KL(Q || M)), M = beta P + (1 - beta) Q; "
                  "KL(P || Q) at beta = 0, KL(Q || P) at beta = 1"),
     ),
@@ -127,6 +135,7 @@ DIVERGENCES = {
         parameters={"beta": 0.1},
         parameter_ranges={"beta": (0.0, 1.0)},
         oracle=reference.skew_kl_rows,
+        gradient_oracle=reference.skew_kl_row_grads,
         summary="skew KL: T^2 * KL(P || beta P + (1 - beta) Q)",
     ),
     "skew_reverse_kl": Divergence(
@@ -135,6 +144,7 @@ DIVERGENCES = {
         parameters={"beta": 0.1},
         parameter_ranges={"beta": (0.0, 1.0)},
         oracle=reference.skew_reverse_kl_rows,
+        gradient_oracle=reference.skew_reverse_kl_row_grads,
         summary="skew reverse KL: T^2 * KL(Q || beta Q + (1 - beta) P)",
     ),
     "tvd": Divergence(
@@ -143,6 +153,7 @@ DIVERGENCES = {
         parameters={},
         parameter_ranges={},
         oracle=reference.tvd_rows,
+        gradient_oracle=reference.tvd_row_grads,
         summary="total variation: T^2 * (1/2) sum |P - Q|",
     ),
 }

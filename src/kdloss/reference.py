@@ -8,13 +8,16 @@ to be read, not to be fast: every step is one whole-array NumPy expression.
 The functions and what they return:
 
 * :func:`softmax`, :func:`log_softmax`: along the last axis, in the result dtype (``kdloss._dtypes``).
-* :func:`kd_loss`: ``T^2 KL(P || Q)`` per row, ``P = softmax(t / T)``, ``Q = softmax(s / T)``,
-  optionally weighted per row, reduced.
+* :func:`kd_loss`: ``T^2 D(P || Q)`` per row, ``P = softmax(t / T)``, ``Q = softmax(s / T)``,
+  optionally weighted per row, reduced; ``D`` is KL unless ``divergence=`` names another row
+  of the divergence table (``kdloss._divergences``).
 * :func:`kd_loss_and_grad`: the same loss and the gradient of ``grad_output * loss``.
-* :func:`hinton_loss`, :func:`hinton_loss_and_grad`: ``alpha T^2 KL + (1 - alpha) CE`` per
+* :func:`hinton_loss`, :func:`hinton_loss_and_grad`: ``alpha T^2 D + (1 - alpha) CE`` per
   row, with hard labels (``CE = logsumexp(s) - s_label`` at T = 1) and ``ignore_index``.
-* :func:`kl_rows`, :func:`cross_entropy_rows`: the per-row float64 oracles of the divergence
-  table's ``"kl"`` row and of Hinton's cross-entropy term (``kdloss._divergences``).
+* Per divergence, the per-row float64 oracles its registry row names: the value (:func:`kl_rows`,
+  :func:`reverse_kl_rows`, :func:`jsd_rows`, :func:`skew_kl_rows`, :func:`skew_reverse_kl_rows`,
+  :func:`tvd_rows`) and the value with its gradients (:func:`kl_row_grads`, ...,
+  :func:`tvd_row_grads`); :func:`cross_entropy_rows`, Hinton's cross-entropy term.
 
 Validation (``kdloss._validation``) and the reduction rules (``kdloss._reduction``: weights,
 rows left out, the mean's denominator, gradient scaling, the blockwise sum) are shared with the
@@ -31,7 +34,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _reduction as reduction_rules
-from ._typing import typed_as
+from ._typing import DivergenceName, typed_as
 
 if TYPE_CHECKING:  # the front end imports the oracle: only the type checker reads these
     from . import _api, _training  # noqa: TC004 (read only inside the never-called typed_as lambdas)
@@ -231,6 +234,167 @@ def tvd_rows(student: ArrayLike, teacher: ArrayLike, temperature: float) -> np.n
                             lambda log_p, log_q: 0.5 * np.sum(np.abs(np.exp(log_p) - np.exp(log_q)), axis=-1))
 
 
+def _softmax_gradients(log_p, log_q, f, g, temperature):
+    """``(d_s, d_t)`` of ``T^2 D`` through the two softmaxes, from ``g = dD/dQ`` and ``f = dD/dP``
+    per class: ``d_s = T Q (g - E_Q[g])``, ``d_t = T P (f - E_P[f])``. A class of probability 0
+    adds nothing (its f or g may be infinite there)."""
+    p, q = np.exp(log_p), np.exp(log_q)
+    with np.errstate(invalid="ignore", over="ignore"):
+        f = np.where(p > 0.0, f, 0.0)
+        g = np.where(q > 0.0, g, 0.0)
+        d_t = temperature * p * (f - np.sum(p * f, axis=-1, keepdims=True))
+        d_s = temperature * q * (g - np.sum(q * g, axis=-1, keepdims=True))
+    return d_s, d_t
+
+
+def _weighted(weight, x):
+    """``weight * x``, and 0 where the weight is 0 (``x`` may then be NaN: 0 / 0 where both P and M
+    vanish), as the kernel's."""
+    return weight * x if weight != 0.0 else np.zeros_like(x)
+
+
+def _divergence_row_grads(student, teacher, temperature, value_rows, directions):
+    """Per-row ``T^2 D`` (``value_rows``, the divergence's oracle) and its gradients (float64,
+    unscaled), ``directions(log P, log Q) -> (f, g)``. A row whose value is not finite (NaN, or
+    +inf where one side rules out a class the other allows) has NaN gradients, as the kernel's."""
+    student, teacher = np.asarray(student), np.asarray(teacher)
+    losses = value_rows(student, teacher, temperature)
+    log_p = _log_softmax64(teacher, temperature)
+    log_q = _log_softmax64(student, temperature)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        f, g = directions(log_p, log_q)
+    d_s, d_t = _softmax_gradients(log_p, log_q, f, g, temperature)
+    undefined = ~np.isfinite(losses)[..., None]
+    return losses, np.where(undefined, np.nan, d_s), np.where(undefined, np.nan, d_t)
+
+
+def kl_row_grads(student: ArrayLike, teacher: ArrayLike,
+                 temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of divergence ``"kl"``: ``(T^2 KL per row, d_student, d_teacher)``,
+    float64, unscaled: ``d_s = T (Q - P)``, ``d_t = T P (log P - log Q - KL)`` (0 where the
+    teacher masks a class). A NaN row has NaN gradients; a +inf row (the student rules out a
+    class the teacher allows) keeps the finite ``d_s`` autograd gives and has a NaN ``d_t``.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.kl_row_grads([[0.0, 1.0, 2.0]], [[2.0, 1.0, 0.0]], 2.0)
+    >>> d_s
+    array([[-0.6403,  0.    ,  0.6403]])
+    """
+    return _kd_row_grads(np.asarray(student), np.asarray(teacher), temperature)
+
+
+def reverse_kl_row_grads(student: ArrayLike, teacher: ArrayLike,
+                         temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of ``"reverse_kl"``, ``D = sum Q log(Q / P)``: ``g = dD/dQ = log(Q / P)
+    (+ 1)``, ``f = dD/dP = -Q / P``, through :func:`_softmax_gradients` (constants cancel there).
+    Rows whose loss is not finite have NaN gradients.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.reverse_kl_row_grads([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    >>> d_s
+    array([[-0.1868, -0.2795,  0.4663]])
+    """
+    return _divergence_row_grads(student, teacher, temperature, reverse_kl_rows,
+                                 lambda log_p, log_q: (-np.exp(log_q - log_p), log_q - log_p))
+
+
+def jsd_row_grads(student: ArrayLike, teacher: ArrayLike, temperature: float,
+                  beta: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of ``"jsd"``. With ``M = beta P + (1 - beta) Q`` the terms through
+    ``M`` add a constant (``beta P / M + (1 - beta) Q / M = 1``), so ``f = beta log(P / M)`` and
+    ``g = (1 - beta) log(Q / M)``; :func:`kl_row_grads` at beta 0, :func:`reverse_kl_row_grads` at 1.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.jsd_row_grads([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    >>> d_s.round(4)
+    array([[-0.0523, -0.0463,  0.0985]])
+    """
+    if beta == 0.0:
+        return kl_row_grads(student, teacher, temperature)
+    if beta == 1.0:
+        return reverse_kl_row_grads(student, teacher, temperature)
+
+    def directions(log_p, log_q):
+        log_m = _log_mixture(beta, log_p, log_q)
+        return beta * (log_p - log_m), (1.0 - beta) * (log_q - log_m)
+
+    return _divergence_row_grads(student, teacher, temperature,
+                                 lambda s, t, T: jsd_rows(s, t, T, beta), directions)
+
+
+def skew_kl_row_grads(student: ArrayLike, teacher: ArrayLike, temperature: float,
+                      beta: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of ``"skew_kl"``, ``D = sum P log(P / M)``, ``M = beta P + (1 - beta) Q``:
+    ``f = log(P / M) + 1 - beta P / M``, ``g = -(1 - beta) P / M``; :func:`kl_row_grads` at beta 0.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.skew_kl_row_grads([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    >>> d_s
+    array([[-0.2189, -0.1374,  0.3563]])
+    """
+    if beta == 0.0:
+        return kl_row_grads(student, teacher, temperature)
+
+    def directions(log_p, log_q):
+        log_m = log_p if beta == 1.0 else _log_mixture(beta, log_p, log_q)
+        p_over_m = np.exp(log_p - log_m)
+        return log_p - log_m - _weighted(beta, p_over_m), _weighted(-(1.0 - beta), p_over_m)
+
+    return _divergence_row_grads(student, teacher, temperature,
+                                 lambda s, t, T: skew_kl_rows(s, t, T, beta), directions)
+
+
+def skew_reverse_kl_row_grads(student: ArrayLike, teacher: ArrayLike, temperature: float,
+                              beta: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of ``"skew_reverse_kl"``, ``D = sum Q log(Q / M)``, ``M = beta Q +
+    (1 - beta) P``: ``g = log(Q / M) + 1 - beta Q / M``, ``f = -(1 - beta) Q / M``.
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.skew_reverse_kl_row_grads([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    >>> d_s
+    array([[-0.1435, -0.1716,  0.3151]])
+    """
+    def directions(log_p, log_q):
+        if beta == 0.0:
+            log_m = log_p
+        else:
+            log_m = log_q if beta == 1.0 else _log_mixture(beta, log_q, log_p)
+        q_over_m = np.exp(log_q - log_m)
+        return _weighted(-(1.0 - beta), q_over_m), log_q - log_m - _weighted(beta, q_over_m)
+
+    return _divergence_row_grads(student, teacher, temperature,
+                                 lambda s, t, T: skew_reverse_kl_rows(s, t, T, beta), directions)
+
+
+def tvd_row_grads(student: ArrayLike, teacher: ArrayLike,
+                  temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradient oracle of ``"tvd"``, ``D = sum |P - Q| / 2``: ``g = sgn(Q - P) / 2``,
+    ``f = -g``, with ``sgn(0) = 0`` (the subgradient the kernel takes at a tie).
+
+    Examples
+    --------
+    >>> import kdloss.reference
+    >>> loss, d_s, d_t = kdloss.reference.tvd_row_grads([[0.0, 1.0, 3.0]], [[2.0, 1.0, 0.0]], 1.0)
+    >>> d_s
+    array([[-0.0354, -0.0964,  0.1318]])
+    """
+    def directions(log_p, log_q):
+        half_sign = 0.5 * np.sign(np.exp(log_q) - np.exp(log_p))
+        return -half_sign, half_sign
+
+    return _divergence_row_grads(student, teacher, temperature, tvd_rows, directions)
+
+
 def _kd_row_grads(student, teacher, temperature):
     """Per-row ``T^2 KL`` and its gradients (float64, unscaled):
 
@@ -288,6 +452,15 @@ def cross_entropy_rows(student: ArrayLike, labels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _resolve(divergence, beta):
+    """The registry's row and parameters (``kdloss._divergences.resolve_divergence``: the same
+    validation and messages as the kernel's front end). Imported here: the registry imports
+    this module for its oracles."""
+    from ._divergences import resolve_divergence
+
+    return resolve_divergence(divergence, beta)
+
+
 @typed_as(lambda: _api.log_softmax)
 def log_softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | None = None) -> np.ndarray:
     """``log_softmax(logits / T)`` along the last axis, as :func:`kdloss.log_softmax`.
@@ -339,15 +512,17 @@ def softmax(logits: ArrayLike, temperature: float = 1.0, *, num_threads: int | N
 @typed_as(lambda: _api.kd_loss)
 def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: float = 1.0, *,
             reduction: Reduction = "mean", weights: ArrayLike | None = None,
-            num_threads: int | None = None) -> float | np.ndarray:
-    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row, reduced, as :func:`kdloss.kd_loss`.
+            num_threads: int | None = None, divergence: DivergenceName = "kl",
+            beta: float | None = None) -> float | np.ndarray:
+    """``T^2 * D(softmax(teacher / T) || softmax(student / T))`` per row, reduced, as :func:`kdloss.kd_loss`
+    (``D`` the divergence's oracle in the registry, ``kdloss._divergences``: :func:`kl_rows` for "kl").
 
     With ``weights``: ``w * loss`` per row (exactly 0 where ``w == 0``, even for a NaN row),
     ``"sum"`` adds them, ``"mean"`` divides the sum by ``sum(w)`` (0.0 when that is 0).
 
     Parameters
     ----------
-    student_logits, teacher_logits, temperature, reduction, weights, num_threads
+    student_logits, teacher_logits, temperature, reduction, weights, num_threads, divergence, beta
         As in :func:`kdloss.kd_loss` (``num_threads`` is accepted and ignored).
 
     Returns
@@ -364,13 +539,16 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: f
     0.6403
     >>> kdloss.reference.kd_loss(student, teacher, 2.0, reduction="none")
     array([1.2806, 0.    ])
+    >>> kdloss.reference.kd_loss(student, teacher, 2.0, divergence="jsd", beta=0.5)
+    0.1537
     """
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)
     weights = check_weights(weights, teacher.shape[:-1])
+    divergence_row, parameters = _resolve(divergence, beta)
 
-    losses = kl_rows(student, teacher, temperature)
+    losses = divergence_row.oracle(student, teacher, temperature, **parameters)
     if weights is not None:
         losses = reduction_rules.weighted(losses, weights)
     denominator = reduction_rules.mean_denominator(losses.shape, weights)
@@ -388,18 +566,24 @@ def kd_loss_and_grad(
     grad_output: ArrayLike | None = None,
     teacher_grad: bool = False,
     num_threads: int | None = None,
+    divergence: DivergenceName = "kl",
+    beta: float | None = None,
 ) -> tuple[float | np.ndarray, ...]:
     """:func:`kd_loss` and the gradient of ``grad_output * loss``, as :func:`kdloss.kd_loss_and_grad`.
 
-    Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` (0 where the teacher
-    masks a class), times ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"),
-    or ``grad_output[i] * w_i`` ("none"). Returns ``(loss, d_student)`` or
-    ``(loss, d_student, d_teacher)``, the gradients in the result dtype.
+    Per row ``dL/ds = T (Q - P)`` and ``dL/dt = T P (log P - log Q - KL)`` for "kl" (0 where the
+    teacher masks a class), ``dL/ds = T Q (g - E_Q[g])`` and ``dL/dt = T P (f - E_P[f])`` with
+    ``g = dD/dQ``, ``f = dD/dP`` for the others (the divergence's gradient oracle), times
+    ``grad_output * w / sum(w)`` ("mean"), ``grad_output * w`` ("sum"), or ``grad_output[i] * w_i``
+    ("none"). Returns ``(loss, d_student)`` or ``(loss, d_student, d_teacher)``, the gradients in
+    the result dtype.
 
     Parameters
     ----------
     student_logits, teacher_logits, temperature, reduction, weights, grad_output, teacher_grad, num_threads
         As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+    divergence, beta
+        As in :func:`kdloss.kd_loss`.
 
     Returns
     -------
@@ -420,8 +604,9 @@ def kd_loss_and_grad(
     rows_shape = teacher.shape[:-1]
     weights = check_weights(weights, rows_shape)
     grad_output = check_grad_output(grad_output, reduction, rows_shape)
+    divergence_row, parameters = _resolve(divergence, beta)
 
-    losses, d_s, d_t = _kd_row_grads(student, teacher, temperature)
+    losses, d_s, d_t = divergence_row.gradient_oracle(student, teacher, temperature, **parameters)
     kept = np.ones(rows_shape) if weights is None else weights
     return _reduced_with_grads(losses, d_s, d_t if teacher_grad else None, reduction, kept, grad_output,
                                result_dtype(teacher.dtype))
@@ -440,7 +625,7 @@ def _reduced_with_grads(losses, d_s, d_t, reduction, kept, grad_output, dtype):
 
 
 def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
-            grad_output, teacher_grad, want_grad):
+            grad_output, teacher_grad, want_grad, divergence, beta):
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     alpha = check_alpha(alpha)
@@ -449,13 +634,14 @@ def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_i
     labels = check_labels(labels, rows_shape, teacher.shape[-1], ignore_index)
     weights = check_weights(weights, rows_shape)
     grad_output = check_grad_output(grad_output if want_grad else None, reduction, rows_shape)
+    divergence_row, parameters = _resolve(divergence, beta)
 
     # A term whose weight is 0 is not computed (with alpha = 0 the teacher is not read).
     losses = np.zeros(rows_shape)
     d_s = np.zeros(teacher.shape)
     d_t = np.zeros(teacher.shape)
     if alpha != 0.0:
-        kd, kd_d_s, kd_d_t = _kd_row_grads(student, teacher, temperature)
+        kd, kd_d_s, kd_d_t = divergence_row.gradient_oracle(student, teacher, temperature, **parameters)
         losses, d_s, d_t = alpha * kd, alpha * kd_d_s, alpha * kd_d_t
     if alpha != 1.0:
         ce, ce_d_s = _ce_row_grads(student, labels)
@@ -473,8 +659,10 @@ def _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_i
 @typed_as(lambda: _training.hinton_loss)
 def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0,
                 alpha: float = 0.5, *, ignore_index: int = -100, reduction: Reduction = "mean",
-                weights: ArrayLike | None = None, num_threads: int | None = None) -> float | np.ndarray:
-    """``alpha T^2 KL(P || Q) + (1 - alpha) CE(softmax(s), label)`` per row, as :func:`kdloss.hinton_loss`.
+                weights: ArrayLike | None = None, num_threads: int | None = None,
+                divergence: DivergenceName = "kl", beta: float | None = None) -> float | np.ndarray:
+    """``alpha T^2 D(P || Q) + (1 - alpha) CE(softmax(s), label)`` per row, as :func:`kdloss.hinton_loss`
+    (``D`` = KL by default; ``divergence``, ``beta`` as in :func:`kd_loss`).
 
     ``CE = logsumexp(s) - s_label`` at T = 1. Rows labelled ``ignore_index`` are left out (0 in
     "none", and out of the mean's denominator); "mean" is 0.0 when no row counts.
@@ -483,6 +671,8 @@ def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Ar
     ----------
     student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights, num_threads
         As in :func:`kdloss.hinton_loss` (``num_threads`` is accepted and ignored).
+    divergence, beta
+        As in :func:`kd_loss`.
 
     Returns
     -------
@@ -498,7 +688,7 @@ def hinton_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Ar
     0.6967
     """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
-                   None, False, want_grad=False)
+                   None, False, want_grad=False, divergence=divergence, beta=beta)
 
 
 @typed_as(lambda: _training.hinton_loss_and_grad)
@@ -506,10 +696,12 @@ def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, l
                          temperature: float = 1.0, alpha: float = 0.5, *, ignore_index: int = -100,
                          reduction: Reduction = "mean", weights: ArrayLike | None = None,
                          grad_output: ArrayLike | None = None, teacher_grad: bool = False,
-                         num_threads: int | None = None) -> tuple[float | np.ndarray, ...]:
+                         num_threads: int | None = None, divergence: DivergenceName = "kl",
+                         beta: float | None = None) -> tuple[float | np.ndarray, ...]:
     """:func:`hinton_loss` and its gradient, as :func:`kdloss.hinton_loss_and_grad`:
     ``dL/ds = alpha T (Q - P) + (1 - alpha) (R - onehot(label))``, ``dL/dt = alpha T P (log P -
-    log Q - KL)``, scaled as in :func:`kd_loss_and_grad`; ignored rows get 0.
+    log Q - KL)`` (for "kl"; another divergence's as in :func:`kd_loss_and_grad`), scaled as in
+    :func:`kd_loss_and_grad`; ignored rows get 0.
 
     Parameters
     ----------
@@ -517,6 +709,8 @@ def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, l
         As in :func:`kdloss.hinton_loss`.
     grad_output, teacher_grad, num_threads
         As in :func:`kdloss.kd_loss_and_grad` (``num_threads`` is accepted and ignored).
+    divergence, beta
+        As in :func:`kd_loss`.
 
     Returns
     -------
@@ -532,4 +726,4 @@ def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, l
     array([-0.2751,  0.1224,  0.1528])
     """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
-                   grad_output, teacher_grad, want_grad=True)
+                   grad_output, teacher_grad, want_grad=True, divergence=divergence, beta=beta)
