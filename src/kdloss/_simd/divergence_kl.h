@@ -205,7 +205,10 @@ KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum, const double *weig
     out.value = kd_select(unsettled, kd_splat(NAN), value);
     /* 1 + y for the gradient: the cancellation-free y where it is accurate, else Z_Q / Z_P (which
      * leaves out the classes a student -inf rules out, as Q does). */
-    out.y = kd_select(central & ~infinite, y, zq * out.inv_zp - 1.0);
+    /* (F - m rounds to eps max(|F|, |m|), Z_Q / Z_P - 1 to eps: the latter where the gap's mean is
+     * large, as for a student class far below the teacher's) */
+    const kd_vi small_parts = (f <= 1.0) & (f >= -1.0) & (out.mean_gap <= 1.0) & (out.mean_gap >= -1.0);
+    out.y = kd_select(central & ~infinite & small_parts, y, zq * out.inv_zp - 1.0);
     out.inv_one_plus_y = 1.0 / (1.0 + out.y);
     return out;
 }

@@ -87,6 +87,7 @@ typedef struct {
     kd_vd a_term, b_term;   /* M h(u), M h(v): its shares of KL(P || M) and KL(Q || M) */
     kd_vd l1u, l1v;         /* log(P / M), log(Q / M) */
     kd_vd c;                /* c_P u + c_Q v */
+    kd_vi infinite;         /* a class that makes D infinite (its term is NaN, for the caller) */
 } kd_mix_class;
 
 /* x * y, and 0 where x is 0 (a class with no mass adds nothing, whatever the log says). */
@@ -159,6 +160,7 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     const kd_vd limit = row->tiny_limit;
     const kd_vi tiny_u = (u < limit) & (u > -limit), tiny_v = (v < limit) & (v > -limit);
     out.l1u = out.l1v = out.a_term = out.b_term = zero;
+    out.infinite = (kd_vi)zero;
     if (row->c_p != 0.0 && kd_any(tiny_u)) {
         const kd_vd lu = kd_mix_log1p_series(kd_keep(tiny_u, u));
         out.l1u = lu + u;
@@ -198,6 +200,14 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         out.a_term = kd_select(near, out.a_term, (kd_mix_weighted(p, l1u) - p) + fm);
         out.b_term = kd_select(near, out.b_term, (kd_mix_weighted(q, l1v) - q) + fm);
         out.c = kd_select(near, out.c, c);
+        /* One side rules out a class where the other has mass, however little (its probability
+         * may underflow to 0): infinite where M is the ruling side's (lam = 1: M = P; lam = 0:
+         * M = Q). NaN: the caller settles the row from the logits and the form's flags. */
+        if (lam == 1.0 && row->c_q != 0.0)
+            out.infinite = (t == -INFINITY) & (s > -INFINITY);
+        if (lam == 0.0 && row->c_p != 0.0)
+            out.infinite = (s == -INFINITY) & (t > -INFINITY);
+        out.a_term = kd_select(out.infinite, kd_splat(NAN), out.a_term);
     }
     return out;
 }
@@ -208,8 +218,9 @@ KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd
                                    kd_vd *sum)
 {
     const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double);
-    sum[KD_MIX_A] += kd_keep(x.p != 0.0 | x.q != 0.0, x.a_term);
-    sum[KD_MIX_B] += kd_keep(x.p != 0.0 | x.q != 0.0, x.b_term);
+    const kd_vi counts = (x.p != 0.0) | (x.q != 0.0) | x.infinite;
+    sum[KD_MIX_A] += kd_keep(counts, x.a_term);
+    sum[KD_MIX_B] += kd_keep(counts, x.b_term);
     sum[KD_MIX_SQ] += kd_mix_weighted(x.q, x.c);
     sum[KD_MIX_SP] += kd_mix_weighted(x.p, x.c);
 }
