@@ -504,8 +504,8 @@ cdef enum:
     SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
     # Logits per block of longer rows (at most 16 rows), and per hand-out of blocks to a thread
     # under the dynamic schedule: a thread another process holds up keeps at most a hand-out
-    # (tens of microseconds of work) from the others, and a few hundred hand-outs per call keep
-    # the shared counter off the hot path.
+    # (a fraction of a millisecond of work) from the others, and hand-outs that large keep the
+    # shared counter off the hot path.
     BLOCK_ELEMENTS = 1 << 15
     HANDOUT_ELEMENTS = 1 << 16
 
@@ -635,9 +635,9 @@ cdef bint long_rows(
 ) noexcept nogil:
     """The loop for a few long contiguous rows and the KL term alone: each row's chunks are
     shared among the threads, for the extrema, the sums and the gradient, one chunk at a time
-    (dynamic schedule: a thread held up by another process leaves its chunks to the others). The chunks, and the
-    order in which their sums are merged, are those of row_sums, so the results are bitwise
-    those of one thread. Returns False (nothing done) if out of memory."""
+    (dynamic schedule: a thread held up by another process leaves its chunks to the others).
+    The chunks, and the order in which their sums are merged, are those of row_sums, so the
+    results are bitwise those of one thread. Returns False (nothing done) if out of memory."""
     cdef Py_ssize_t n = job.n_classes, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK, i, c, start
     cdef size_t out_size = job.terms.out_size, row_bytes = n * out_size  # of a gradient row
     cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
