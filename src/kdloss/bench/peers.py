@@ -10,6 +10,7 @@ Two *baselines* are prepared the same way but compute no loss: one read of both 
 NumPy's ``exp`` of both inputs (the issue's yardsticks for what a fused kernel should cost).
 """
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,13 +143,15 @@ def _read_both(student, teacher, temperature, threads):
     # (NumPy releases the GIL in its reduction loops), so the figure is the memory bandwidth
     # this many threads can draw, the floor for any kernel that reads its inputs once.
     pool = _READERS.setdefault(threads, ThreadPoolExecutor(threads)) if threads > 1 else None
-    # 2-byte floats summed as their bits: the same bytes read, in NumPy's vector loops.
+    # 2-byte floats summed as their bits, in uint16 (wrapping; the value is not used): the same
+    # bytes read in NumPy's vector loops, without a cast to a wider accumulator.
+    total = functools.partial(np.sum, dtype=np.uint16) if student.dtype.itemsize == 2 else np.sum
     student, teacher = (x.view(np.uint16) if x.dtype.itemsize == 2 else x for x in (student, teacher))
     blocks = [b for x in (student, teacher) for b in np.array_split(x, threads, axis=0) if b.size]
 
     if pool is None:
-        return lambda: float(sum(np.sum(b) for b in blocks))
-    return lambda: float(sum(pool.map(np.sum, blocks)))
+        return lambda: float(sum(total(b) for b in blocks))
+    return lambda: float(sum(pool.map(total, blocks)))
 
 
 def _exp_both(student, teacher, temperature, threads):
