@@ -64,6 +64,7 @@ def test_a_new_job_joins_by_its_entry_in_jobs(monkeypatch, capsys):
         (["--job", ","], "--job: unknown empty list"),
         (["--load", "0"], "--load must be comma-separated positive integers, got '0'"),
         (["--load", "some"], "--load must be comma-separated positive integers"),
+        (["--load", "--json", "x.json"], "--json and --plot belong to the loss job: add it (--job loss,...)"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_2(capsys, argv, message):

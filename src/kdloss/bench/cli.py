@@ -177,7 +177,10 @@ def jobs_from(args):
     if args.load is not None:
         busy_processes(args)  # checked now, not after the other jobs ran
         jobs += () if "load" in jobs else ("load",)
-    return tuple(dict.fromkeys(jobs or ("loss",)))
+    jobs = tuple(dict.fromkeys(jobs or ("loss",)))
+    if "loss" not in jobs and (args.json or args.plot):
+        raise ValueError("--json and --plot belong to the loss job: add it (--job loss,...)")
+    return jobs
 
 
 def busy_processes(args):

@@ -150,8 +150,8 @@ def _read_both(student, teacher, temperature, threads):
     blocks = [b for x in (student, teacher) for b in np.array_split(x, threads, axis=0) if b.size]
 
     if pool is None:
-        return lambda: float(sum(total(b) for b in blocks))
-    return lambda: float(sum(pool.map(total, blocks)))
+        return lambda: float(sum(total(b).item() for b in blocks))
+    return lambda: float(sum(part.item() for part in pool.map(total, blocks)))
 
 
 def _exp_both(student, teacher, temperature, threads):
