@@ -2,6 +2,7 @@
 whose tables are checked for content (never for timing)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,8 +128,21 @@ def test_training_job_table(capsys):
     assert "| shape |" in out and "### Training: loss and gradient, forward + backward" in out
     assert "| kdloss |" not in out  # the loss job did not run
     row = next(line for line in out.splitlines() if line.startswith("| 16 x 7 | float32 | 1 | 1 |"))
-    assert row.count(" ms") == 7  # every body timed
+    assert len(re.findall(r"\| [0-9.]+ (?:s|ms|us)[ |]", row + " ")) == 7  # every body timed
     assert "- Training not run for bfloat16: it runs float32, float64." in out
+
+
+def test_training_table_marks_a_disagreeing_pytorch():
+    from kdloss.bench import training
+
+    medians = {"kdloss.kd_loss (loss only)": 1e-3, "kdloss.kd_loss_and_grad": 2e-3,
+               "kdloss.torch.kd_loss fwd+bwd": 3e-3, "PyTorch kl_div fwd+bwd": 6e-3}
+    text = training.table([(((8, 5), "float32", 1, 1.0), medians, ""),
+                           (((8, 5), "float32", 1, 0.01), dict(list(medians.items())[:2]), "loss 1.0 against 2.0")])
+    lines = text.splitlines()
+    assert lines[2] == "| 8 x 5 | float32 | 1 | 1 | 1 ms | 2 ms (2.00x) | 3 ms | 6 ms (2.00x) |"
+    assert lines[3] == "| 8 x 5 | float32 | 1 | 0.01 | 1 ms | 2 ms (2.00x) | disagrees* | disagrees* |"
+    assert lines[-1] == "- * 8 x 5 float32 eps 0.01: loss 1.0 against 2.0"
 
 
 def test_load_job_table(capsys, monkeypatch):

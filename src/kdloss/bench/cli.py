@@ -211,8 +211,9 @@ def _training_job(args, settings, jax_threads, progress):
             for eps in settings.eps:
                 for threads in settings.threads:
                     progress(f"training: {shape[0]}x{shape[1]} {dtype} eps {eps:g} {threads} thread(s)")
-                    medians = training.run_case(shape, dtype, threads, settings.temperature, settings.repeat, eps)
-                    results.append(((shape, dtype, threads, eps), medians))
+                    medians, note = training.run_case(shape, dtype, threads, settings.temperature,
+                                                      settings.repeat, eps)
+                    results.append(((shape, dtype, threads, eps), medians, note))
     parts = ["### Training: loss and gradient, forward + backward", training.table(results), training.LEGEND]
     if skipped:
         parts.append(f"- Training not run for {', '.join(skipped)}: it runs {', '.join(training.TRAINING_DTYPES)}.")
