@@ -124,7 +124,8 @@ def table(cases):
 
 LEGEND = (
     "Busy: {load} spinning Python process(es) (kdloss bench --load; by default one per other usable "
-    "CPU), started before and stopped after the loaded samples; each call timed as in the loss job. "
+    "CPU), started before and stopped after the loaded samples; each call timed as in the loss job, "
+    "on its data at eps = 1 (--eps does not apply). "
     "\"{threads} vs 1\": the median at the default thread count "
     "over the median at one thread under the same load (target under load: at most "
     f"{MAX_LOADED_RATIO}x; without load, below 1 is the speed-up)."
