@@ -11,7 +11,8 @@ For each shape, one table of medians of interleaved samples (one process, same i
 - the same for Hinton's loss (KL + cross-entropy with labels), against PyTorch's
   ``alpha * kl_div(...) * T*T + (1 - alpha) * cross_entropy(s, y)``.
 
-Samples are interleaved (every body once per round), so that a slow minute of this shared
+The bodies are ``kdloss.bench.training``'s (``kdloss bench --job training`` runs them too, timed
+as the other jobs). Samples are interleaved (every body once per round), so that a slow minute of this shared
 machine hits every body alike. Both libraries get the same thread count (kdloss ``num_threads`` via
 ``torch.set_num_threads``, which ``kdloss.torch`` follows). Every body is checked against the pure-PyTorch result once,
 untimed. Then the traced peak memory of ``kd_loss_and_grad`` beyond the gradient it returns.
@@ -25,23 +26,27 @@ import tracemalloc
 import numpy as np
 
 import kdloss
+from kdloss.bench import training as bench_training
+from kdloss.bench.cases import parse_shape
+from kdloss.bench.training import ALPHA, make_inputs
 
 TEMPERATURE = 4.0
-ALPHA = 0.5
 
 
-def parse_shape(text):
-    rows, classes = text.lower().split("x")
-    return int(rows), int(classes)
+def numpy_bodies(student, teacher, threads):
+    return bench_training.numpy_bodies(student, teacher, TEMPERATURE, threads)
 
 
-def make_inputs(shape, dtype, seed=0):
-    """Teacher 3 N(0, 1), student = teacher + N(0, 1), random labels (as kdloss bench)."""
-    rng = np.random.default_rng(seed)
-    teacher = (3 * rng.standard_normal(shape)).astype(dtype)
-    student = (teacher + rng.standard_normal(shape)).astype(dtype)
-    labels = rng.integers(0, shape[-1], shape[:-1])
-    return student, teacher, labels
+def torch_bodies(student, teacher, labels):
+    """Forward + backward bodies, each returning (loss, student gradient) for the check."""
+    return bench_training.torch_bodies(student, teacher, labels, TEMPERATURE)
+
+
+def check_agreement(bodies, dtype):
+    """Each kdloss body against its PyTorch twin (listed right after it): loss and gradient."""
+    problem = bench_training.disagreement(bodies, dtype)
+    if problem:
+        raise SystemExit(problem)
 
 
 def median_ms(functions, repeat):
@@ -64,60 +69,6 @@ def median_ms(functions, repeat):
     finally:
         gc.enable()
     return {name: 1e3 * float(np.median(times)) for name, times in samples.items()}
-
-
-def numpy_bodies(student, teacher, threads):
-    return {
-        "kdloss.kd_loss (loss only)": lambda: kdloss.kd_loss(student, teacher, TEMPERATURE, num_threads=threads),
-        "kdloss.kd_loss_and_grad": lambda: kdloss.kd_loss_and_grad(student, teacher, TEMPERATURE, num_threads=threads),
-        "kdloss.kd_loss_and_grad, teacher_grad": lambda: kdloss.kd_loss_and_grad(
-            student, teacher, TEMPERATURE, teacher_grad=True, num_threads=threads),
-    }
-
-
-def torch_bodies(student, teacher, labels):
-    """Forward + backward bodies, each returning (loss, student gradient) for the check."""
-    import torch
-    import torch.nn.functional as F
-
-    import kdloss.torch as kdtorch
-
-    s0, t, y = torch.from_numpy(student), torch.from_numpy(teacher), torch.from_numpy(labels)
-    T = TEMPERATURE
-
-    def run(loss_of):
-        def body():
-            s = s0.detach().requires_grad_()
-            loss = loss_of(s)
-            loss.backward()
-            return loss.item(), s.grad
-        return body
-
-    def torch_kd(s):
-        return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
-                        reduction="batchmean") * T * T
-
-    def torch_hinton(s):
-        return ALPHA * torch_kd(s) + (1 - ALPHA) * F.cross_entropy(s, y)
-
-    return {
-        "kdloss.torch.kd_loss fwd+bwd": run(lambda s: kdtorch.kd_loss(s, t, T)),
-        "PyTorch kl_div fwd+bwd": run(torch_kd),
-        "kdloss.torch.hinton_loss fwd+bwd": run(lambda s: kdtorch.hinton_loss(s, t, y, T, ALPHA)),
-        "PyTorch kl_div + cross_entropy fwd+bwd": run(torch_hinton),
-    }
-
-
-def check_agreement(bodies, dtype):
-    """Each kdloss body against its PyTorch twin (listed right after it): loss and gradient."""
-    names = list(bodies)
-    tolerance = 1e-4 if dtype == np.float32 else 1e-10
-    for ours, theirs in zip(names[::2], names[1::2]):
-        (loss_a, grad_a), (loss_b, grad_b) = bodies[ours](), bodies[theirs]()
-        scale = float(grad_b.abs().max())
-        if (abs(loss_a - loss_b) > tolerance * max(1.0, abs(loss_b))
-                or float((grad_a - grad_b).abs().max()) > tolerance * scale):
-            raise SystemExit(f"{ours} disagrees with {theirs}: loss {loss_a!r} against {loss_b!r}")
 
 
 def peak_beyond_gradient(student, teacher, threads):

@@ -71,7 +71,7 @@ def test_jax_threads_option():
         (["--threads", ""], None),  # empty: the default, not an error
         (["--repeat", "0"], "--repeat must be"),
         (["--shapes", "8192by1000"], "shape must be ROWSxCLASSES"),
-        (["--dtype", "float16"], "--dtype: unknown 'float16'; choose from float32, float64"),
+        (["--dtype", "int8"], "--dtype: unknown 'int8'; choose from float32, float64, float16, bfloat16"),
         (["--peers", "kdloss,tensorflow"], "--peers: unknown 'tensorflow'"),
         (["-T", "0"], "--temperature must be finite and > 0"),
         (["-T", "hot"], "--temperature must be a number"),

@@ -8,7 +8,7 @@ from typing import TextIO
 
 import numpy as np
 
-from . import _kernel
+from . import _kernel, _threads
 from ._threads import available_cpus, default_num_threads
 from ._version import __version__
 
@@ -51,6 +51,8 @@ def show_config(file: TextIO | None = None) -> None:
       OpenMP:          enabled
       default threads: ...
       kernel target:   ...
+      compiled for:    ...
+      thread waiting:  ...
     """
     lines = [
         f"kdloss {__version__}",
@@ -61,6 +63,7 @@ def show_config(file: TextIO | None = None) -> None:
             f"{' '.join(_kernel.available_targets())}; KDLOSS_TARGET overrides)"
         ),
         f"  compiled for:    {_kernel.instruction_set()}",
+        f"  thread waiting:  {_threads.wait_policy}",
         (
             f"  platform:        {platform.machine()} {platform.system()}, Python {platform.python_version()}, "
             f"NumPy {np.__version__}"

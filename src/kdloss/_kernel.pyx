@@ -502,6 +502,12 @@ cdef double row_loss_and_grad(
 
 cdef enum:
     SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
+    # Logits per block of longer rows (at most 16 rows), and per hand-out of blocks to a thread
+    # under the dynamic schedule: a thread another process holds up keeps at most a hand-out
+    # (a fraction of a millisecond of work) from the others, and hand-outs that large keep the
+    # shared counter off the hot path.
+    BLOCK_ELEMENTS = 1 << 15
+    HANDOUT_ELEMENTS = 1 << 16
 
 
 cdef struct RowsJob:
@@ -628,9 +634,10 @@ cdef bint long_rows(
     const RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dtype_tag,
 ) noexcept nogil:
     """The loop for a few long contiguous rows and the KL term alone: each row's chunks are
-    shared among the threads, for the extrema, the sums and the gradient. The chunks, and the
-    order in which their sums are merged, are those of row_sums, so the results are bitwise
-    those of one thread. Returns False (nothing done) if out of memory."""
+    shared among the threads, for the extrema, the sums and the gradient, one chunk at a time
+    (dynamic schedule: a thread held up by another process leaves its chunks to the others).
+    The chunks, and the order in which their sums are merged, are those of row_sums, so the
+    results are bitwise those of one thread. Returns False (nothing done) if out of memory."""
     cdef Py_ssize_t n = job.n_classes, n_chunks = (n + KD_CHUNK - 1) // KD_CHUNK, i, c, start
     cdef size_t out_size = job.terms.out_size, row_bytes = n * out_size  # of a gradient row
     cdef kd_row_range* extrema = <kd_row_range*> malloc(n_chunks * sizeof(kd_row_range))
@@ -675,12 +682,12 @@ cdef bint long_rows(
         row.inv_T = inv_T
         row.ce_mode = KD_CE_NONE
         row.round_to_odd = job.terms.round_to_odd
-        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+        for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
             p.range(t + c * KD_CHUNK, s + c * KD_CHUNK, chunk_length(c * KD_CHUNK, n), &extrema[c])
         row.range = extrema[0]
         for c in range(1, n_chunks):
             merge_range(&row.range, &extrema[c])
-        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+        for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
             start = c * KD_CHUNK
             p.sums(t + start, s + start, chunk_length(start, n), &row.range, inv_T, &chunks[c],
                    kept + start if kept != NULL else NULL,
@@ -692,7 +699,7 @@ cdef bint long_rows(
         if job.terms.two_pass and row.finish.value == row.finish.value:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP
-            for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+            for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
                 start = c * KD_CHUNK
                 chunk_row = row  # the same row constants, with the kept values of this chunk
                 chunk_row.kept_a = kept + start
@@ -714,7 +721,7 @@ cdef bint long_rows(
             continue
         row.kl_coef = (job.grad_scale * weight * (job.grad_output[i] if job.grad_output != NULL else 1.0)
                        * job.terms.kl_weight * T)
-        for c in prange(n_chunks, schedule="static", num_threads=num_threads):
+        for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
             start = c * KD_CHUNK
             chunk_row = row  # the same row constants, with the kept values of this chunk
             chunk_row.kept_a = kept + start
@@ -739,9 +746,9 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
         if long_rows(job, n_rows, num_threads, dtype_tag):
             return 0
     # Rows per block: the short-row pass takes SHORT_ROWS_BLOCK at a time; longer rows go a few
-    # at a time, leaving every thread several blocks.
+    # at a time (about BLOCK_ELEMENTS logits), leaving every thread several blocks.
     cdef Py_ssize_t block = SHORT_ROWS_BLOCK if n <= KD_SHORT_ROW else max(
-        1, min(16, n_rows // (4 * num_threads)))
+        1, min(16, BLOCK_ELEMENTS // n, n_rows // (4 * num_threads)))
     cdef Py_ssize_t n_blocks = (n_rows + block - 1) // block
     cdef ThreadScratch* scratch
     cdef int failed = 0
@@ -749,10 +756,10 @@ cdef int rows_loop(RowsJob* job, Py_ssize_t n_rows, int num_threads, kd_input dt
     cdef bint keeps = (job.want_grad or job.terms.two_pass) and job.terms.kl_weight != 0.0
     cdef bint sinks = job.want_grad and job.d_student == NULL
     num_threads = <int> min(<Py_ssize_t> num_threads, n_blocks)
-    # Blocks are handed out a chunk at a time: a few dozen hand-outs per thread keep the shared
-    # counter off the hot path, and a thread another process holds up still leaves the rest to
-    # the others.
-    cdef Py_ssize_t chunk = max(1, n_blocks // (8 * num_threads))
+    # Blocks are handed out a chunk of about HANDOUT_ELEMENTS logits at a time (and at least 8
+    # hand-outs per thread): a thread another process holds up leaves the rest to the others,
+    # and holds up the end of the call by one hand-out at most.
+    cdef Py_ssize_t chunk = max(1, min(HANDOUT_ELEMENTS // (block * n), n_blocks // (8 * num_threads)))
     with parallel(num_threads=num_threads, use_threads_if=num_threads > 1):
         # Assigned here, so private to each thread: its own buffers.
         scratch = <ThreadScratch*> malloc(sizeof(ThreadScratch))
@@ -1041,13 +1048,15 @@ def softmax_rows(
     cdef int failed = 0
     cdef int* failure = &failed
     num_threads = <int> min(<Py_ssize_t> num_threads, n_rows)
+    # Rows go to the threads as they ask (dynamic), about HANDOUT_ELEMENTS logits at a time.
+    cdef Py_ssize_t rows_per_handout = max(1, HANDOUT_ELEMENTS // n_classes)
     with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1):
         row_scratch = NULL
         if not contiguous:
             row_scratch = <floating*> malloc(n_classes * sizeof(floating))
             if row_scratch == NULL:
                 failure[0] = 1
-        for i in prange(n_rows, schedule="static"):
+        for i in prange(n_rows, schedule="dynamic", chunksize=rows_per_handout):
             if not failure[0]:
                 row_softmax(contiguous_row(base + i * row_stride, class_stride, n_classes, row_scratch),
                             n_classes, inv_T, &out[i, 0], take_log)

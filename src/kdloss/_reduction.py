@@ -22,6 +22,10 @@ import math
 import numpy as np
 
 SUM_BLOCK_ROWS = 1 << 15
+# Blocks a BlockwiseSum buffers (8 MiB of float64 at most): one kernel call fills them all, so a
+# call of up to a million rows is one parallel region, not one per block (on a busy machine,
+# every region waits for its slowest thread).
+BUFFER_BLOCKS = 32
 
 
 def blockwise_sum(values):
@@ -35,30 +39,36 @@ def blockwise_sum(values):
 
 class BlockwiseSum:
     """:func:`blockwise_sum` of ``n_values`` values written a piece at a time into one reused
-    buffer of at most ``SUM_BLOCK_ROWS`` values, so a sum needs no per-row array.
+    buffer of at most ``BUFFER_BLOCKS`` blocks of ``SUM_BLOCK_ROWS`` values, so a sum needs no
+    per-row array.
 
     ``space()`` is where the next values go (write a prefix of it), ``commit(n)`` takes the
     first ``n`` of them; ``value`` is the sum once all are in.
     """
 
-    def __init__(self, n_values):
-        self._buffer = np.empty(min(SUM_BLOCK_ROWS, n_values), dtype=np.float64)
+    def __init__(self, n_values, buffer_blocks=BUFFER_BLOCKS):
+        self._buffer = np.empty(min(buffer_blocks * SUM_BLOCK_ROWS, n_values), dtype=np.float64)
         self._filled = 0
         self._block_sums = []
 
     def space(self):
         return self._buffer[self._filled :]
 
+    def _add_blocks(self, values):
+        self._block_sums += [float(np.sum(values[i : i + SUM_BLOCK_ROWS]))
+                             for i in range(0, values.size, SUM_BLOCK_ROWS)]
+
     def commit(self, n):
         self._filled += n
         if self._filled == self._buffer.size:
-            self._block_sums.append(float(np.sum(self._buffer)))
+            self._add_blocks(self._buffer)
             self._filled = 0
 
     @property
     def value(self):
-        tail = [float(np.sum(self._buffer[: self._filled]))] if self._filled else []
-        return math.fsum(self._block_sums + tail)
+        self._add_blocks(self._buffer[: self._filled])
+        self._filled = 0
+        return math.fsum(self._block_sums)
 
 
 def weighted(values, factors):

@@ -10,9 +10,19 @@ marks the child, and kdloss then runs it single-threaded: the kernel's parallel 
 disabled by its ``if`` clause, so libgomp runs it on the calling thread without its pool.
 Every forked child is marked, not only those of parents that ran kdloss in parallel: another
 extension linked to the same libgomp may have started its thread pool.
+
+Waiting: by default an OpenMP runtime's idle threads spin (libgomp: about 300,000 rounds) before
+they sleep. On a machine whose cores other processes want, spinning threads take CPU time from
+the thread that has the work, and a call on two threads can take ten times its one-thread time.
+The runtime reads ``OMP_WAIT_POLICY`` once, when it is loaded, so :func:`import_kernel` loads it
+with ``OMP_WAIT_POLICY=passive`` (threads sleep at once) and takes the variable out of the
+environment again, so that child processes do not inherit it. It leaves the policy alone when the
+user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, and it cannot change it when an OpenMP
+runtime was loaded before kdloss (PyTorch imported first, say).
 """
 
 import functools
+import importlib
 import math
 import os
 
@@ -95,3 +105,44 @@ def threads_for(n_threads, n_rows, n_classes):
     (resolved), and one per ``MIN_ELEMENTS_PER_THREAD`` logits. Every kernel call (losses,
     gradients, softmax) goes by it; results do not depend on it."""
     return max(1, min(n_threads, n_rows * n_classes // MIN_ELEMENTS_PER_THREAD))
+
+
+# Variables that set how an OpenMP runtime's idle threads wait: the user's choice when set.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# Shared libraries of OpenMP runtimes (GCC, LLVM, Intel).
+_RUNTIME_NAMES = ("libgomp", "libomp", "libiomp")
+
+# How the OpenMP runtime's threads wait, as import_kernel found or set it (for show_config).
+wait_policy = "not known yet"
+
+
+def _openmp_runtime_loaded():
+    """True when an OpenMP runtime is mapped into this process, None when that cannot be told
+    (no /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(os.path.basename(line.split()[-1]).startswith(_RUNTIME_NAMES)
+                       for line in maps if "/" in line)
+    except OSError:
+        return None
+
+
+def import_kernel():
+    """``kdloss._kernel``, imported so that an OpenMP runtime it loads waits passively (see the
+    module's notes); records what was done in ``wait_policy``."""
+    global wait_policy
+    name = __package__ + "._kernel"
+    chosen = [f"{v}={os.environ[v]}" for v in WAIT_VARIABLES if v in os.environ]
+    if chosen:
+        wait_policy = f"{', '.join(chosen)} (from the environment)"
+        return importlib.import_module(name)
+    if _openmp_runtime_loaded() is not False:
+        wait_policy = "the runtime's default (an OpenMP runtime was loaded before kdloss)"
+        return importlib.import_module(name)
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        kernel = importlib.import_module(name)
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+    wait_policy = "passive (set by kdloss when it loaded the OpenMP runtime)"
+    return kernel

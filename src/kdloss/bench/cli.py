@@ -5,7 +5,7 @@ import sys
 
 from .._threads import default_num_threads
 from .._validation import check_temperature
-from .cases import DTYPES, ISSUE_SHAPES, TEMPERATURE, parse_shape
+from .cases import BENCH_DTYPES, DEFAULT_EPS, ISSUE_SHAPES, TEMPERATURE, parse_shape
 
 DEFAULT_SHAPES = ",".join(f"{rows}x{classes}" for rows, classes in ISSUE_SHAPES)
 
@@ -22,7 +22,8 @@ def add_parser(commands):
     bench.add_argument("--shapes", default=DEFAULT_SHAPES,
                        help=f"ROWSxCLASSES list; one row = a single 1-D call (default {DEFAULT_SHAPES}: an "
                        "image-classifier batch, an LLM vocabulary, short rows, a single call)")
-    bench.add_argument("--dtype", default="float32", help="float32,float64 (default float32)")
+    bench.add_argument("--dtype", default="float32",
+                       help="float32,float64,float16,bfloat16 (default float32; bfloat16 needs ml_dtypes)")
     bench.add_argument("--threads", default=None,
                        help="thread counts, e.g. 1,2,4 (default: kdloss's default, the usable CPUs)")
     bench.add_argument("--repeat", default="7", help="interleaved samples per peer (default 7)")
@@ -39,6 +40,8 @@ def add_parser(commands):
                        help="kl (default): the comparison above; other divergences, or all: each divergence by "
                        "kdloss beside kdloss's KL and the divergence's PyTorch formulation (TRL, DistiLLM), "
                        "at --shapes, --dtype, --threads, --repeat and -T (--peers, --plot do not apply)")
+    add_eps_argument(bench)
+    add_job_arguments(bench)
     return bench
 
 
@@ -61,6 +64,17 @@ def _names(text, allowed, option):
     return names
 
 
+def _dtypes(text):
+    """--dtype: names of BENCH_DTYPES; bfloat16 only where ml_dtypes is installed."""
+    from .._dtypes import DTYPES as TABLE
+
+    names = tuple(dict.fromkeys(_names(text, BENCH_DTYPES, "--dtype")))
+    for name in names:
+        if not TABLE[name].available():
+            raise ValueError(f"--dtype {name} needs {TABLE[name].module}: pip install {TABLE[name].module}")
+    return names
+
+
 def settings_from(args):
     """(Settings, jax_threads) from the parsed arguments; ValueError names the bad option."""
     from .compare import DEFAULT_PEERS, Settings
@@ -74,11 +88,12 @@ def settings_from(args):
     temperature = check_temperature(temperature, "--temperature")
     settings = Settings(
         shapes=tuple(parse_shape(part) for part in args.shapes.split(",")),
-        dtypes=_names(args.dtype, tuple(DTYPES), "--dtype"),
+        dtypes=_dtypes(args.dtype),
         threads=tuple(dict.fromkeys(threads)),
         repeat=repeat,
         peers=_names(args.peers, DEFAULT_PEERS, "--peers"),
         temperature=temperature,
+        eps=eps_from(args),
     )
     if args.jax_threads:
         (jax_threads,) = _positive_ints(args.jax_threads, "--jax-threads")
@@ -105,18 +120,32 @@ def run_divergences(args, settings):
 
 
 def run(args):
-    from . import compare, machine, plot, table
     from .jax_threads import set_jax_threads
 
     settings, jax_threads = settings_from(args)
     if args.divergence != "kl":
         return run_divergences(args, settings)
+    jobs = jobs_from(args)
     if args.plot:
+        from . import plot
+
         plot.require_matplotlib()  # fail now, not after minutes of timing
     set_jax_threads(jax_threads)  # before JAX first runs: its pool is sized once
 
     def progress(text):
         print(f"kdloss bench: {text}", file=sys.stderr, flush=True)
+
+    if "loss" not in jobs:  # the loss job's report has the machine header; the others do not
+        from . import machine, table
+
+        print("\n".join(table.header_lines(machine.describe(), settings)) + "\n")
+    for name in jobs:
+        print(JOBS[name](args, settings, jax_threads, progress), end="")
+
+
+def _loss_job(args, settings, jax_threads, progress):
+    """The peers side by side (the default job): the report, with --plot and --json."""
+    from . import compare, machine, plot, table
 
     cases = compare.run(settings, progress)
     sweep = None
@@ -125,7 +154,105 @@ def run(args):
         plot.draw(sweep, args.plot, f"KD loss, {settings.dtypes[0]}, {jax_threads} thread(s), "
                   f"{plot.PLOT_TOTAL:,} elements per call")
     described = machine.describe()  # after the peers ran: their thread pools are loaded by now
-    print(table.report(cases, described, settings), end="")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(compare.as_json(cases, described, settings, sweep), out, indent=1)
+    return table.report(cases, described, settings)
+
+
+
+# -- --eps: how close the student is to the teacher -----------------------------------------------
+
+def add_eps_argument(bench):
+    bench.add_argument("--eps", default=",".join(f"{e:g}" for e in DEFAULT_EPS),
+                       help="student = teacher + eps N(0,1), a list (default 1,0.01: far from the teacher, and a "
+                       "student close to convergence); for the loss and training jobs")
+
+
+def eps_from(args):
+    """--eps as a tuple of finite numbers > 0, duplicates dropped."""
+    try:
+        values = tuple(float(part) for part in args.eps.split(","))
+    except ValueError:
+        raise ValueError(f"--eps must be comma-separated numbers > 0, got {args.eps!r}") from None
+    if not all(0.0 < value < float("inf") for value in values):
+        raise ValueError(f"--eps must be comma-separated finite numbers > 0, got {args.eps!r}")
+    return tuple(dict.fromkeys(values))
+
+
+# -- jobs: what kdloss bench runs ------------------------------------------------------------------
+# Each job is a function (args, settings, jax_threads, progress) -> the markdown it prints, and a
+# name in JOBS; --job lists them. A new benchmark joins by adding both.
+
+def add_job_arguments(bench):
+    bench.add_argument("--job", default=None,
+                       help=f"benchmarks to run, a list of {', '.join(JOBS)} (default loss: the peers side by "
+                       "side; training: forward + backward beside PyTorch; load: 1 thread against the "
+                       "default with and without busy processes)")
+    bench.add_argument("--load", nargs="?", const="auto", default=None, metavar="PROCESSES",
+                       help="run the load job (adds it to --job): PROCESSES spinning Python processes "
+                       "(default one per other usable CPU)")
+
+
+def jobs_from(args):
+    """The jobs to run, in order: --job (default loss), and load when --load is given."""
+    jobs = _names(args.job, tuple(JOBS), "--job") if args.job else ()
+    if args.load is not None:
+        busy_processes(args)  # checked now, not after the other jobs ran
+        jobs += () if "load" in jobs else ("load",)
+    jobs = tuple(dict.fromkeys(jobs or ("loss",)))
+    if "loss" not in jobs and (args.json or args.plot):
+        raise ValueError("--json and --plot belong to the loss job: add it (--job loss,...)")
+    return jobs
+
+
+def busy_processes(args):
+    """--load's process count: a positive integer, or one per other usable CPU."""
+    from . import load
+
+    if args.load in (None, "auto"):
+        return load.default_load()
+    (count,) = _positive_ints(args.load, "--load")
+    return count
+
+
+def _job_shapes(args, settings, default):
+    """The shapes of a job that times batches: ``default`` unless --shapes was given (its single
+    calls left out)."""
+    if args.shapes == DEFAULT_SHAPES:
+        return default
+    return tuple(shape for shape in settings.shapes if shape[0] > 1)
+
+
+def _training_job(args, settings, jax_threads, progress):
+    """Forward + backward: kdloss's NumPy calls and kdloss.torch beside pure PyTorch."""
+    from . import training
+
+    results, skipped = [], [d for d in settings.dtypes if d not in training.TRAINING_DTYPES]
+    for shape in _job_shapes(args, settings, training.TRAINING_SHAPES):
+        for dtype in (d for d in settings.dtypes if d in training.TRAINING_DTYPES):
+            for eps in settings.eps:
+                for threads in settings.threads:
+                    progress(f"training: {shape[0]}x{shape[1]} {dtype} eps {eps:g} {threads} thread(s)")
+                    medians, note = training.run_case(shape, dtype, threads, settings.temperature,
+                                                      settings.repeat, eps)
+                    results.append(((shape, dtype, threads, eps), medians, note))
+    parts = ["### Training: loss and gradient, forward + backward", training.table(results), training.LEGEND]
+    if skipped:
+        parts.append(f"- Training not run for {', '.join(skipped)}: it runs {', '.join(training.TRAINING_DTYPES)}.")
+    return "\n\n".join(part for part in parts if part) + "\n\n"
+
+
+def _load_job(args, settings, jax_threads, progress):
+    """A busy machine: 1 thread against the largest --threads count, without and with load."""
+    from . import load
+
+    processes = busy_processes(args)
+    cases = load.run(_job_shapes(args, settings, load.LOAD_SHAPES), settings.dtypes, max(settings.threads),
+                     processes, settings.repeat, settings.temperature, progress)
+    threads = max(settings.threads)
+    return "\n\n".join(["### A busy machine", load.table(cases),
+                         load.LEGEND.format(load=processes, threads=threads)]) + "\n\n"
+
+
+JOBS = {"loss": _loss_job, "training": _training_job, "load": _load_job}

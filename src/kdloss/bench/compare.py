@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import peers as peer_registry
-from .cases import DTYPES, ISSUE_SHAPES, TEMPERATURE, make_logits
+from .cases import ISSUE_SHAPES, TEMPERATURE, make_logits, numpy_dtype
 from .timing import Stats, calls_per_sample, interleaved
 
 DEFAULT_PEERS = ("kdloss", "numpy", "scipy", "torch", "jax")
@@ -34,6 +34,7 @@ class Case:
     dtype: str
     threads: int
     cells: dict  # peer name -> Cell, in column order
+    eps: float = 1.0  # student = teacher + eps N(0, 1)
 
     def median(self, peer):
         cell = self.cells.get(peer)
@@ -42,6 +43,11 @@ class Case:
     @property
     def one_call(self):
         return self.shape[0] == 1
+
+    @property
+    def inputs(self):
+        """What the inputs are, threads aside: cases with equal ``inputs`` differ in threads only."""
+        return (self.shape, self.dtype, self.eps)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Settings:
     repeat: int = 7
     peers: tuple = DEFAULT_PEERS
     temperature: float = TEMPERATURE
+    eps: tuple = (1.0,)  # kdloss bench's default is DEFAULT_EPS
 
 
 def peers_for(names, one_call):
@@ -64,10 +71,13 @@ def peers_for(names, one_call):
     return chosen
 
 
-def _prepare_cells(student, teacher, settings, threads, names):
+def _prepare_cells(student, teacher, settings, threads, names, eps=1.0):
     """Prepare every peer and check its loss against kdloss; returns (calls, cells)."""
     calls, cells = {}, {}
     expected = None
+    # Far from the teacher in float32/float64 a relative check; else within rounding (peers.agrees).
+    rounding = (None if eps == 1.0 and student.dtype.itemsize > 2
+                else peer_registry.rounding_bound(student, teacher, settings.temperature))
     for name in names:
         peer = peer_registry.PEERS[name]
         try:
@@ -81,7 +91,7 @@ def _prepare_cells(student, teacher, settings, threads, names):
         loss = float(call())  # the one check before timing, and a warm-up
         if name == "kdloss":
             expected = loss
-        elif not peer.baseline and not peer_registry.agrees(loss, expected, student.dtype, name):
+        elif not peer.baseline and not peer_registry.agrees(loss, expected, student.dtype, name, rounding):
             error = abs(loss - expected) / abs(expected) if expected else float("inf")
             cells[name] = Cell(name, "disagrees", f"relative difference {error:.1e} from kdloss", loss)
             continue
@@ -90,16 +100,16 @@ def _prepare_cells(student, teacher, settings, threads, names):
     return calls, cells
 
 
-def run_case(student, teacher, dtype, threads, settings):
+def run_case(student, teacher, dtype, threads, settings, eps=1.0):
     """One row of the table: every peer on these inputs at ``threads``, checked, then timed."""
     shape = (1, student.shape[-1]) if student.ndim == 1 else student.shape
     names = peers_for(settings.peers, one_call=student.ndim == 1)
-    calls, cells = _prepare_cells(student, teacher, settings, threads, names)
+    calls, cells = _prepare_cells(student, teacher, settings, threads, names, eps)
     numbers = {name: calls_per_sample(call) for name, call in calls.items()}
     timed = interleaved(calls, settings.repeat, numbers)
     for name, stats in timed.items():
         cells[name] = Cell(name, "ok", cells[name].note, cells[name].loss, stats)
-    return Case(tuple(shape), dtype, threads, cells)
+    return Case(tuple(shape), dtype, threads, cells, eps)
 
 
 def run(settings, progress=None):
@@ -107,20 +117,21 @@ def run(settings, progress=None):
     cases = []
     for shape in settings.shapes:
         for dtype in settings.dtypes:
-            student, teacher = make_logits(shape, DTYPES[dtype])
-            # A single call runs on one thread whatever is asked: time it once.
-            for threads in settings.threads[:1] if shape[0] == 1 else settings.threads:
-                if progress:
-                    progress(f"{shape[0]}x{shape[1]} {dtype} {threads} thread(s)")
-                cases.append(run_case(student, teacher, dtype, threads, settings))
-            del student, teacher  # the largest inputs are hundreds of MB: free before the next
+            for eps in settings.eps:
+                student, teacher = make_logits(shape, numpy_dtype(dtype), eps=eps)
+                # A single call runs on one thread whatever is asked: time it once.
+                for threads in settings.threads[:1] if shape[0] == 1 else settings.threads:
+                    if progress:
+                        progress(f"{shape[0]}x{shape[1]} {dtype} eps {eps:g} {threads} thread(s)")
+                    cases.append(run_case(student, teacher, dtype, threads, settings, eps))
+                del student, teacher  # the largest inputs are hundreds of MB: free before the next
     return cases
 
 
 def scaling(cases, case):
     """kdloss's median at one thread over its median in ``case``, or None without a 1-thread case."""
     for other in cases:
-        if (other.shape, other.dtype, other.threads) == (case.shape, case.dtype, 1):
+        if other.inputs == case.inputs and other.threads == 1:
             one, here = other.median("kdloss"), case.median("kdloss")
             return one / here if one and here else None
     return None
@@ -131,7 +142,7 @@ def as_json(cases, machine, settings, plot=None):
     results = []
     for case in cases:
         for cell in case.cells.values():
-            entry = {"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads,
+            entry = {"shape": list(case.shape), "dtype": case.dtype, "eps": case.eps, "threads": case.threads,
                      "peer": cell.peer, "status": cell.status, "note": cell.note, "loss": cell.loss}
             if cell.stats is not None:
                 stats = cell.stats
@@ -154,7 +165,7 @@ def throughput_sweep(settings, threads, total, classes_list, progress=None):
         dtype = settings.dtypes[0]
         if progress:
             progress(f"plot: {shape[0]}x{shape[1]} {dtype} {threads} thread(s)")
-        student, teacher = make_logits(shape, DTYPES[dtype])
+        student, teacher = make_logits(shape, numpy_dtype(dtype))
         case = run_case(student, teacher, dtype, threads, settings)
         for cell in case.cells.values():
             if cell.stats is not None:

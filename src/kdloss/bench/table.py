@@ -38,6 +38,11 @@ def format_cell(case, peer):
     return text
 
 
+def format_inputs(case):
+    """The shape, and the student's distance from the teacher unless it is the usual eps = 1."""
+    return format_shape(case.shape) + (f", eps {case.eps:g}" if case.eps != 1.0 else "")
+
+
 def _columns(cases):
     """Every peer that appears in any of ``cases``, in the order the runner used."""
     columns = []
@@ -65,7 +70,7 @@ def batch_table(cases):
     rows = []
     for case in cases:
         speedup = scaling(cases, case)
-        rows.append([format_shape(case.shape), case.dtype, str(case.threads)]
+        rows.append([format_inputs(case), case.dtype, str(case.threads)]
                     + [format_cell(case, p) for p in columns]
                     + [f"{speedup:.2f}x" if speedup else "—"])
     return _markdown(header, rows)
@@ -78,7 +83,7 @@ def single_call_table(cases):
         return ""
     columns = _columns(cases)
     header = ["one call", "dtype"] + [peer_registry.PEERS[p].label for p in columns]
-    rows = [[format_shape(case.shape), case.dtype] + [format_cell(case, p) for p in columns] for case in cases]
+    rows = [[format_inputs(case), case.dtype] + [format_cell(case, p) for p in columns] for case in cases]
     return _markdown(header, rows)
 
 
@@ -87,7 +92,9 @@ LEGEND = (
     "and (in brackets) that time over kdloss's median in the same row: 10x means kdloss is 10 "
     "times faster. \"read both inputs\": np.sum of both arrays split over the row's threads "
     "(the memory floor); \"np.exp both inputs\": NumPy's single-threaded exp of both arrays "
-    "into preallocated buffers."
+    "into preallocated buffers. \"eps 0.01\": student = teacher + 0.01 N(0,1), close to convergence "
+    "(otherwise eps = 1); there, and for float16/bfloat16 inputs, a peer is timed when its loss is "
+    "within its rounding error of kdloss's (a few ulps of the largest log-probability), not 1e-4."
 )
 
 
@@ -111,7 +118,8 @@ def header_lines(machine, settings):
         (f"- threads: kdloss num_threads=threads; PyTorch torch.set_num_threads(threads); "
          f"JAX pool {threads['JAX pool (PJRT_NPROC)']} (PJRT_NPROC, fixed per process); NumPy/SciPy one thread"),
         (f"- T = {settings.temperature:g}, mean over rows, {settings.repeat} interleaved samples per peer; "
-         "teacher = 3 N(0,1), student = teacher + N(0,1), seed 0"),
+         "teacher = 3 N(0,1), student = teacher + eps N(0,1) (eps = "
+         f"{', '.join(f'{e:g}' for e in getattr(settings, 'eps', (1.0,)))}), seed 0"),
     ]
 
 
