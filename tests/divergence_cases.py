@@ -145,9 +145,9 @@ MASKED_ROWS = {
     "both -inf on one class, rest differs": ([-inf, 1, 0], [-inf, 0, 1]),
     "student -inf, teacher finite but negligible": ([-inf, 0, 0], [-1e4, 0, 0]),
     "teacher -inf, student finite but negligible": ([-1e4, 0, 0], [-inf, 0, 0]),
-    # Reverse KL ~ 8192 / (3 T). (The mirror, a student negligible where the teacher is not, is
-    # off by ~eps x its gap in the mixture and TVD rows, 7e-13 at this gap: not in the table.)
+    # Reverse KL ~ 8192 / (3 T); the mirror, KL ~ 8192 / (3 T).
     "teacher negligible where the student is not": ([0, 0, 0], [-8192, 0, 0]),
+    "student negligible where the teacher is not": ([-8192, 0, 0], [0, 0, 0]),
     "teacher all -inf": ([0, 0, 0], [-inf, -inf, -inf]),
     "student all -inf": ([-inf, -inf, -inf], [0, 1, 0]),
     "one class": ([7], [-3]),
@@ -215,14 +215,11 @@ def case_of(divergence, beta=None, infinite=(), masks=("teacher", "student")):
 # and of the size of H where the student puts its mass on a class of the teacher's e^(-H/T).
 REVERSE_KL = case_of("reverse_kl", masks=("student",), infinite=(
     "teacher -inf masks its class", "masked class, student large there", "teacher all -inf",
-    "one class, teacher -inf", "huge student on a masked class"))
+    "one class, teacher -inf", "huge student on a masked class", "teacher -inf, student finite but negligible"))
 REVERSE_KL = dataclasses.replace(
     REVERSE_KL,
-    # Not "teacher -inf, student finite but negligible": +inf by the definition (and the oracle),
-    # but the kernel's mixture row gives 0 where Q underflows there (reported).
     special_rows={name: row for name, row in REVERSE_KL.special_rows.items()
-                  if name not in ("huge teacher on a class the student masks",
-                                  "teacher -inf, student finite but negligible")},
+                  if name != "huge teacher on a class the student masks"},
     huge_rows={
         **{name: row for name, row in REVERSE_KL.huge_rows.items() if name != "huge with a masked class"},
         "huge, different argmax": ([0, "H"], ["H", 0], lambda T, H: T * H * math.tanh(H / (2 * T))),

@@ -13,6 +13,7 @@ from conftest import THREAD_COUNTS
 
 import kdloss
 from kdloss import _api, _kernel, _reduction, _threads
+from kdloss._divergences import resolve_divergence
 
 
 def run_python(code, **environment):
@@ -91,7 +92,7 @@ def test_a_mean_over_a_million_rows_is_one_kernel_call(monkeypatch):
     mean = kdloss.kd_loss(student, teacher, 2.0)
     assert calls == [rows - 5, 5]
     calls.clear()
-    per_row = _api._row_losses(student, teacher, 2.0, None)  # float64, as the sum reads them
+    per_row = _api._row_losses(student, teacher, 2.0, None, *resolve_divergence())  # float64, as the sum reads them
     assert calls == [rows]
     assert mean == _reduction.blockwise_sum(per_row) / rows
 

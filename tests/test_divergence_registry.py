@@ -226,3 +226,23 @@ def test_the_public_oracle_takes_every_divergence(name):
     assert k_loss == pytest.approx(loss, rel=1e-9)
     np.testing.assert_allclose(k_s, d_s, rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(k_t, d_t, rtol=1e-9, atol=1e-14)
+
+
+def test_reverse_kl_under_hintons_loss_keeps_its_special_values():
+    """Under a cross-entropy term reverse KL takes the mixture row (the student's logits are
+    read for the labels): its special rows agree with the exchanged KL's, a student class of
+    negligible mass where the teacher masks it included (+inf, not an underflow to 0)."""
+    from divergence_cases import MASKED_ROWS
+
+    inf = math.inf
+    rows = [(s, t) for s, t in MASKED_ROWS.values() if len(s) == 3 and "H" not in s + t]
+    rows.append(([-1e4, 0, 0], [-inf, 0, 0]))
+    student = np.array([s for s, _ in rows], dtype=np.float64)
+    teacher = np.array([t for _, t in rows], dtype=np.float64)
+    labels = np.zeros(len(rows), dtype=np.int64)
+    for temperature in (1.0, 3.0):
+        alone = kdloss.kd_loss(student, teacher, temperature, reduction="none", divergence="reverse_kl")
+        mixed = kdloss.hinton_loss(student, teacher, labels, temperature, alpha=1.0, reduction="none",
+                                   divergence="reverse_kl")
+        np.testing.assert_allclose(mixed, alone, rtol=1e-13, atol=1e-300)
+    assert alone[-1] == inf

@@ -287,9 +287,9 @@ def kl_row_grads(student: ArrayLike, teacher: ArrayLike,
 
 def reverse_kl_row_grads(student: ArrayLike, teacher: ArrayLike,
                          temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The gradient oracle of ``"reverse_kl"``, ``D = sum Q log(Q / P)``: ``g = dD/dQ = log(Q / P)
-    (+ 1)``, ``f = dD/dP = -Q / P``, through :func:`_softmax_gradients` (constants cancel there).
-    Rows whose loss is not finite have NaN gradients.
+    """The gradient oracle of ``"reverse_kl"``, ``D = sum Q log(Q / P)``: :func:`kl_row_grads` with
+    the roles exchanged, as the kernel computes it. A NaN row has NaN gradients; a +inf row (the
+    teacher rules out a class the student allows) keeps the finite ``d_t`` and has a NaN ``d_s``.
 
     Examples
     --------
@@ -298,8 +298,8 @@ def reverse_kl_row_grads(student: ArrayLike, teacher: ArrayLike,
     >>> d_s
     array([[-0.1868, -0.2795,  0.4663]])
     """
-    return _divergence_row_grads(student, teacher, temperature, reverse_kl_rows,
-                                 lambda log_p, log_q: (-np.exp(log_q - log_p), log_q - log_p))
+    loss, d_teacher, d_student = kl_row_grads(teacher, student, temperature)
+    return loss, d_student, d_teacher
 
 
 def jsd_row_grads(student: ArrayLike, teacher: ArrayLike, temperature: float,

@@ -33,7 +33,7 @@ enum { KD_MIX_A, KD_MIX_B, KD_MIX_SQ, KD_MIX_SP, KD_MIX_SUMS };
 /* The gradient's row constants after KL's (kd_row_finish.constant[...]). */
 enum {
     KD_MIX_LOG_ZP = KD_KL_CONSTANTS, KD_MIX_LOG_ZQ, KD_MIX_LOG_RATIO_Z, KD_MIX_EQ, KD_MIX_EP, KD_MIX_LAM, KD_MIX_CP, KD_MIX_CQ,
-    KD_MIX_TINY_LIMIT,
+    KD_MIX_FIRST_KL,
     KD_MIX_CONSTANTS
 };
 _Static_assert(KD_MIX_SUMS <= KD_MAX_SUMS && KD_MIX_CONSTANTS <= KD_MAX_CONSTANTS,
@@ -52,7 +52,7 @@ typedef struct {
     kd_vd log_zp, log_zq; /* for far classes */
     kd_vd log_ratio_z;    /* log(Z_Q / Z_P) = log1p(y) */
     kd_vd e_q, e_p;       /* E_Q[g], E_P[f] (after the second pass) */
-    kd_vd tiny_limit;     /* |u|, |v| below it take the series: 1/16 near zero, else 0 */
+    kd_vd first_kl;       /* KL(P || Q) from the first pass: how far the row is from zero */
     double lam, c_p, c_q;
 } kd_mix_finished;
 
@@ -67,14 +67,7 @@ KD_INLINE kd_mix_finished kd_mix_finish_lanes(const kd_vd *sum, const double *we
     const kd_vd y = out.kl.y, central = kd_select(y >= -0.5, y, kd_splat(0.0));
     out.log_ratio_z = kd_select(y >= -0.5, kd_log1p_minus_identity(central) + central, out.log_zq - out.log_zp);
     out.e_q = out.e_p = kd_splat(0.0);
-    /* A row far enough from zero takes logs for every class: the rounding of its terms, about
-     * 2^-53 (c_P mu + c_Q lam) E_P|rho|, is then below 2^-44 of its value, about
-     * (c_P mu^2 + c_Q lam^2) E_P[rho^2] / 2 with E_P[rho^2] ~ 2 KL(P || Q) from the first pass.
-     * Closer to zero, the series (no cancellation) where |u|, |v| < 1/16. */
-    const double lam = weights[0], c_p = weights[1], c_q = weights[2], mu = 1.0 - lam;
-    const double second_order = c_p * mu * mu + c_q * lam * lam;
-    const double root_needed = second_order > 0.0 ? 0x1p-8 * (c_p * mu + c_q * lam) / second_order : INFINITY;
-    out.tiny_limit = kd_select(2.0 * out.kl.value >= root_needed * root_needed, kd_splat(0.0), kd_splat(0.0625));
+    out.first_kl = out.kl.value;
     out.lam = weights[0];
     out.c_p = weights[1];
     out.c_q = weights[2];
@@ -119,6 +112,22 @@ KD_INLINE kd_vd kd_mix_log1p_series(kd_vd x)
     return kd_horner(x, KD_LOG1P_SERIES, ALL) * x * x;
 }
 
+/* Where the second pass takes the series: |u|, |v| below the limit returned. A row far enough
+ * from zero takes logs for every class (limit 0): the rounding of its terms, about
+ * eps (c_P mu + c_Q lam) E_P|rho| with eps the first pass's accuracy (2^-53 in double, ~2^-37
+ * for 4-byte and 2-byte inputs), is then below 2^-44 (double) or ~2^-33 of its value, about
+ * (c_P mu^2 + c_Q lam^2) E_P[rho^2] / 2 with E_P[rho^2] ~ 2 KL(P || Q) from the first pass.
+ * Closer to zero, the series (no cancellation) where |u|, |v| < 1/16. */
+KD_INLINE kd_vd kd_mix_series_limit(const kd_mix_finished *row, const int for_double)
+{
+    const double mu = 1.0 - row->lam;
+    const double second_order = row->c_p * mu * mu + row->c_q * row->lam * row->lam;
+    if (!(second_order > 0.0))
+        return kd_splat(0.0625);
+    const double root_needed = (for_double ? 0x1p-8 : 0x1p-3) * (row->c_p * mu + row->c_q * row->lam) / second_order;
+    return kd_select(2.0 * row->first_kl >= root_needed * root_needed, kd_splat(0.0), kd_splat(0.0625));
+}
+
 KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                            const kd_mix_finished *row, const int mode,
                                            const int for_double)
@@ -157,7 +166,7 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     out.c = row->c_p * u + row->c_q * v;
     /* Near zero h(x) = (1 + x) L(x) + x^2 by the series of L; elsewhere logs of the ratios:
      * log(P / M) = -log(den), log(Q / M) = log(Q / P) - log(den), log(Q / P) = -d - log(Z_Q / Z_P). */
-    const kd_vd limit = row->tiny_limit;
+    const kd_vd limit = kd_mix_series_limit(row, for_double);
     const kd_vi tiny_u = (u < limit) & (u > -limit), tiny_v = (v < limit) & (v > -limit);
     out.l1u = out.l1v = out.a_term = out.b_term = zero;
     out.infinite = (kd_vi)zero;
@@ -208,6 +217,7 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         if (lam == 0.0 && row->c_p != 0.0)
             out.infinite = (s == -INFINITY) & (t > -INFINITY);
         out.a_term = kd_select(out.infinite, kd_splat(NAN), out.a_term);
+        out.b_term = kd_select(out.infinite, kd_splat(NAN), out.b_term);
     }
     return out;
 }
@@ -269,7 +279,7 @@ KD_INLINE void kd_mix_finish_store(const kd_mix_finished *lanes, int lane, kd_ro
     out->constant[KD_MIX_LAM] = lanes->lam;
     out->constant[KD_MIX_CP] = lanes->c_p;
     out->constant[KD_MIX_CQ] = lanes->c_q;
-    out->constant[KD_MIX_TINY_LIMIT] = lanes->tiny_limit[lane];
+    out->constant[KD_MIX_FIRST_KL] = lanes->first_kl[lane];
 }
 
 KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
@@ -285,6 +295,6 @@ KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
     out.lam = f->constant[KD_MIX_LAM];
     out.c_p = f->constant[KD_MIX_CP];
     out.c_q = f->constant[KD_MIX_CQ];
-    out.tiny_limit = kd_splat(f->constant[KD_MIX_TINY_LIMIT]);
+    out.first_kl = kd_splat(f->constant[KD_MIX_FIRST_KL]);
     return out;
 }
