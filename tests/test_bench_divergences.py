@@ -49,7 +49,7 @@ def test_parse_divergences():
 def test_bench_divergence_prints_every_row_and_saves_json(capsys, tmp_path):
     out_json = tmp_path / "divergences.json"
     assert main(["bench", "--shapes", "16x7", "--repeat", "1", "--threads", "1", "--divergence", "all",
-                 "--json", str(out_json)]) == 0
+                 "--eps", "1,0.01", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert ("| shape | dtype | threads | divergence | kdloss | vs kdloss KL | PyTorch formulation | its time | "
             "PyTorch / kdloss |") in out
@@ -57,10 +57,12 @@ def test_bench_divergence_prints_every_row_and_saves_json(capsys, tmp_path):
         label = name + "".join(f" (beta={value:g})" for value in divergence.parameters.values())
         assert f"| 16 x 7 | float32 | 1 | {label} |" in out
         assert FORMULATIONS[name].label in out
+        assert f"| 16 x 7, eps 0.01 | float32 | 1 | {label} |" in out
     assert "| 16 x 7 | float32 | 1 | kl | " in out and " | 1.00x | " in out
     saved = json.loads(out_json.read_text())
     assert saved["machine"]["cpu"]
-    timed = {(entry["who"], entry["divergence"]): entry for entry in saved["divergences"]}
+    assert {entry["eps"] for entry in saved["divergences"]} == {1.0, 0.01}
+    timed = {(entry["who"], entry["divergence"]): entry for entry in saved["divergences"] if entry["eps"] == 1.0}
     assert set(timed) == {("kdloss", name) for name in DIVERGENCES} | {("torch", name) for name in DIVERGENCES}
     for name in DIVERGENCES:
         ours, theirs = timed[("kdloss", name)], timed[("torch", name)]

@@ -39,7 +39,7 @@ def add_parser(commands):
     bench.add_argument("--divergence", default="kl", metavar="NAME[,NAME...]",
                        help="kl (default): the comparison above; other divergences, or all: each divergence by "
                        "kdloss beside kdloss's KL and the divergence's PyTorch formulation (TRL, DistiLLM), "
-                       "at --shapes, --dtype, --threads, --repeat and -T (--peers, --plot do not apply)")
+                       "at --shapes, --dtype, --threads, --eps, --repeat and -T (--peers, --plot do not apply)")
     add_eps_argument(bench)
     add_job_arguments(bench)
     return bench

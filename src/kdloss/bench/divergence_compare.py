@@ -1,13 +1,15 @@
 """``kdloss bench --divergence``: each divergence by kdloss beside kdloss's KL and the divergence's
 PyTorch formulation (``divergence_peers``), in one process, interleaved.
 
-For each shape, dtype and thread count (inputs drawn once, as for the KL table): kdloss's KL,
+For each shape, dtype, eps (how close the student is to the teacher) and thread count (inputs
+drawn once, as for the KL table): kdloss's KL,
 then for every divergence asked for kdloss with that divergence (its default parameters) and
 the peer's PyTorch formulation, which is checked against kdloss before it is timed and dropped
 if it disagrees. All calls of a case are then timed round-robin, so the ratios to KL and to
 the formulation come from the same samples' conditions.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +17,10 @@ import numpy as np
 import kdloss
 
 from .._divergences import DIVERGENCES, resolve_divergence
-from .cases import DTYPES, format_shape, make_logits
+from .cases import DTYPES, make_logits
 from .divergence_peers import FORMULATIONS
-from .peers import agrees
+from .peers import agrees, rounding_bound
+from .table import format_inputs
 from .timing import calls_per_sample, interleaved
 
 KL_KEY = ("kdloss", "kl")
@@ -31,6 +34,7 @@ class DivergenceCase:
     shape: tuple
     dtype: str
     threads: int
+    eps: float  # student = teacher + eps N(0, 1)
     divergences: tuple
     parameters: dict  # divergence -> its parameters as resolved
     losses: dict  # (who, divergence) -> the checked loss
@@ -55,7 +59,7 @@ def parse_divergences(text):
     return names
 
 
-def _calls(student, teacher, temperature, threads, divergences):
+def _calls(student, teacher, temperature, threads, divergences, rounding):
     """The calls of one case, each checked once (also its warm-up): ``(calls, parameters, losses, notes)``."""
     import torch
 
@@ -75,7 +79,7 @@ def _calls(student, teacher, temperature, threads, divergences):
             return formulation.mean_loss(s, t, temperature, parameters[name])
 
         value = peer()
-        if not agrees(value, losses[key], student.dtype, "torch"):
+        if not agrees(value, losses[key], student.dtype, "torch", rounding):
             error = abs(value - losses[key]) / abs(losses[key]) if losses[key] else float("inf")
             notes[("torch", name)] = f"disagrees: relative difference {error:.1e} from kdloss"
             continue
@@ -84,21 +88,24 @@ def _calls(student, teacher, temperature, threads, divergences):
 
 
 def run(settings, divergences, progress=None):
-    """Every case of ``settings`` (shapes, dtypes, threads, repeat, temperature) for ``divergences``."""
+    """Every case of ``settings`` (shapes, dtypes, threads, eps, repeat, temperature) for
+    ``divergences``."""
     cases = []
-    for shape in settings.shapes:
-        for dtype in settings.dtypes:
-            student, teacher = make_logits(shape, DTYPES[dtype])
-            for threads in settings.threads:
-                if progress:
-                    progress(f"divergences: {shape[0]}x{shape[1]} {dtype} {threads} thread(s)")
-                calls, parameters, losses, notes = _calls(student, teacher, settings.temperature, threads,
-                                                          divergences)
-                numbers = {key: calls_per_sample(call) for key, call in calls.items()}
-                stats = interleaved(calls, settings.repeat, numbers)
-                cases.append(DivergenceCase(tuple(shape), dtype, threads, divergences, parameters, losses, stats,
-                                            notes))
-            del student, teacher
+    for shape, dtype, eps in itertools.product(settings.shapes, settings.dtypes, settings.eps):
+        student, teacher = make_logits(shape, DTYPES[dtype], eps=eps)
+        # Close to the teacher, or in 2 bytes, a peer is checked to its rounding error (peers.agrees).
+        exact_inputs = eps == 1.0 and dtype in ("float32", "float64")
+        rounding = None if exact_inputs else rounding_bound(student, teacher, settings.temperature)
+        for threads in settings.threads:
+            if progress:
+                progress(f"divergences: {shape[0]}x{shape[1]} {dtype} eps {eps:g} {threads} thread(s)")
+            calls, parameters, losses, notes = _calls(student, teacher, settings.temperature, threads,
+                                                      divergences, rounding)
+            numbers = {key: calls_per_sample(call) for key, call in calls.items()}
+            stats = interleaved(calls, settings.repeat, numbers)
+            cases.append(DivergenceCase(tuple(shape), dtype, threads, eps, divergences, parameters, losses, stats,
+                                        notes))
+        del student, teacher
     return cases
 
 
@@ -128,7 +135,7 @@ def table(cases):
             ours, theirs = case.stats[("kdloss", name)], case.stats.get(("torch", name))
             peer_time = _time(theirs) if theirs else case.notes.get(("torch", name), "—") + "*"
             lines.append("| " + " | ".join([
-                format_shape(case.shape), case.dtype, str(case.threads),
+                format_inputs(case), case.dtype, str(case.threads),
                 _divergence_label(name, case.parameters[name]), _time(ours), _ratio(ours.median, kl),
                 FORMULATIONS[name].label, peer_time, _ratio(theirs.median if theirs else None, ours.median),
             ]) + " |")
@@ -148,8 +155,8 @@ def as_json(cases):
     results = []
     for case in cases:
         for (who, name), stats in case.stats.items():
-            entry = {"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads, "who": who,
-                     "divergence": name, "parameters": case.parameters.get(name, {}),
+            entry = {"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads, "eps": case.eps,
+                     "who": who, "divergence": name, "parameters": case.parameters.get(name, {}),
                      "loss": float(np.float64(case.losses[(who, name)])), "median_s": stats.median,
                      "q1_s": stats.q1, "q3_s": stats.q3, "samples_s": list(stats.samples),
                      "calls_per_sample": stats.calls_per_sample}
@@ -157,7 +164,7 @@ def as_json(cases):
                 entry["formulation"] = FORMULATIONS[name].label
             results.append(entry)
         for (who, name), note in case.notes.items():
-            results.append({"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads, "who": who,
-                            "divergence": name, "note": note})
+            results.append({"shape": list(case.shape), "dtype": case.dtype, "threads": case.threads,
+                            "eps": case.eps, "who": who, "divergence": name, "note": note})
     return results
 
