@@ -7,6 +7,7 @@ kernel over the last axis of NumPy arrays. See README.md for semantics and accur
 from . import reference
 from ._api import distillation_loss, kd_loss, log_softmax, softmax
 from ._config import openmp_enabled, show_config
+from ._sparse import sparse_kd_loss, sparse_kd_loss_and_grad
 from ._training import hinton_loss, hinton_loss_and_grad, kd_loss_and_grad
 from ._version import __version__
 
@@ -22,4 +23,6 @@ __all__ = [
     "reference",
     "show_config",
     "softmax",
+    "sparse_kd_loss",
+    "sparse_kd_loss_and_grad",
 ]

@@ -43,5 +43,6 @@ except ModuleNotFoundError as error:
 
 from ._modules import HintonLoss, KDLoss
 from ._ops import hinton_loss, kd_loss
+from ._sparse import sparse_kd_loss
 
-__all__ = ["HintonLoss", "KDLoss", "hinton_loss", "kd_loss"]
+__all__ = ["HintonLoss", "KDLoss", "hinton_loss", "kd_loss", "sparse_kd_loss"]
