@@ -5,7 +5,6 @@
 import math
 
 import mpmath
-
 from exact_reference import DPS, exact
 
 

@@ -330,3 +330,67 @@ def test_long_rows_blocks_and_odd_lengths():
             got = kdloss.sparse_kd_loss(student, ids, values, 1.0, tail=tail, reduction="none")
             want = kdloss.reference.sparse_kd_loss(student, ids, values, 1.0, tail=tail, reduction="none")
             np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# kdloss score with a sparse teacher.
+
+@pytest.mark.parametrize("store_as", ["npz", "npz_compressed", "zarr"])
+@pytest.mark.parametrize("tail", TAILS)
+def test_score_sparse_teacher(tmp_path, capsys, store_as, tail):
+    import json
+
+    from kdloss.cli import main
+
+    student, ids, logprobs = problem(rows=12, classes=30, k=4, seed=29, dtype=np.float32)
+    student = student.reshape(3, 4, 30)
+    ids, logprobs = ids.reshape(3, 4, 4).astype(np.int32), logprobs.reshape(3, 4, 4)
+    np.save(tmp_path / "student.npy", student)
+    if store_as == "zarr":
+        zarr = pytest.importorskip("zarr")
+        group = zarr.open_group(str(tmp_path / "teacher"), mode="w")
+        group.create_array("indices", data=ids, chunks=(2, 4, 4))
+        group.create_array("values", data=logprobs, chunks=(1, 4, 4))
+        teacher = str(tmp_path / "teacher")
+    else:
+        save = np.savez_compressed if store_as == "npz_compressed" else np.savez
+        save(tmp_path / "teacher.npz", indices=ids, values=logprobs)
+        teacher = str(tmp_path / "teacher.npz")
+    out = tmp_path / "losses.npy"
+    argv = ["score", str(tmp_path / "student.npy"), teacher, "-T", "2", "--tail", tail, "--out", str(out),
+            "--chunk-rows", "5", "--quiet"]
+    assert main(argv) == 0
+    expected = kdloss.sparse_kd_loss(student, ids, logprobs, 2.0, tail=tail, reduction="none")
+    np.testing.assert_array_equal(np.load(out), expected, strict=True)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 12 and summary["k"] == 4 and summary["tail"] == tail
+    assert summary["sum"] == math.fsum(expected.astype(np.float64).ravel().tolist())
+
+
+def test_score_sparse_teacher_errors(tmp_path, capsys):
+    from kdloss.cli import main
+
+    student, ids, logprobs = problem(rows=6, classes=10, k=3, seed=31)
+    np.save(tmp_path / "student.npy", student)
+    bad = ids.copy()
+    bad[4, 1] = 10
+    np.savez(tmp_path / "bad.npz", indices=bad, values=logprobs)
+    out = tmp_path / "losses.npy"
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "bad.npz"), "--out", str(out),
+                 "--chunk-rows", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rows 4:6" in err and "row (0,) holds 10" in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+    np.savez(tmp_path / "floats.npz", indices=ids.astype(float), values=logprobs)
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "floats.npz")]) == 2
+    assert "integers" in capsys.readouterr().err
+    np.savez(tmp_path / "teacher.npz", indices=ids, values=logprobs)
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "teacher.npz"), "--teacher-values",
+                 "logits"]) == 2
+    assert "needs values='logprobs'" in capsys.readouterr().err
+    np.save(tmp_path / "dense.npy", student)
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "dense.npy"), "--tail", "zero"]) == 2
+    assert "apply to a sparse teacher" in capsys.readouterr().err
+    np.savez(tmp_path / "short.npz", indices=ids[:5], values=logprobs[:5])
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "short.npz")]) == 2
+    assert "leading axes" in capsys.readouterr().err

@@ -109,7 +109,8 @@ def sparse_rows(student, teacher, temperature, *, tail, divergence, parameters, 
             else:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     # The chain rule through T log R; R = 0 (every other class -inf) takes nothing.
-                    coef = np.where(rest > 0.0, small_grad[:, k] / rest, np.where(np.isnan(small_grad[:, k]), np.nan, 0.0))
+                    g_rest = small_grad[:, k]
+                    coef = np.where(rest > 0.0, g_rest / rest, np.where(np.isnan(g_rest), np.nan, 0.0))
             _kernel.sparse_gradient_rows(rows, teacher.ids[lo:hi], teacher.counts[lo:hi],
                                          np.ascontiguousarray(small_grad[:, :k]),
                                          np.zeros(hi - lo) if s_max is None else s_max, coef,
@@ -218,9 +219,9 @@ def sparse_kd_loss(
     >>> student = np.array([[2.0, 1.0, 0.0, -1.0]])
     >>> ids, logprobs = [[0, 2]], np.log([[0.6, 0.3]])  # top-2 of a teacher; 0.1 elsewhere
     >>> kdloss.sparse_kd_loss(student, ids, logprobs)  # tail="bucket": {0}, {2}, the rest
-    0.0582
+    0.2296
     >>> kdloss.sparse_kd_loss(student, ids, logprobs, tail="renormalize")
-    0.0573
+    0.1571
     """
     loss, _ = sparse_kd_loss_and_grads(
         student_logits, teacher_indices, teacher_values, temperature, values=values, tail=tail,
@@ -290,7 +291,7 @@ def sparse_kd_loss_and_grad(
     >>> student = np.array([[2.0, 1.0, 0.0, -1.0]])
     >>> loss, d_student = kdloss.sparse_kd_loss_and_grad(student, [[0, 2]], np.log([[0.6, 0.3]]))
     >>> d_student
-    array([[ 0.0437,  0.0123, -0.1817,  0.0045]])
+    array([[ 0.0439,  0.1488, -0.2129,  0.0201]])
     """
     return sparse_kd_loss_and_grads(
         student_logits, teacher_indices, teacher_values, temperature, values=values, tail=tail,

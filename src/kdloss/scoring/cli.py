@@ -14,8 +14,8 @@ import sys
 import threading
 from collections import namedtuple
 
-from .._threads import resolve_num_threads
 from .._sparse_inputs import check_tail
+from .._threads import resolve_num_threads
 from .._validation import (
     check_num_threads,
     check_reduction,
@@ -52,7 +52,8 @@ Inputs (STUDENT and TEACHER):
   A sparse (top-k) TEACHER: FILE.npz (no :NAME) or a Zarr group folder, with members
   "indices" (integers) and "values" (floats), shape (..., k), leading axes as STUDENT's;
   --teacher-values says what values holds, --tail what happens to the mass outside the ids
-  (kdloss.sparse_kd_loss; a bad index is one line naming its row, exit status 2). Paths are resolved as the OS resolves them:
+  (kdloss.sparse_kd_loss; a bad index is one line naming its row, exit status 2).
+  Paths are resolved as the OS resolves them:
   link/../x.npy is the x.npy beside the folder the link points to.
 
 Output:
@@ -105,7 +106,8 @@ def add_parser(commands):
     # one-line error; argparse's own errors (a missing argument) are one line too (kdloss.cli).
     parser.add_argument("student", metavar="STUDENT",
                         help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
-    parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT; or a sparse teacher (see above)")
+    parser.add_argument("teacher", metavar="TEACHER",
+                        help="teacher logits, same shape as STUDENT; or a sparse teacher (see above)")
     parser.add_argument("-T", "--temperature", default="1.0", metavar="T",
                         help="temperature, finite and > 0 (default 1.0)")
     parser.add_argument("--out", metavar="FILE", help="write the per-row losses to FILE.npy or FILE.csv (atomically)")

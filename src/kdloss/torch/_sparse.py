@@ -115,11 +115,11 @@ def sparse_kd_loss(
     >>> import kdloss.torch as kdt
     >>> student = torch.tensor([[2.0, 1.0, 0.0, -1.0]], requires_grad=True)
     >>> loss = kdt.sparse_kd_loss(student, torch.tensor([[0, 2]]), torch.tensor([[0.6, 0.3]]).log())
-    >>> round(loss.item(), 4)
-    0.0582
+    >>> loss.item()
+    0.2296
     >>> loss.backward()
     >>> student.grad
-    tensor([[ 0.0437,  0.0123, -0.1817,  0.0045]])
+    tensor([[ 0.0439,  0.1488, -0.2129,  0.0201]])
     """
     if not isinstance(student, torch.Tensor) or student.device.type != "cpu" or student.dtype not in SUPPORTED_DTYPES:
         raise TypeError("kdloss.torch supports CPU float32, float64, float16 and bfloat16 tensors; got student "
