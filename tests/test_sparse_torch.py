@@ -37,8 +37,8 @@ def test_gradcheck(tail, divergence, beta):
     student.requires_grad_()
     for reduction in ("sum", "none"):
         torch.autograd.gradcheck(
-            lambda s: kdt.sparse_kd_loss(s, ids, logprobs, 1.5, tail=tail, divergence=divergence, beta=beta,
-                                         reduction=reduction),
+            lambda s, reduction=reduction: kdt.sparse_kd_loss(s, ids, logprobs, 1.5, tail=tail,
+                                                              divergence=divergence, beta=beta, reduction=reduction),
             (student,),
         )
 
