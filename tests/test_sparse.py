@@ -394,3 +394,15 @@ def test_score_sparse_teacher_errors(tmp_path, capsys):
     np.savez(tmp_path / "short.npz", indices=ids[:5], values=logprobs[:5])
     assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "short.npz")]) == 2
     assert "leading axes" in capsys.readouterr().err
+
+
+def test_readme_example_runs():
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Sparse teachers", 1)[1].split("\n## ", 1)[0]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102 (running the README is the test)
+    assert namespace["d_student"].shape == namespace["student"].shape
+    assert np.isfinite(namespace["loss"])

@@ -74,3 +74,17 @@ def test_bfloat16_student_and_errors():
         kdt.sparse_kd_loss(student.float(), ids, logprobs.float(), tail="zero", divergence="reverse_kl")
     with pytest.raises(TypeError, match="CPU float32"):
         kdt.sparse_kd_loss(student.to(torch.int64), ids, logprobs)
+
+
+def test_backward_scales_and_refuses_second_order():
+    student, ids, logprobs = inputs()
+    student.requires_grad_()
+    loss = kdt.sparse_kd_loss(student, ids, logprobs, 2.0, reduction="none")
+    upstream = torch.rand(loss.shape, dtype=loss.dtype)
+    (grad,) = torch.autograd.grad(loss, student, upstream)
+    _, want = kdloss.sparse_kd_loss_and_grad(student.detach().numpy(), ids.numpy(), logprobs.numpy(), 2.0,
+                                             reduction="none", grad_output=upstream.numpy())
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-14, atol=1e-300)
+    loss = kdt.sparse_kd_loss(student, ids, logprobs, 2.0)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(loss, student, create_graph=True)

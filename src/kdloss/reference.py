@@ -13,6 +13,9 @@ The functions and what they return:
 * :func:`kd_loss_and_grad`: the same loss and the gradient of ``grad_output * loss``.
 * :func:`hinton_loss`, :func:`hinton_loss_and_grad`: ``alpha T^2 KL + (1 - alpha) CE`` per
   row, with hard labels (``CE = logsumexp(s) - s_label`` at T = 1) and ``ignore_index``.
+* :func:`sparse_kd_loss`, :func:`sparse_rows`: a sparse (top-k) teacher, as
+  :func:`kdloss.sparse_kd_loss` (the small distributions each ``tail`` defines, compared by the
+  divergence's own oracle).
 * :func:`kl_rows`, :func:`cross_entropy_rows`: the per-row float64 oracles of the divergence
   table's ``"kl"`` row and of Hinton's cross-entropy term (``kdloss._divergences``).
 

@@ -38,11 +38,17 @@ static double KD_SPARSE_FN(row_max)(const KD_REAL *s, ptrdiff_t n)
 }
 
 /* e^((s_j - s_max) / T) of KD_LANES classes from p (count of them real; the rest are padded with
- * -inf, which gives 0). */
+ * -inf, which gives 0). A whole vector of arguments in [-700, 0] (the usual case) takes the cheaper
+ * exp, which gives the same bits where it applies. */
 KD_INLINE kd_vd KD_SPARSE_FN(exps)(const KD_REAL *p, int count, kd_vd top, kd_vd inv_T)
 {
-    const kd_vd x = count == KD_LANES ? KD_LOAD(p) : KD_LOAD_PARTIAL(p, count, -INFINITY);
-    return kd_exp_wide((x - top) * inv_T, KD_EXP_FOR_DOUBLE);
+    if (count == KD_LANES) {
+        const kd_vd x = (KD_LOAD(p) - top) * inv_T;
+        if (!kd_any(~(x >= -700.0)))
+            return kd_exp_moderate(x, KD_EXP_FOR_DOUBLE);
+        return kd_exp_wide(x, KD_EXP_FOR_DOUBLE);
+    }
+    return kd_exp_wide((KD_LOAD_PARTIAL(p, count, -INFINITY) - top) * inv_T, KD_EXP_FOR_DOUBLE);
 }
 
 /* *s_max: the row's maximum; *rest: R as above, summed by lanes over blocks of KD_BLOCK classes

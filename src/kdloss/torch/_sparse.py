@@ -12,7 +12,7 @@ from .. import _sparse
 from .._sparse_inputs import check_sparse_divergence, check_tail
 from .._validation import check_reduction, check_temperature
 from . import _two_byte
-from ._ops import SUPPORTED_DTYPES, _per_row
+from ._ops import SUPPORTED_DTYPES, _concrete, _per_row
 
 
 @torch.library.custom_op("kdloss::sparse_kd_loss", mutates_args=(), device_types="cpu")
@@ -68,8 +68,14 @@ def _backward(ctx, grad_loss, _grad_d_student):
     if grad_loss is not None and ctx.needs_input_grad[0]:
         if not ctx.student_grad:
             raise RuntimeError("student requires grad, but the operator was called with student_grad=False")
+        if _concrete(grad_loss) and torch.is_grad_enabled():
+            # The saved gradient is a constant: a second derivative through it would be wrong.
+            raise RuntimeError("kdloss.torch losses have first derivatives only (no create_graph=True)")
         (d_student,) = ctx.saved_tensors
-        grads[0] = (grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss) * d_student
+        if _concrete(grad_loss) and grad_loss.dim() == 0 and grad_loss.item() == 1.0:
+            grads[0] = d_student  # loss.backward(): the saved gradient is the answer (a pass saved)
+        else:
+            grads[0] = (grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss) * d_student
     return tuple(grads)
 
 
