@@ -88,11 +88,7 @@ def sparse_rows(student, teacher, temperature, *, tail, divergence, parameters, 
     n_threads = resolve_num_threads(num_threads)
     losses = np.empty(n_rows)
     out_dtype = np.float64 if student.dtype == np.float64 else np.float32
-    d_student = None
-    if want_grad:
-        # "renormalize" writes the ids' entries alone into zeros that calloc maps lazily: the pages
-        # a row's ids miss are never touched here (fresh memory is slow to touch, BENCHMARKS.md).
-        d_student = (np.zeros if tail == "renormalize" else np.empty)(student.shape, dtype=out_dtype)
+    d_student = np.empty(student.shape, dtype=out_dtype) if want_grad else None
     block = max(1, BLOCK_ELEMENTS // max(1, n_classes))
     for lo in range(0, n_rows, block):
         hi = min(n_rows, lo + block)
@@ -106,15 +102,15 @@ def sparse_rows(student, teacher, temperature, *, tail, divergence, parameters, 
                      weights=None if weights is None else weights[lo:hi],
                      grad_output=None if grad_output is None else grad_output[lo:hi],
                      grad_scale=grad_scale, d_student=small_grad)
-        if want_grad and rest is None:
-            rows_at, slots = np.nonzero(np.arange(teacher.ids.shape[1]) < teacher.counts[lo:hi, None])
-            d_student[lo + rows_at, teacher.ids[lo + rows_at, slots]] = small_grad[rows_at, slots]
-        elif want_grad:
+        if want_grad:
             k = teacher.ids.shape[1]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                # The chain rule through T log R; R = 0 (every other class -inf) takes nothing.
-                g_rest = small_grad[:, k]
-                coef = np.where(rest > 0.0, g_rest / rest, np.where(np.isnan(g_rest), np.nan, 0.0))
+            if rest is None:  # "renormalize": zeros outside the ids
+                coef, s_max = np.zeros(hi - lo), np.zeros(hi - lo)
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    # The chain rule through T log R; R = 0 (every other class -inf) takes nothing.
+                    g_rest = small_grad[:, k]
+                    coef = np.where(rest > 0.0, g_rest / rest, np.where(np.isnan(g_rest), np.nan, 0.0))
             _kernel.sparse_gradient_rows(rows, teacher.ids[lo:hi], teacher.counts[lo:hi],
                                          np.ascontiguousarray(small_grad[:, :k]), s_max, coef, temperature,
                                          d_student[lo:hi], threads)
