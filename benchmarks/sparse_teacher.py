@@ -169,6 +169,7 @@ def kdloss_score(*argv):
 
 def score(args):
     folder = args.folder or tempfile.mkdtemp(prefix="kdloss-sparse-")
+    os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(1)
     teacher = (3 * rng.standard_normal((args.rows, args.classes))).astype(np.float32)
     student = (teacher + rng.standard_normal(teacher.shape)).astype(np.float32)
