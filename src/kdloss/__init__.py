@@ -12,6 +12,7 @@ import_kernel()
 from . import reference  # noqa: E402
 from ._api import distillation_loss, kd_loss, log_softmax, softmax  # noqa: E402
 from ._config import openmp_enabled, show_config  # noqa: E402
+from ._sparse import sparse_kd_loss, sparse_kd_loss_and_grad  # noqa: E402
 from ._training import hinton_loss, hinton_loss_and_grad, kd_loss_and_grad  # noqa: E402
 from ._version import __version__  # noqa: E402
 
@@ -27,4 +28,6 @@ __all__ = [
     "reference",
     "show_config",
     "softmax",
+    "sparse_kd_loss",
+    "sparse_kd_loss_and_grad",
 ]

@@ -100,9 +100,15 @@ cdef extern from "simd.h" nogil:
         void (*finish)(const kd_row_sums*, const double*, kd_row_finish*) noexcept nogil
         void (*second_finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
         double (*class_gradient)(const kd_grad_row*, double, double, double, double) noexcept nogil
+    ctypedef struct kd_sparse_passes:
+        void (*rest)(const void*, ptrdiff_t, const int64_t*, ptrdiff_t, double, double*,
+                     double*) noexcept nogil
+        void (*gradient)(const void*, ptrdiff_t, const int64_t*, const double*, ptrdiff_t, double,
+                         double, double, void*) noexcept nogil
     ctypedef struct kd_target:
         const char* name
         kd_divergence_passes divergence[3]
+        kd_sparse_passes sparse[2]
     const kd_target* kd_active_target
     int kd_select_target(const char* name)
     const char* kd_available_targets()
@@ -1063,3 +1069,7 @@ def softmax_rows(
         free(row_scratch)
     if failed:
         raise MemoryError("kdloss: out of memory for the kernel's per-thread row buffers")
+
+
+# The sparse (top-k) teacher's passes over the student's rows (kdloss._sparse).
+include "_sparse_rows.pxi"

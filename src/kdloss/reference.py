@@ -18,6 +18,9 @@ The functions and what they return:
   :func:`reverse_kl_rows`, :func:`jsd_rows`, :func:`skew_kl_rows`, :func:`skew_reverse_kl_rows`,
   :func:`tvd_rows`) and the value with its gradients (:func:`kl_row_grads`, ...,
   :func:`tvd_row_grads`); :func:`cross_entropy_rows`, Hinton's cross-entropy term.
+* :func:`sparse_kd_loss`, :func:`sparse_rows`: a sparse (top-k) teacher, as
+  :func:`kdloss.sparse_kd_loss` (the small distributions each ``tail`` defines, compared by the
+  divergence's own oracle).
 
 Validation (``kdloss._validation``) and the reduction rules (``kdloss._reduction``: weights,
 rows left out, the mean's denominator, gradient scaling, the blockwise sum) are shared with the
@@ -727,3 +730,92 @@ def hinton_loss_and_grad(student_logits: ArrayLike, teacher_logits: ArrayLike, l
     """
     return _hinton(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction, weights,
                    grad_output, teacher_grad, want_grad=True, divergence=divergence, beta=beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse (top-k) teachers
+# ---------------------------------------------------------------------------------------------
+
+
+def _logsumexp64(x, axis=-1):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        top = np.max(x, axis=axis, keepdims=True)
+        shift = np.where(np.isfinite(top), top, 0.0)
+        return np.squeeze(shift + np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)), axis=axis)
+
+
+def sparse_rows(student: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float, *,
+                values: str = "logprobs", tail: str = "bucket", divergence: str = "kl",
+                beta: float | None = None) -> np.ndarray:
+    """The oracle of :func:`kdloss.sparse_kd_loss` per row: ``T^2 D(P || Q)`` (float64, shape
+    ``student.shape[:-1]``) between the two small distributions the tail defines (README "Sparse
+    teachers"), from the student's full log-softmax at ``T`` (``"zero"``, ``"bucket"``: the rest
+    is the log-sum-exp of its classes outside the ids) or its log-softmax over the ids
+    (``"renormalize"``); the divergence's own oracle then compares the two as log-probabilities.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kdloss.reference
+    >>> kdloss.reference.sparse_rows([[2.0, 1.0, 0.0, -1.0]], [[0, 2]], np.log([[0.6, 0.3]]), 1.0)
+    array([0.2296])
+    """
+    from ._divergences import DIVERGENCES  # noqa: F401  (the table imports this module)
+    from ._sparse_inputs import check_sparse_divergence, check_sparse_teacher, check_tail, teacher_rest_log
+
+    student = as_logits(student, "student_logits")
+    teacher = check_sparse_teacher(teacher_indices, teacher_values, student.shape)
+    temperature = check_temperature(temperature)
+    tail, _ = check_tail(tail, values)
+    row, parameters = check_sparse_divergence(divergence, beta, tail)
+    s = np.reshape(student, (-1, student.shape[-1])).astype(np.float64)
+    n_rows, n_classes = s.shape
+    ids, k = teacher.ids, teacher.ids.shape[1]
+    active = np.arange(k) < teacher.counts[:, None]
+    v = np.where(active, teacher.values, -np.inf)
+    if tail == "renormalize":
+        s_ids = np.where(active, np.take_along_axis(s, ids, axis=-1), -np.inf)
+        log_q = _log_softmax64(s_ids, temperature)
+        dead = np.all(s_ids == -np.inf, axis=-1)  # no mass at all: every class ruled out
+        log_q = np.where(dead[:, None], s_ids, log_q)
+        log_p = _log_softmax64(v, temperature)
+    else:
+        log_q_full = _log_softmax64(s, temperature)
+        outside = np.ones(s.shape, dtype=bool)
+        rows = np.broadcast_to(np.arange(n_rows)[:, None], ids.shape)
+        outside[rows[active], ids[active]] = False
+        log_q_rest = _logsumexp64(np.where(outside, log_q_full, -np.inf))
+        log_q = np.concatenate([np.where(active, np.take_along_axis(log_q_full, ids, axis=-1), -np.inf),
+                                log_q_rest[:, None]], axis=-1)
+        dead = np.all(s == -np.inf, axis=-1) & ~np.any(np.isnan(s), axis=-1)
+        log_q = np.where(dead[:, None], -np.inf, log_q)
+        if tail == "zero":
+            log_r = np.full(n_rows, -np.inf)
+        else:
+            log_r = teacher_rest_log(v, teacher.counts, n_classes)
+        log_p = _log_softmax64(np.concatenate([v, log_r[:, None]], axis=-1), temperature)
+    losses = temperature**2 * row.oracle(log_q, log_p, 1.0, **parameters)
+    return losses.reshape(teacher.rows_shape)
+
+
+def sparse_kd_loss(student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike,
+                   temperature: float = 1.0, *, values: str = "logprobs", tail: str = "bucket",
+                   divergence: str = "kl", beta: float | None = None, reduction: Reduction = "mean",
+                   weights: ArrayLike | None = None, num_threads: int | None = None) -> float | np.ndarray:
+    """:func:`sparse_rows`, weighted and reduced as :func:`kdloss.sparse_kd_loss` does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import kdloss.reference
+    >>> kdloss.reference.sparse_kd_loss([[2.0, 1.0, 0.0, -1.0]], [[0, 2]], np.log([[0.6, 0.3]]), tail="renormalize")
+    0.1571
+    """
+    losses = sparse_rows(student_logits, teacher_indices, teacher_values, temperature, values=values, tail=tail,
+                         divergence=divergence, beta=beta)
+    reduction = check_reduction(reduction)
+    weights = check_weights(weights, losses.shape)
+    if weights is not None:
+        losses = reduction_rules.weighted(losses, weights)
+    denominator = reduction_rules.mean_denominator(losses.shape, weights)
+    return reduction_rules.reduce(losses, reduction, denominator, result_dtype(np.asarray(student_logits).dtype))

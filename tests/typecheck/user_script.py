@@ -55,6 +55,15 @@ assert_type(kdloss.reference.hinton_loss(student, teacher, labels, 2.0), float)
 r_loss, r_grad = kdloss.reference.kd_loss_and_grad(student, teacher, 2.0)
 assert_type(r_loss, float)
 
+# A sparse (top-k) teacher.
+top_ids = np.argsort(-teacher, axis=-1)[..., :2]
+top_logprobs = np.full(top_ids.shape, -1.5)
+assert_type(kdloss.sparse_kd_loss(student, top_ids, top_logprobs, 2.0), float)
+assert_type(kdloss.sparse_kd_loss(student, top_ids, top_logprobs, 2.0, tail="zero", reduction="none"), np.ndarray)
+sparse_loss, sparse_grad = kdloss.sparse_kd_loss_and_grad(student, top_ids, top_logprobs, 2.0)
+assert_type(sparse_loss, float)
+assert_type(sparse_grad, np.ndarray)
+
 assert_type(kdloss.openmp_enabled(), bool)
 report = io.StringIO()
 kdloss.show_config(file=report)
@@ -75,6 +84,8 @@ assert_type(kdloss.torch.kd_loss(s, t, 2.0, divergence="tvd"), torch.Tensor)
 assert_type(kdloss.torch.hinton_loss(s, t, torch.as_tensor(labels), divergence="skew_kl", beta=0.2), torch.Tensor)
 assert_type(kdloss.dask.kd_loss(student, teacher, divergence="reverse_kl"), da.Array)
 assert_type(kdloss.torch.generalized_jsd_loss(s, t, None, 0.5, 2.0, "sum"), torch.Tensor)
+assert_type(kdloss.torch.sparse_kd_loss(s, torch.as_tensor(top_ids), torch.as_tensor(top_logprobs), 2.0),
+            torch.Tensor)
 lazy = kdloss.dask.kd_loss(student, teacher, 2.0)  # NumPy inputs become one chunk each
 assert_type(lazy, da.Array)
 value = lazy.compute()  # type: ignore[no-untyped-call]  # Dask's own compute() is untyped

@@ -24,6 +24,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* The vector code is written in GCC/Clang vector extensions (with __builtin_convertvector:
  * GCC 9, Clang 3.7); other compilers get the scalar target only. */
@@ -199,10 +200,23 @@ typedef struct {
     double (*class_gradient)(const kd_grad_row *row, double t, double s, double kept_a, double kept_w);
 } kd_divergence_passes;
 
-/* One compiled instruction set: every divergence of the table. */
+/* A sparse (top-k) teacher's passes over the student's full row, per input dtype (float32 and
+ * float64; sparse_rows.h): rest gives the row's maximum and the mass outside the sorted ids,
+ * gradient writes the dense gradient from the small problem's. */
+typedef void (*kd_sparse_rest_fn)(const void *s, ptrdiff_t n, const int64_t *ids, ptrdiff_t k,
+                                  double inv_T, double *s_max, double *rest);
+typedef void (*kd_sparse_grad_fn)(const void *s, ptrdiff_t n, const int64_t *ids, const double *g,
+                                  ptrdiff_t k, double s_max, double inv_T, double coef, void *d);
+typedef struct {
+    kd_sparse_rest_fn rest;
+    kd_sparse_grad_fn gradient;
+} kd_sparse_passes;
+
+/* One compiled instruction set: every divergence of the table, and the sparse teacher's passes. */
 typedef struct {
     const char *name;
     kd_divergence_passes divergence[KD_DIVERGENCE_COUNT];
+    kd_sparse_passes sparse[2]; /* KD_FLOAT32, KD_FLOAT64 */
 } kd_target;
 
 /* The target in use; never NULL once the module is imported (kd_select_target ran). */

@@ -136,11 +136,17 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
             KD_CAT(finish_row, div), second_finish, KD_CAT(class_gradient, div)                    \
     }
 
+#include "sparse_impl.h"
+
 const kd_target KD_CAT(kd_target, KD_TARGET_ID) = {
     KD_TARGET_LABEL,
     {
         [KD_KL] = KD_DIVERGENCE_PASSES(kl, KD_ONE_PASS, NULL),
         [KD_MIXTURE] = KD_DIVERGENCE_PASSES(mixture, KD_TWO_PASSES, second_finish_row_mixture),
         [KD_TVD] = KD_DIVERGENCE_PASSES(tvd, KD_TWO_PASSES, second_finish_row_tvd),
+    },
+    {
+        [KD_FLOAT32] = {sparse_rest_f32, sparse_gradient_f32},
+        [KD_FLOAT64] = {sparse_rest_f64, sparse_gradient_f64},
     },
 };

@@ -215,12 +215,13 @@ def _member_info(archive, member, where):
     raise InputError(f"{where}: the archive has no array named {member!r} (it holds: {known})")
 
 
-def _load_compressed_member(where, path, name):
-    """A compressed member, decompressed whole and checked (CRC included); InputError if it is corrupt."""
+def _load_compressed_member(where, path, name, check=None):
+    """A compressed member, decompressed whole and checked (CRC included; ``check``: its shape
+    and dtype, ``_check_array`` by default); InputError if it is corrupt."""
     try:
         with zipfile.ZipFile(path) as archive, archive.open(name) as f:
             shape, fortran, dtype, header_length = _read_npy_header(f, where)
-            _check_array(where, shape, dtype)
+            (check or _check_array)(where, shape, dtype)
             info = archive.getinfo(name)
             _check_size(where, shape, dtype, info.file_size - header_length)
             flat = np.empty(prod(shape), dtype)
@@ -234,7 +235,8 @@ def _load_compressed_member(where, path, name):
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def _open_npz_member(spec, path, member):
+def _open_npz_member(spec, path, member, check=None):
+    check = check or _check_array
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -242,7 +244,7 @@ def _open_npz_member(spec, path, member):
     with archive:
         info = _member_info(archive, member, spec)
         if info.compress_type != zipfile.ZIP_STORED:
-            array = _load_compressed_member(spec, path, info.filename)
+            array = _load_compressed_member(spec, path, info.filename, check)
             source = RowSource(spec, "npz-compressed", path, info.filename, array.shape, array.dtype)
             source._cache = array
             return source
@@ -251,7 +253,7 @@ def _open_npz_member(spec, path, member):
                 shape, fortran, dtype, header_length = _read_npy_header(f, spec)
         except (RuntimeError, NotImplementedError) as error:  # encrypted, or an unknown zip feature
             raise InputError(f"{spec} cannot be read: {error}") from None
-    _check_array(spec, shape, dtype)
+    check(spec, shape, dtype)
     # A stored member is a .npy byte for byte after its local file header: map it in place.
     with open(path, "rb") as f:
         f.seek(info.header_offset)

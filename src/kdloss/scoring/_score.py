@@ -130,6 +130,30 @@ def chunk_losses(student, teacher, temperature, chunk_rows, num_threads, diverge
         yield losses
 
 
+def sparse_chunk_losses(student, teacher, temperature, chunk_rows, num_threads, tail, values, divergence="kl",
+                        beta=None):
+    """As :func:`chunk_losses`, for a sparse teacher (``_sparse_teacher.SparseTeacherSource``):
+    ``kdloss.sparse_kd_loss`` of each chunk (with ``divergence`` and ``beta`` of the divergence
+    table). A bad index (out of range, twice in a row) is an InputError naming the row (its flat
+    index over the leading axes)."""
+    from .. import sparse_kd_loss
+    from ._errors import InputError
+
+    for start in range(0, student.rows, chunk_rows):
+        stop = min(student.rows, start + chunk_rows)
+        student_rows = student.read_rows(start, stop)
+        indices = teacher.indices.read_rows(start, stop)
+        teacher_values = teacher.values.read_rows(start, stop)
+        try:
+            losses = sparse_kd_loss(student_rows, indices, teacher_values, temperature, values=values, tail=tail,
+                                    divergence=divergence, beta=beta, reduction="none", num_threads=num_threads)
+        except ValueError as error:
+            raise InputError(f"teacher {teacher.spec}, rows {start}:{stop} (row numbers below count from "
+                             f"{start}): {error}") from None
+        del student_rows, indices, teacher_values
+        yield losses
+
+
 def run(chunks, writer=None, progress=None):
     """Consume ``chunks`` of per-row losses into a :class:`Summary` (and ``writer``); time it."""
     summary = Summary()

@@ -15,11 +15,20 @@ import threading
 from collections import namedtuple
 
 from .._divergences import DIVERGENCES, resolve_divergence
+from .._sparse_inputs import check_sparse_divergence, check_tail
 from .._threads import resolve_num_threads
-from .._validation import check_num_threads, check_reduction, check_same_shape, check_temperature, pair_row
+from .._validation import (
+    check_num_threads,
+    check_reduction,
+    check_same_shape,
+    check_temperature,
+    logits_row,
+    pair_row,
+)
 from . import _score
 from ._inputs import InputError, open_logits
 from ._paths import resolve_output
+from ._sparse_teacher import is_sparse_spec, open_sparse_teacher
 from ._writers import EXTENSIONS, AtomicWriter
 
 CHUNK_BYTES = 32 << 20  # default chunk: 32 MiB of each input
@@ -41,7 +50,12 @@ Inputs (STUDENT and TEACHER):
   DIRECTORY       a Zarr array (directory store); needs the [dask] extra
   dtypes float16, float32, float64 in either byte order (big-endian is byte-swapped a chunk
   at a time), and bfloat16 in Zarr v3 (read as its exact float32 values; needs ml_dtypes);
-  float16 and bfloat16 are computed as float32. Paths are resolved as the OS resolves them:
+  float16 and bfloat16 are computed as float32.
+  A sparse (top-k) TEACHER: FILE.npz (no :NAME) or a Zarr group folder, with members
+  "indices" (integers) and "values" (floats), shape (..., k), leading axes as STUDENT's;
+  --teacher-values says what values holds, --tail what happens to the mass outside the ids
+  (kdloss.sparse_kd_loss; a bad index is one line naming its row, exit status 2).
+  Paths are resolved as the OS resolves them:
   link/../x.npy is the x.npy beside the folder the link points to.
 
 Output:
@@ -82,7 +96,8 @@ examples:
 
 Job = namedtuple(
     "Job", "student teacher temperature divergence beta reduction out dtype chunk_rows num_threads threads dask "
-    "quiet"
+    "quiet sparse",
+    defaults=(None,),  # sparse: (tail, values) for a sparse teacher
 )
 
 
@@ -96,7 +111,8 @@ def add_parser(commands):
     # one-line error; argparse's own errors (a missing argument) are one line too (kdloss.cli).
     parser.add_argument("student", metavar="STUDENT",
                         help="student logits: FILE.npy, FILE.npz:NAME or a Zarr directory")
-    parser.add_argument("teacher", metavar="TEACHER", help="teacher logits, same shape as STUDENT")
+    parser.add_argument("teacher", metavar="TEACHER",
+                        help="teacher logits, same shape as STUDENT; or a sparse teacher (see above)")
     parser.add_argument("-T", "--temperature", default="1.0", metavar="T",
                         help="temperature, finite and > 0 (default 1.0)")
     parser.add_argument("--divergence", default="kl", metavar="NAME",
@@ -120,6 +136,15 @@ def add_parser(commands):
         "--num-threads", metavar="K",
         help="OpenMP threads: per call without --dask (default OMP_NUM_THREADS or all usable CPUs; "
         "negative counts back, -1 = all), per Dask task with --dask (default 1)",
+    )
+    parser.add_argument(
+        "--teacher-values", metavar="{logprobs,logits}",
+        help="a sparse TEACHER (FILE.npz or a Zarr group with members indices and values, shape (..., k)): "
+        "what values holds, log-probabilities (default) or logits",
+    )
+    parser.add_argument(
+        "--tail", metavar="{bucket,zero,renormalize}",
+        help="a sparse TEACHER: the teacher's mass outside its ids (default bucket; README 'Sparse teachers')",
     )
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar (it is also off when stderr is not a terminal)")
@@ -186,22 +211,41 @@ def validate(args):
         raise InputError(f"--dask must be 'local' or a scheduler address such as tcp://HOST:PORT, got {args.dask!r}")
 
     student = open_logits(args.student, "student")
-    teacher = open_logits(args.teacher, "teacher")
-    try:
-        check_same_shape(student.shape, teacher.shape)
-    except ValueError as error:
-        raise InputError(f"{error} (student {args.student}, teacher {args.teacher})") from None
-    out = _check_out(args.out, (student, teacher)) if args.out else None
-    dtype = pair_row(student.dtype, teacher.dtype, ("student", "teacher")).result_dtype
-    if chunk_rows is None:
+    sparse = None
+    if is_sparse_spec(args.teacher):
+        teacher = open_sparse_teacher(args.teacher)
+        sparse = check_tail(args.tail or "bucket", args.teacher_values or "logprobs")
+        check_sparse_divergence(divergence, beta, sparse[0])  # infinite by construction: before any work
+        if tuple(teacher.shape[:-1]) != tuple(student.shape[:-1]):
+            raise InputError(f"a sparse teacher's indices must have the student's leading axes, got student "
+                             f"{student.shape} and teacher {teacher.shape} (student {args.student}, "
+                             f"teacher {args.teacher})")
+        if args.dask is not None:
+            raise InputError("--dask does not take a sparse teacher yet; score it without --dask")
+        out = _check_out(args.out, (student, *teacher.sources)) if args.out else None
+        dtype = logits_row(student.dtype, "student").result_dtype
+        row_bytes = student.classes * student.dtype.itemsize + teacher.k * (
+            teacher.indices.dtype.itemsize + teacher.values.dtype.itemsize)
+    else:
+        if args.tail is not None or args.teacher_values is not None:
+            raise InputError("--tail and --teacher-values apply to a sparse teacher (FILE.npz or a Zarr group "
+                             f"with members indices and values); teacher {args.teacher} is dense logits")
+        teacher = open_logits(args.teacher, "teacher")
+        try:
+            check_same_shape(student.shape, teacher.shape)
+        except ValueError as error:
+            raise InputError(f"{error} (student {args.student}, teacher {args.teacher})") from None
+        out = _check_out(args.out, (student, teacher)) if args.out else None
+        dtype = pair_row(student.dtype, teacher.dtype, ("student", "teacher")).result_dtype
         row_bytes = student.classes * max(student.dtype.itemsize, teacher.dtype.itemsize)  # as read
+    if chunk_rows is None:
         chunk_rows = max(1, min(CHUNK_BYTES // row_bytes, CHUNK_ROWS_MAX))
     if args.dask is not None:
         threads = 1 if num_threads is None else resolve_num_threads(num_threads)
     else:
         threads = resolve_num_threads(num_threads)
     return Job(student, teacher, temperature, divergence, beta, reduction, out, dtype, chunk_rows, num_threads,
-               threads, args.dask, args.quiet)
+               threads, args.dask, args.quiet, sparse)
 
 
 def _json_number(value):
@@ -232,6 +276,8 @@ def summary_line(job, summary):
         "out": job.out,
         "dask": job.dask,
     }
+    if job.sparse is not None:
+        record.update(k=job.teacher.k, tail=job.sparse[0], teacher_values=job.sparse[1])
     return json.dumps(record, allow_nan=False)
 
 
@@ -253,6 +299,10 @@ def score(job):
             client = stack.enter_context(_dask.client_for(job.dask))
             chunks = _dask.chunk_losses(client, job.student, job.teacher, job.temperature, job.chunk_rows,
                                         job.num_threads, job.divergence, job.beta)
+        elif job.sparse is not None:
+            chunks = _score.sparse_chunk_losses(job.student, job.teacher, job.temperature, job.chunk_rows,
+                                                job.num_threads, *job.sparse, divergence=job.divergence,
+                                                beta=job.beta)
         else:
             chunks = _score.chunk_losses(job.student, job.teacher, job.temperature, job.chunk_rows, job.num_threads,
                                          job.divergence, job.beta)

@@ -44,6 +44,7 @@ except ModuleNotFoundError as error:
 
 from ._modules import HintonLoss, KDLoss
 from ._ops import hinton_loss, kd_loss
+from ._sparse import sparse_kd_loss
 from ._trl import generalized_jsd_loss
 
-__all__ = ["HintonLoss", "KDLoss", "generalized_jsd_loss", "hinton_loss", "kd_loss"]
+__all__ = ["HintonLoss", "KDLoss", "generalized_jsd_loss", "hinton_loss", "kd_loss", "sparse_kd_loss"]
