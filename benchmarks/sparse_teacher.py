@@ -35,71 +35,7 @@ import time
 import numpy as np
 
 import kdloss
-
-TEMPERATURE = 2.0
-
-
-def make_inputs(rows, classes, k, seed=0):
-    """A float32 student (3 N(0, 1)), and per row k distinct random ids holding 90% of a teacher's
-    mass (log-probabilities, float32)."""
-    rng = np.random.default_rng(seed)
-    student = rng.standard_normal((rows, classes), dtype=np.float32)
-    student *= 3
-    ids = np.stack([rng.choice(classes, k, replace=False) for _ in range(rows)]).astype(np.int64)
-    logits = 2 * rng.standard_normal((rows, k))
-    probs = 0.9 * np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
-    return student, ids, np.log(probs).astype(np.float32)
-
-
-def torch_bodies(student, ids, logprobs, threads):
-    """name -> (tail, body): each body computes its loss and the student's gradient, returns the loss."""
-    import torch
-    import torch.nn.functional as F
-
-    import kdloss.torch as kdt
-
-    torch.set_num_threads(threads)
-    s = torch.from_numpy(student).requires_grad_()
-    index = torch.from_numpy(ids)
-    values = torch.from_numpy(logprobs)
-    T = TEMPERATURE
-
-    def run(loss_fn):
-        def body():
-            s.grad = None
-            loss = loss_fn()
-            loss.backward()
-            return loss.item()
-        return body
-
-    def trl_top_k():  # TRL GKD, top-k: both restricted to the ids
-        log_q = F.log_softmax(torch.gather(s, -1, index) / T, dim=-1)
-        log_p = F.log_softmax(values / T, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * T * T
-
-    def distillkit_zero():  # DistillKit sparse_kl_div, ZERO
-        log_q = torch.gather(F.log_softmax(s / T, dim=-1), -1, index)
-        log_p = F.log_softmax(values / T, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * T * T
-
-    def distillkit_bucket():  # DistillKit sparse_kl_div, SYMMETRIC_UNIFORM
-        log_q = torch.gather(F.log_softmax(s / T, dim=-1), -1, index)
-        q_rest = (1 - log_q.exp().sum(-1, keepdim=True)).clamp_min(1e-12)
-        p_rest = (1 - values.exp().sum(-1, keepdim=True)).clamp_min(0)
-        log_p = F.log_softmax(torch.cat([values, p_rest.log()], -1) / T, dim=-1)
-        log_q = torch.cat([log_q, q_rest.log()], -1)
-        p = log_p.exp()
-        return (torch.where(p > 0, p * (log_p - log_q), 0)).sum(-1).mean() * T * T
-
-    def kdloss_torch():
-        return kdt.sparse_kd_loss(s, index, values, T, tail="bucket")
-
-    return {
-        "kdloss.torch (bucket)": ("bucket", run(kdloss_torch)),
-        "TRL top-k (renormalize)": ("renormalize", run(trl_top_k)),
-        "DistillKit ZERO (zero)": ("zero", run(distillkit_zero)),
-        "DistillKit SYMMETRIC_UNIFORM (bucket)": ("bucket", run(distillkit_bucket)),
-    }
+from kdloss.bench.sparse import TEMPERATURE, make_inputs, torch_bodies  # shipped: kdloss bench --job sparse
 
 
 def median_ms(bodies, repeat):

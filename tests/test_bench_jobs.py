@@ -61,7 +61,7 @@ def test_a_new_job_joins_by_its_entry_in_jobs(monkeypatch, capsys):
         (["--eps", "inf"], "--eps must be comma-separated finite numbers > 0"),
         (["--eps", "small"], "--eps must be comma-separated numbers > 0, got 'small'"),
         (["--dtype", "bfloat16,int8"], "--dtype: unknown 'int8'; choose from float32, float64, float16, bfloat16"),
-        (["--job", "loss,sparse"], "--job: unknown 'sparse'; choose from loss, training, load"),
+        (["--job", "loss,dense"], "--job: unknown 'dense'; choose from loss, training, load, sparse"),
         (["--job", ","], "--job: unknown empty list"),
         (["--load", "0"], "--load must be comma-separated positive integers, got '0'"),
         (["--load", "some"], "--load must be comma-separated positive integers"),
@@ -130,6 +130,41 @@ def test_training_job_table(capsys):
     row = next(line for line in out.splitlines() if line.startswith("| 16 x 7 | float32 | 1 | 1 |"))
     assert len(re.findall(r"\| [0-9.]+ (?:s|ms|us)[ |]", row + " ")) == 7  # every body timed
     assert "- Training not run for bfloat16: it runs float32, float64." in out
+
+
+def test_sparse_job_table(capsys):
+    pytest.importorskip("torch")
+    from kdloss.bench import sparse
+
+    assert main(["bench", "--shapes", "16x100", "--repeat", "1", "--threads", "1", "--job", "sparse"]) == 0
+    out = capsys.readouterr().out
+    assert f"### Sparse teachers: loss + student gradient, float32, k = {sparse.TOP_K}" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 16 x 100 | ")]
+    names = [row.split(" | ")[1] for row in rows]
+    assert names == [f"kdloss ({tail})" for tail in sparse.TAILS] + [
+        "kdloss.torch (bucket)", "TRL top-k (renormalize)", "DistillKit ZERO (zero)",
+        "DistillKit SYMMETRIC_UNIFORM (bucket)"]
+    for row in rows:  # every body agreed with kdloss and was timed
+        assert re.search(r"\| [0-9.]+ (?:s|ms|us) \| [0-9.]+x \|$", row), row
+    assert all(row.endswith("| 1.00x |") for row in rows[:3])
+
+
+def test_sparse_job_marks_a_disagreeing_body(monkeypatch):
+    pytest.importorskip("torch")
+    from kdloss.bench import sparse
+
+    real = sparse.torch_bodies
+
+    def wrong_trl(*args):
+        found = real(*args)
+        tail, body = found["TRL top-k (renormalize)"]
+        found["TRL top-k (renormalize)"] = (tail, lambda: 2 * body())
+        return found
+
+    monkeypatch.setattr(sparse, "torch_bodies", wrong_trl)
+    times, notes, _ = sparse.run_case((8, 50), 4, 1, 1)
+    assert "TRL top-k (renormalize)" not in times and "disagrees" in notes["TRL top-k (renormalize)"]
+    assert "DistillKit ZERO (zero)" in times
 
 
 def test_training_table_marks_a_disagreeing_pytorch():

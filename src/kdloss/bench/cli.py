@@ -188,7 +188,8 @@ def add_job_arguments(bench):
     bench.add_argument("--job", default=None,
                        help=f"benchmarks to run, a list of {', '.join(JOBS)} (default loss: the peers side by "
                        "side; training: forward + backward beside PyTorch; load: 1 thread against the "
-                       "default with and without busy processes)")
+                       "default with and without busy processes; sparse: a top-k teacher, loss and gradient "
+                       "beside TRL's and DistillKit's formulations)")
     bench.add_argument("--load", nargs="?", const="auto", default=None, metavar="PROCESSES",
                        help="run the load job (adds it to --job): PROCESSES spinning Python processes "
                        "(default one per other usable CPU)")
@@ -255,4 +256,16 @@ def _load_job(args, settings, jax_threads, progress):
                          load.LEGEND.format(load=processes, threads=threads)]) + "\n\n"
 
 
-JOBS = {"loss": _loss_job, "training": _training_job, "load": _load_job}
+def _sparse_job(args, settings, jax_threads, progress):
+    """A top-k teacher: the loss with the student's gradient beside the peers' PyTorch formulations."""
+    from . import sparse
+
+    results = []
+    threads = max(settings.threads)
+    for shape in _job_shapes(args, settings, sparse.SPARSE_SHAPES):
+        progress(f"sparse: {shape[0]}x{shape[1]} k {sparse.TOP_K} {threads} thread(s)")
+        results.append((shape, sparse.run_case(shape, sparse.TOP_K, threads, settings.repeat)))
+    return sparse.table(results, sparse.TOP_K, threads)
+
+
+JOBS = {"loss": _loss_job, "training": _training_job, "load": _load_job, "sparse": _sparse_job}
