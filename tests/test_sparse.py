@@ -394,6 +394,13 @@ def test_score_sparse_teacher_errors(tmp_path, capsys):
     np.savez(tmp_path / "short.npz", indices=ids[:5], values=logprobs[:5])
     assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "short.npz")]) == 2
     assert "leading axes" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "teacher" in err and "missing.npz" in err and "no such file" in err
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "teacher.npz"), "--divergence",
+                 "reverse_kl", "--tail", "zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'reverse_kl' with tail='zero' is infinite by construction" in err
 
 
 def test_readme_example_runs():

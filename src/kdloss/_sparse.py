@@ -32,7 +32,7 @@ from . import _engine, _kernel, _reduction
 from ._api import Reduction
 from ._sparse_inputs import check_sparse_divergence, check_sparse_teacher, check_tail, teacher_rest_log
 from ._threads import resolve_num_threads, threads_for
-from ._typing import ScalarReduction
+from ._typing import DivergenceName, ScalarReduction
 from ._validation import (
     as_logits,
     check_grad_output,
@@ -44,7 +44,6 @@ from ._validation import (
 
 Tail = Literal["renormalize", "zero", "bucket"]
 ValueKind = Literal["logprobs", "logits"]
-Divergence = Literal["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 
 # Student elements per block of rows: small problems of many rows per engine call, and per-block
 # temporaries (a 2-byte block's float32 copy) of bounded size.
@@ -149,19 +148,19 @@ def sparse_kd_loss_and_grads(student_logits, teacher_indices, teacher_values, te
 @overload
 def sparse_kd_loss(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: Literal["none"], weights: ArrayLike | None = ..., num_threads: int | None = ...,
 ) -> np.ndarray: ...
 @overload
 def sparse_kd_loss(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
 ) -> float: ...
 @overload
 def sparse_kd_loss(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: Reduction = ..., weights: ArrayLike | None = ..., num_threads: int | None = ...,
 ) -> float | np.ndarray: ...
 def sparse_kd_loss(
@@ -172,7 +171,7 @@ def sparse_kd_loss(
     *,
     values: ValueKind = "logprobs",
     tail: Tail = "bucket",
-    divergence: Divergence = "kl",
+    divergence: DivergenceName = "kl",
     beta: float | None = None,
     reduction: Reduction = "mean",
     weights: ArrayLike | None = None,
@@ -233,21 +232,21 @@ def sparse_kd_loss(
 @overload
 def sparse_kd_loss_and_grad(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: Literal["none"], weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     num_threads: int | None = ...,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
 def sparse_kd_loss_and_grad(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: ScalarReduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     num_threads: int | None = ...,
 ) -> tuple[float, np.ndarray]: ...
 @overload
 def sparse_kd_loss_and_grad(
     student_logits: ArrayLike, teacher_indices: ArrayLike, teacher_values: ArrayLike, temperature: float = ...,
-    *, values: ValueKind = ..., tail: Tail = ..., divergence: Divergence = ..., beta: float | None = ...,
+    *, values: ValueKind = ..., tail: Tail = ..., divergence: DivergenceName = ..., beta: float | None = ...,
     reduction: Reduction = ..., weights: ArrayLike | None = ..., grad_output: ArrayLike | None = ...,
     num_threads: int | None = ...,
 ) -> tuple[float | np.ndarray, np.ndarray]: ...
@@ -259,7 +258,7 @@ def sparse_kd_loss_and_grad(
     *,
     values: ValueKind = "logprobs",
     tail: Tail = "bucket",
-    divergence: Divergence = "kl",
+    divergence: DivergenceName = "kl",
     beta: float | None = None,
     reduction: Reduction = "mean",
     weights: ArrayLike | None = None,

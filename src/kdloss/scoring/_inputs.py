@@ -299,6 +299,16 @@ def _open_zarr(spec, path):
     return source
 
 
+def resolved_input(where, path):
+    """``resolve_existing(path)``, or an InputError that starts with ``where``."""
+    try:
+        return resolve_existing(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{where}: no such file or directory") from None
+    except OSError as error:
+        raise InputError(f"{where} cannot be read: {error.strerror or error}") from None
+
+
 def open_logits(spec, name):
     """Open ``spec`` (``FILE.npy``, ``FILE.npz:NAME`` or a Zarr directory) as a checked RowSource.
 
@@ -306,12 +316,7 @@ def open_logits(spec, name):
     """
     path, member = _split_spec(spec)
     where = f"{name} {spec}"
-    try:
-        path, status = resolve_existing(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{where}: no such file or directory") from None
-    except OSError as error:
-        raise InputError(f"{where} cannot be read: {error.strerror or error}") from None
+    path, status = resolved_input(where, path)
     try:
         if os.path.isdir(path):
             if member is not None:

@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from ._errors import InputError
-from ._inputs import RowSource, _check_array, _open_npz_member, _split_spec, _zarr_array
-from ._paths import file_id, resolve_existing
+from ._inputs import RowSource, _check_array, _open_npz_member, _split_spec, _zarr_array, resolved_input
+from ._paths import file_id
 
 MEMBERS = ("indices", "values")
 
@@ -53,12 +53,7 @@ class SparseTeacherSource:
 def open_sparse_teacher(spec):
     """Open ``spec`` (``FILE.npz`` or a Zarr group folder) as a :class:`SparseTeacherSource`."""
     where = f"teacher {spec}"
-    try:
-        path, status = resolve_existing(spec)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{where}: no such file or directory") from None
-    except OSError as error:
-        raise InputError(f"{where} cannot be read: {error.strerror or error}") from None
+    path, status = resolved_input(where, spec)
     members = []
     for name, check in zip(MEMBERS, (_check_indices, _check_array)):
         member_where = f"{where} ({name})"
