@@ -175,6 +175,53 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
     return out;
 }
 
+#if !KD_LIBM
+/* The moderate terms in float32 lanes (vector_single.h), for inputs of float precision or less
+ * whose row lies within 80 T of its maxima: the same four sums and kept values, each class's
+ * terms accurate to a few float32 ulp relative to themselves. d takes t - s exactly (TwoSum in
+ * float32), so it stays accurate relative to itself when the student is the teacher plus an
+ * offset, and is exactly 0 where the rows agree. */
+typedef struct {
+    kd_vs t_max, shift_hi, shift_lo, inv_T;
+} kd_kl_single_row;
+
+KD_INLINE kd_kl_single_row kd_kl_single_row_constants(double t_max, double s_max, double inv_T)
+{
+    const float t_top = (float)t_max, s_top = (float)s_max; /* exact: the row's own values */
+    const float hi = t_top - s_top, s_part = hi - t_top;
+    const float lo = (t_top - (hi - s_part)) + (-s_top - s_part);
+    const kd_kl_single_row row = {kd_splat_single(t_top), kd_splat_single(hi), kd_splat_single(lo),
+                                  kd_splat_single((float)inv_T)};
+    return row;
+}
+
+typedef struct {
+    kd_vs weight[KD_KL_SUMS], value[KD_KL_SUMS];
+    kd_vs kept_a, kept_w;
+} kd_kl_single_terms_of;
+
+KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row)
+{
+    const kd_vs a = (t - row->t_max) * row->inv_T;
+    const kd_vs hi = t - s, s_part = hi - t;
+    const kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
+    const kd_vs d = ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
+    kd_vs em1, f;
+    const kd_vs ea = kd_exp_single(a);
+    const kd_vs e = kd_exp_minus_one_parts_single(-d, &em1, &f);
+    kd_kl_single_terms_of out;
+    for (int k = 0; k < KD_KL_SUMS; k++)
+        out.weight[k] = ea;
+    out.value[KD_KL_ZP] = kd_splat_single(1.0f);
+    out.value[KD_KL_ZQ] = e;
+    out.value[KD_KL_GAP] = d;
+    out.value[KD_KL_G] = f;
+    out.kept_a = ea;
+    out.kept_w = em1;
+    return out;
+}
+#endif
+
 /* The value and the gradient's row constants, lane by lane, from each lane's row sums. */
 typedef struct {
     kd_vd value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;

@@ -13,11 +13,15 @@
 #define KD_FN(name) KD_CAT3(name, f32, KD_DIV_SUFFIX)
 #define KD_LOAD kd_load_f32
 #define KD_LOAD_PARTIAL kd_load_partial_f32
+#define KD_LOAD_SINGLE kd_load_single_f32
+#define KD_LOAD_PARTIAL_SINGLE kd_load_partial_single_f32
 #include "rows_impl.h"
 #undef KD_REAL
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
+#undef KD_LOAD_SINGLE
+#undef KD_LOAD_PARTIAL_SINGLE
 #undef KD_EXP_FOR_DOUBLE
 #undef KD_OUT
 
@@ -32,6 +36,8 @@
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
+#undef KD_LOAD_SINGLE
+#undef KD_LOAD_PARTIAL_SINGLE
 #undef KD_EXP_FOR_DOUBLE
 #undef KD_OUT
 #undef KD_NATIVE_RANGE
@@ -46,21 +52,29 @@
 #define KD_FN(name) KD_CAT3(name, f16, KD_DIV_SUFFIX)
 #define KD_LOAD kd_load_f16
 #define KD_LOAD_PARTIAL kd_load_partial_f16
+#define KD_LOAD_SINGLE kd_load_single_f16
+#define KD_LOAD_PARTIAL_SINGLE kd_load_partial_single_f16
 #include "rows_impl.h"
 #undef KD_SCALAR
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
+#undef KD_LOAD_SINGLE
+#undef KD_LOAD_PARTIAL_SINGLE
 
 #define KD_SCALAR(p) kd_bfloat16_to_double(*(p))
 #define KD_FN(name) KD_CAT3(name, bf16, KD_DIV_SUFFIX)
 #define KD_LOAD kd_load_bf16
 #define KD_LOAD_PARTIAL kd_load_partial_bf16
+#define KD_LOAD_SINGLE kd_load_single_bf16
+#define KD_LOAD_PARTIAL_SINGLE kd_load_partial_single_bf16
 #include "rows_impl.h"
 #undef KD_SCALAR
 #undef KD_FN
 #undef KD_LOAD
 #undef KD_LOAD_PARTIAL
+#undef KD_LOAD_SINGLE
+#undef KD_LOAD_PARTIAL_SINGLE
 #undef KD_REAL
 #undef KD_OUT
 #undef KD_EXP_FOR_DOUBLE

@@ -7,15 +7,31 @@
  * KD_EXP_FOR_DOUBLE (1: exp to full double precision; 0 for inputs of float precision or less,
  * whose results are rounded to float32). The divergence's own arithmetic comes from the row of the
  * divergence table named by KD_DIV(name) (e.g. kd_kl_name, divergence_kl.h), with KD_DIV_SUMS sums,
- * and KD_DIV_SECOND_SUMS sums in a second pass (0: the divergence takes one pass). */
+ * and KD_DIV_SECOND_SUMS sums in a second pass (0: the divergence takes one pass). KD_DIV_SINGLE
+ * (1: the row's first pass may run in float32 lanes, vector_single.h) with KD_LOAD_SINGLE /
+ * KD_LOAD_PARTIAL_SINGLE (a vector of floats per dtype) gives float-precision inputs their
+ * float32 sums' pass on the vector targets. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
 
+/* x > m ? x : m, lane by lane: the semantics of the max instructions (NaN in x loses), which GCC
+ * does not find in the portable form on AVX-512 (measured: the extrema pass took twice the time
+ * of reading the row). */
 KD_INLINE KD_FN(vr) KD_FN(vmax)(KD_FN(vr) x, KD_FN(vr) m)
 {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    if (sizeof(KD_REAL) == sizeof(float))
+        return (KD_FN(vr))_mm512_max_ps((__m512)x, (__m512)m);
+    return (KD_FN(vr))_mm512_max_pd((__m512d)x, (__m512d)m);
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX__) && KD_LANES == 4
+    if (sizeof(KD_REAL) == sizeof(float))
+        return (KD_FN(vr))_mm256_max_ps((__m256)x, (__m256)m);
+    return (KD_FN(vr))_mm256_max_pd((__m256d)x, (__m256d)m);
+#else
     __typeof__(x > m) greater = x > m;
     return (KD_FN(vr))((greater & (__typeof__(greater))x) | (~greater & (__typeof__(greater))m));
+#endif
 }
 
 /* The whole vectors of pass 1, in KD_REAL's own lanes, folded into *r; returns the classes done. */
@@ -135,6 +151,71 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
     return any;
 }
 
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
+/* The sums of a chunk of a row in the float32 range (kd_is_single_moderate), in float32 lanes
+ * (vector_single.h): lane sums of at most KD_SINGLE_RUN steps, widened into the block's double
+ * lane sums, which fold into the chunk as add_chunk's do. The chunk's last step is padded with a
+ * class at both maxima and weight 0, which adds exactly 0. */
+KD_INLINE void KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
+                                       double s_max, double inv_T, kd_row_sums *out,
+                                       const int keeping, double *keep_a, double *keep_w,
+                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+{
+    const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
+    kd_vsi lane_index;
+    for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
+        lane_index[lane] = lane;
+    for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
+        const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
+        const KD_REAL *bt = t + start, *bs = s + start;
+        kd_block_sums block;
+        for (int k = 0; k < KD_DIV_SUMS; k++)
+            block.sum[k] = kd_splat(0.0);
+        for (ptrdiff_t run = 0; run < len; run += KD_SINGLE_RUN * KD_SINGLE_LANES) {
+            const ptrdiff_t run_end = len - run < KD_SINGLE_RUN * KD_SINGLE_LANES ? len : run + KD_SINGLE_RUN * KD_SINGLE_LANES;
+            kd_vs lane_sum[KD_DIV_SUMS];
+            for (int k = 0; k < KD_DIV_SUMS; k++)
+                lane_sum[k] = kd_splat_single(0.0f);
+            for (ptrdiff_t i = run; i < run_end; i += KD_SINGLE_LANES) {
+                if (ahead_t) { /* the next row, a step at a time (see add_chunk) */
+                    for (size_t byte = 0; byte < KD_SINGLE_LANES * sizeof(KD_REAL); byte += 64) {
+                        __builtin_prefetch((const char *)(bt + i) + ahead_t + byte);
+                        __builtin_prefetch((const char *)(bs + i) + ahead_s + byte);
+                    }
+                }
+                const int count = run_end - i < KD_SINGLE_LANES ? (int)(run_end - i) : KD_SINGLE_LANES;
+                KD_DIV(single_terms_of) x;
+                if (count == KD_SINGLE_LANES) {
+                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row);
+                } else {
+                    x = KD_DIV(single_terms)(KD_LOAD_PARTIAL_SINGLE(bt + i, count, (float)t_max),
+                                             KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max), &row);
+                    const kd_vsi live = lane_index < count;
+                    for (int k = 0; k < KD_DIV_SUMS; k++)
+                        x.weight[k] = (kd_vs)(live & (kd_vsi)x.weight[k]);
+                    x.kept_a = (kd_vs)(live & (kd_vsi)x.kept_a);
+                }
+                for (int k = 0; k < KD_DIV_SUMS; k++)
+                    lane_sum[k] = kd_fma_single(x.weight[k], x.value[k], lane_sum[k]);
+                if (keeping) {
+                    kd_vd halves[2];
+                    kd_widen_halves(x.kept_a, &halves[0], &halves[1]);
+                    memcpy(keep_a + start + i, halves, sizeof halves);
+                    kd_widen_halves(x.kept_w, &halves[0], &halves[1]);
+                    memcpy(keep_w + start + i, halves, sizeof halves);
+                }
+            }
+            for (int k = 0; k < KD_DIV_SUMS; k++) {
+                kd_vd low, high;
+                kd_widen_halves(lane_sum[k], &low, &high);
+                block.sum[k] += low + high;
+            }
+        }
+        kd_add_block(out, &block, KD_DIV_SUMS);
+    }
+}
+#endif
+
 /* Pass 2: kd_row_sums of n <= KD_CHUNK classes of a row whose extrema are *range.
  * kept_a, kept_w: unless NULL, where e^a and w of every class are kept for the gradient pass
  * (room for n + KD_MAX_STEP values each: the tail's padding is stored too).
@@ -148,6 +229,14 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
     memset(out, 0, sizeof *out);
     const int mode = kd_row_mode(range, inv_T), keeping = kept_a != NULL;
     const double t_max = range->t_max, s_max = range->s_max;
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
+    if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
+#define KD_SINGLE_CHUNK(k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, out, k, kept_a, kept_w, ahead_t, ahead_s)
+        keeping ? KD_SINGLE_CHUNK(1) : KD_SINGLE_CHUNK(0);
+#undef KD_SINGLE_CHUNK
+        return;
+    }
+#endif
     /* Each mode and keeping flag is a constant in its own copy of the loop. */
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
     int redo = 0;
@@ -310,7 +399,8 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
 
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                     const kd_grad_row *row, KD_OUT *d_s, KD_OUT *d_t,
-                                    const int with_kl, const int ce_mode, const int moderate)
+                                    const int with_kl, const int ce_mode, const int moderate,
+                                    const int with_teacher)
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
@@ -321,7 +411,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
                               moderate, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, KD_LANES, row->round_to_odd);
-        if (d_t)
+        if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, KD_LANES, row->round_to_odd);
     }
     if (i < n) { /* the tail, padded with the maxima (harmless, and not stored) */
@@ -330,30 +420,37 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
                               &finish, i, with_kl, ce_mode, moderate, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, count, row->round_to_odd);
-        if (d_t)
+        if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, count, row->round_to_odd);
     }
 }
 
 /* The gradient of one row of n classes (any n), into d_s and, unless it is NULL, d_t. Without a
- * KL term (kept_a NULL) only the cross-entropy's part, and t is not read. */
+ * KL term (kept_a NULL) only the cross-entropy's part, and t is not read. The plain loss's
+ * student gradient has its own loops (with_teacher 0), where the compiler drops the teacher
+ * direction's arithmetic and, in moderate rows, the reading of t. */
 static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
                                 const kd_grad_row *row, void *d_s_out, void *d_t_out)
 {
     const KD_REAL *t = t_in, *s = s_in;
     KD_OUT *d_s = d_s_out, *d_t = d_t_out;
     if (row->kept_a == NULL) {
-        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0);
+        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0, 0);
         return;
     }
     const int moderate = kd_is_moderate(&row->range, row->inv_T);
+    if (row->ce_mode == KD_CE_NONE && d_t == NULL) {
+        moderate ? KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, 1, 0)
+                 : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, 0, 0);
+        return;
+    }
     switch (row->ce_mode * 2 + moderate) {
-    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0); break;
-    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1); break;
-    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0); break;
-    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1); break;
-    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0); break;
-    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1); break;
+    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0, 1); break;
+    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1, 1); break;
+    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0, 1); break;
+    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1, 1); break;
+    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0, 1); break;
+    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1, 1); break;
     }
 }
 
