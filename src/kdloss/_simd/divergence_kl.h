@@ -176,13 +176,16 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
 }
 
 #if !KD_LIBM
-/* The moderate terms in float32 lanes (vector_single.h), for inputs of float precision or less
- * whose row lies within 80 T of its maxima: the same four sums and kept values, each class's
- * terms accurate to a few float32 ulp relative to themselves. d takes t - s exactly (TwoSum in
- * float32), so it stays accurate relative to itself when the student is the teacher plus an
- * offset, and is exactly 0 where the rows agree. */
+/* The terms in float32 lanes (vector_single.h), for inputs of float precision or less: the same
+ * four sums and kept values, each class's terms accurate to a few float32 ulp relative to
+ * themselves. d takes t - s exactly (TwoSum in float32), so it stays accurate relative to itself
+ * when the student is the teacher plus an offset, and is exactly 0 where the rows agree. Two
+ * modes, as in double: moderate (the row within 80 T of its maxima: every exponential a normal
+ * float32) and masked (-inf logits among such finite ones, let through by the double masked
+ * mode's selects; *out_of_range collects the lanes where a finite logit leaves that range, or a
+ * NaN arrives, and the caller redoes the chunk in double). */
 typedef struct {
-    kd_vs t_max, shift_hi, shift_lo, inv_T;
+    kd_vs t_max, s_max, shift_hi, shift_lo, inv_T;
 } kd_kl_single_row;
 
 KD_INLINE kd_kl_single_row kd_kl_single_row_constants(double t_max, double s_max, double inv_T)
@@ -190,8 +193,8 @@ KD_INLINE kd_kl_single_row kd_kl_single_row_constants(double t_max, double s_max
     const float t_top = (float)t_max, s_top = (float)s_max; /* exact: the row's own values */
     const float hi = t_top - s_top, s_part = hi - t_top;
     const float lo = (t_top - (hi - s_part)) + (-s_top - s_part);
-    const kd_kl_single_row row = {kd_splat_single(t_top), kd_splat_single(hi), kd_splat_single(lo),
-                                  kd_splat_single((float)inv_T)};
+    const kd_kl_single_row row = {kd_splat_single(t_top), kd_splat_single(s_top), kd_splat_single(hi),
+                                  kd_splat_single(lo), kd_splat_single((float)inv_T)};
     return row;
 }
 
@@ -200,24 +203,53 @@ typedef struct {
     kd_vs kept_a, kept_w;
 } kd_kl_single_terms_of;
 
-KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row)
+KD_INLINE kd_vs kd_keep_single(kd_vsi mask, kd_vs x) { return (kd_vs)(mask & (kd_vsi)x); }
+
+KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row,
+                                                   const int masked, kd_vsi *out_of_range)
 {
     const kd_vs a = (t - row->t_max) * row->inv_T;
     const kd_vs hi = t - s, s_part = hi - t;
-    const kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
+    kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
+    if (masked) /* NaN where hi is +-inf (a masked class): then 0 */
+        lo = kd_select_single(lo == lo, lo, kd_splat_single(0.0f));
     const kd_vs d = ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
+    const kd_vs one = kd_splat_single(1.0f), zero = kd_splat_single(0.0f);
     kd_vs em1, f;
-    const kd_vs ea = kd_exp_single(a);
-    const kd_vs e = kd_exp_minus_one_parts_single(-d, &em1, &f);
     kd_kl_single_terms_of out;
-    for (int k = 0; k < KD_KL_SUMS; k++)
-        out.weight[k] = ea;
-    out.value[KD_KL_ZP] = kd_splat_single(1.0f);
+    if (!masked) {
+        const kd_vs ea = kd_exp_single(a);
+        const kd_vs e = kd_exp_minus_one_parts_single(-d, &em1, &f);
+        for (int k = 0; k < KD_KL_SUMS; k++)
+            out.weight[k] = ea;
+        out.value[KD_KL_ZP] = one;
+        out.value[KD_KL_ZQ] = e;
+        out.value[KD_KL_GAP] = d;
+        out.value[KD_KL_G] = f;
+        out.kept_a = ea;
+        out.kept_w = em1;
+        return out;
+    }
+    /* As the double masked mode (kd_kl_class_terms): e^-d where the teacher allows the class, e^b
+     * where it masks it, 0 where the student masks it. */
+    const kd_vsi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
+    const kd_vs safe_a = kd_select_single(t_masked, zero, a);
+    const kd_vs x = kd_select_single(s_masked, zero, kd_select_single(t_masked, (s - row->s_max) * row->inv_T, -d));
+    *out_of_range |= (safe_a < -80.0f) | (x < -80.0f) | (x > 80.0f) | (x != x) | (safe_a != safe_a);
+    const kd_vs ea = kd_keep_single(~t_masked, kd_exp_single(safe_a));
+    const kd_vs e = kd_keep_single(~s_masked, kd_exp_minus_one_parts_single(x, &em1, &f));
+    const kd_vs masked_a = kd_select_single(t_masked, one, ea);
+    out.weight[KD_KL_ZP] = ea;
+    out.value[KD_KL_ZP] = one;
+    out.weight[KD_KL_ZQ] = masked_a;
     out.value[KD_KL_ZQ] = e;
-    out.value[KD_KL_GAP] = d;
-    out.value[KD_KL_G] = f;
+    out.weight[KD_KL_GAP] = ea;
+    out.value[KD_KL_GAP] = kd_keep_single(~t_masked, d);
+    out.weight[KD_KL_G] = masked_a;
+    out.value[KD_KL_G] = kd_select_single(s_masked & ~t_masked, kd_splat_single(INFINITY),
+                                          kd_select_single(t_masked, e, f));
     out.kept_a = ea;
-    out.kept_w = em1;
+    out.kept_w = kd_select_single(t_masked | s_masked, masked_a * e, em1);
     return out;
 }
 #endif

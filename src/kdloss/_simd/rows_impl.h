@@ -53,6 +53,25 @@ KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptr
         kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
     return i;
 }
+#elif !KD_LIBM
+/* The same for stored types that do not compare natively (2-byte floats): widened exactly to
+ * float32 lanes (vector_single.h), twice as many per vector as double's. */
+KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
+{
+    const kd_vs inf = kd_splat_single(INFINITY);
+    kd_vs t_max = -inf, s_max = -inf, t_min = inf, s_min = inf;
+    ptrdiff_t i = 0;
+    for (; i + KD_SINGLE_LANES <= n; i += KD_SINGLE_LANES) {
+        const kd_vs x = KD_LOAD_SINGLE(t + i), y = KD_LOAD_SINGLE(s + i);
+        t_max = kd_select_single(x > t_max, x, t_max);
+        s_max = kd_select_single(y > s_max, y, s_max);
+        t_min = kd_select_single(x < t_min, x, t_min);
+        s_min = kd_select_single(y < s_min, y, s_min);
+    }
+    for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
+        kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
+    return i;
+}
 #else
 /* The same for stored types that do not compare natively (2-byte floats): in double lanes. */
 KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
@@ -152,17 +171,19 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
 }
 
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
-/* The sums of a chunk of a row in the float32 range (kd_is_single_moderate), in float32 lanes
- * (vector_single.h): lane sums of at most KD_SINGLE_RUN steps, widened into the block's double
- * lane sums, which fold into the chunk as add_chunk's do. The chunk's last step is padded with a
- * class at both maxima and weight 0, which adds exactly 0. */
-KD_INLINE void KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
-                                       double s_max, double inv_T, kd_row_sums *out,
-                                       const int keeping, double *keep_a, double *keep_w,
-                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+/* The sums of a chunk of a row in float32 lanes (vector_single.h), in the moderate or the masked
+ * mode (masked: -inf logits among finite ones within 80 T of their maxima): lane sums of at most
+ * KD_SINGLE_RUN steps, widened into the block's double lane sums, which fold into the chunk as
+ * add_chunk's do. The chunk's last step is padded with a class at both maxima and weight 0, which
+ * adds exactly 0. Returns nonzero when a masked chunk met a finite logit outside that range (or a
+ * NaN): its sums are then to be redone in double. */
+KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
+                                      double s_max, double inv_T, const int masked, kd_row_sums *out,
+                                      const int keeping, double *keep_a, double *keep_w,
+                                      ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
-    kd_vsi lane_index;
+    kd_vsi lane_index, out_of_range = {0};
     for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
         lane_index[lane] = lane;
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
@@ -186,10 +207,12 @@ KD_INLINE void KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdi
                 const int count = run_end - i < KD_SINGLE_LANES ? (int)(run_end - i) : KD_SINGLE_LANES;
                 KD_DIV(single_terms_of) x;
                 if (count == KD_SINGLE_LANES) {
-                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row);
+                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row, masked,
+                                             &out_of_range);
                 } else {
                     x = KD_DIV(single_terms)(KD_LOAD_PARTIAL_SINGLE(bt + i, count, (float)t_max),
-                                             KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max), &row);
+                                             KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max), &row,
+                                             masked, &out_of_range);
                     const kd_vsi live = lane_index < count;
                     for (int k = 0; k < KD_DIV_SUMS; k++)
                         x.weight[k] = (kd_vs)(live & (kd_vsi)x.weight[k]);
@@ -213,6 +236,10 @@ KD_INLINE void KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdi
         }
         kd_add_block(out, &block, KD_DIV_SUMS);
     }
+    int any = 0;
+    for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
+        any |= out_of_range[lane] != 0;
+    return any;
 }
 #endif
 
@@ -229,17 +256,22 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
     memset(out, 0, sizeof *out);
     const int mode = kd_row_mode(range, inv_T), keeping = kept_a != NULL;
     const double t_max = range->t_max, s_max = range->s_max;
-#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
-    if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
-#define KD_SINGLE_CHUNK(k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, out, k, kept_a, kept_w, ahead_t, ahead_s)
-        keeping ? KD_SINGLE_CHUNK(1) : KD_SINGLE_CHUNK(0);
-#undef KD_SINGLE_CHUNK
-        return;
-    }
-#endif
     /* Each mode and keeping flag is a constant in its own copy of the loop. */
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
     int redo = 0;
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
+#define KD_SINGLE_CHUNK(m, k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
+    if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
+        keeping ? KD_SINGLE_CHUNK(0, 1) : KD_SINGLE_CHUNK(0, 0);
+        return;
+    }
+    if (mode == KD_MASKED) { /* float32 first; out of its range (or a NaN), double's modes */
+        if (!(keeping ? KD_SINGLE_CHUNK(1, 1) : KD_SINGLE_CHUNK(1, 0)))
+            return;
+        memset(out, 0, sizeof *out);
+    }
+#undef KD_SINGLE_CHUNK
+#endif
     if (mode == KD_MODERATE)
         keeping ? KD_CHUNK_IN(KD_MODERATE, 1) : KD_CHUNK_IN(KD_MODERATE, 0);
     else if (mode == KD_MASKED)
