@@ -203,8 +203,6 @@ typedef struct {
     kd_vs kept_a, kept_w;
 } kd_kl_single_terms_of;
 
-KD_INLINE kd_vs kd_keep_single(kd_vsi mask, kd_vs x) { return (kd_vs)(mask & (kd_vsi)x); }
-
 KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row,
                                                    const int masked, kd_vsi *out_of_range)
 {

@@ -53,7 +53,7 @@ KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptr
         kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
     return i;
 }
-#elif !KD_LIBM
+#else
 /* The same for stored types that do not compare natively (2-byte floats): widened exactly to
  * float32 lanes (vector_single.h), twice as many per vector as double's. */
 KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
@@ -69,23 +69,6 @@ KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptr
         s_min = kd_select_single(y < s_min, y, s_min);
     }
     for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
-        kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
-    return i;
-}
-#else
-/* The same for stored types that do not compare natively (2-byte floats): in double lanes. */
-KD_INLINE ptrdiff_t KD_FN(range_vectors)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, kd_row_range *r)
-{
-    kd_vd t_max = kd_splat(-INFINITY), s_max = t_max, t_min = -t_max, s_min = t_min;
-    ptrdiff_t i = 0;
-    for (; i + KD_LANES <= n; i += KD_LANES) {
-        const kd_vd x = KD_LOAD(t + i), y = KD_LOAD(s + i);
-        t_max = kd_select(x > t_max, x, t_max);
-        s_max = kd_select(y > s_max, y, s_max);
-        t_min = kd_select(x < t_min, x, t_min);
-        s_min = kd_select(y < s_min, y, s_min);
-    }
-    for (int lane = 0; lane < KD_LANES; lane++)
         kd_range_fold(r, t_max[lane], s_max[lane], t_min[lane], s_min[lane]);
     return i;
 }

@@ -12,9 +12,7 @@
 #define KD_STEP (2 * KD_LANES) /* classes per inner step: two vectors */
 _Static_assert(KD_STEP <= KD_MAX_STEP, "KD_MAX_STEP must cover a step");
 
-#if !KD_LIBM
 #include "vector_single.h"
-#endif
 #include "divergence_kl.h"
 #include "divergence_mixture.h"
 #include "divergence_tvd.h"

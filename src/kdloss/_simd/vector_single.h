@@ -6,9 +6,10 @@
  * itself (the cancellation-free forms carry over), lane sums run over at most KD_SINGLE_RUN terms
  * before they are widened into the double block sums, and the finish stays in double: a row's
  * value is within about 1e-7 of the exact one (README "Accuracy"; the project's target for
- * float32 inputs is 1e-6). The scalar target keeps libm in double (it is the tests' reference).
+ * float32 inputs is 1e-6). The scalar target keeps libm in double (it is the tests' reference):
+ * there only the types and loads serve, for the extrema of 2-byte inputs.
  *
- * Included by target_impl.h after vector_math.h, on every target but the scalar one.
+ * Included by target_impl.h after vector_math.h.
  */
 #ifndef KDLOSS_VECTOR_SINGLE_H
 #define KDLOSS_VECTOR_SINGLE_H
@@ -30,6 +31,8 @@ KD_INLINE kd_vs kd_select_single(kd_vsi mask, kd_vs yes, kd_vs no)
 {
     return (kd_vs)((mask & (kd_vsi)yes) | (~mask & (kd_vsi)no));
 }
+
+KD_INLINE kd_vs kd_keep_single(kd_vsi mask, kd_vs x) { return (kd_vs)(mask & (kd_vsi)x); }
 
 /* a * b + c, fused where the target has FMA (see kd_fma). */
 KD_INLINE kd_vs kd_fma_single(kd_vs a, kd_vs b, kd_vs c)
