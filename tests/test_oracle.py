@@ -3,7 +3,8 @@
 Tolerances. Both sides compute in float64 from the same inputs. The oracle is plain NumPy: its
 absolute error is about eps64 * T^2 * (log C + spread / T), where ``spread`` is the range of the
 finite logits (log-softmax values that large are subtracted); the kernel is more accurate near
-KL = 0. float32 results are float64 values rounded once, so they agree to a few float32 ulps.
+KL = 0. float32 inputs are evaluated in float32 arithmetic on the vector targets (issue 13, good to
+1e-6), and their results are float32, so rows and reductions alike agree to a few float32 ulps.
 """
 
 import math
@@ -87,8 +88,8 @@ def assert_kd_matches_reference(student, teacher, temperature):
         expected_total = reference.kd_loss(student, teacher, temperature, reduction=reduction)
         assert type(got_total) is float
         scale = rows if reduction == "sum" else 1  # the atol of a sum of `rows` rows
-        # Sums are of float64 row losses on both sides, whatever the input dtype.
-        assert_allclose(got_total, expected_total, rtol=1e-9, atol=atol * scale)
+        # float64 sums of the row losses on both sides; the rows of float32 inputs carry float32 error.
+        assert_allclose(got_total, expected_total, rtol=rtol(student.dtype), atol=atol * scale)
 
 
 @SETTINGS
