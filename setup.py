@@ -16,6 +16,7 @@ Running setup() only as a script (as pip's build backend does) lets tests import
 check the OpenMP probe.
 """
 
+import glob
 import os
 import subprocess
 import sys
@@ -139,6 +140,7 @@ extensions = [
         + [f"{SIMD_DIR}/{name}.c"
            for name in ("dispatch", "target_scalar", "target_baseline", "target_avx2", "target_avx512")],
         include_dirs=[SIMD_DIR],
+        depends=sorted(glob.glob(f"{SIMD_DIR}/*.h")),  # a header edited rebuilds the extension
     )
 ]
 

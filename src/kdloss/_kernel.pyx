@@ -938,8 +938,9 @@ def kl_rows(
 
 
 def single_row_loss(object student, object teacher, object temperature):
-    """T^2 KL of one row given as two 1-D C-contiguous float32 or float64 arrays of the same dtype
-    and at most KD_CHUNK classes, with a finite float temperature > 0; None for anything else.
+    """T^2 KL of one row given as two 1-D C-contiguous arrays of the same dtype (float64, float32,
+    float16, or ``ml_dtypes.bfloat16``) and at most KD_CHUNK classes, with a finite float
+    temperature > 0; None for anything else.
 
     The shortcut for the commonest small call, ``kd_loss(s, t, T)`` on one row: it recognises
     input already in the kernel's form (no conversion, no validation needed) and computes the
@@ -951,6 +952,10 @@ def single_row_loss(object student, object teacher, object temperature):
     cdef double T = temperature
     if not (T > 0.0 and isfinite(T) and isfinite(1.0 / T)):
         return None
+    cdef int dtype = -1
+    if student.dtype.char == "E" and student.dtype.name == "bfloat16" and teacher.dtype == student.dtype:
+        # ml_dtypes' bfloat16 has no buffer format: its bits, as the general path passes them.
+        student, teacher, dtype = student.view(np.uint16), teacher.view(np.uint16), KD_BFLOAT16
     cdef Py_buffer s_view, t_view
     try:
         PyObject_GetBuffer(student, &s_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
@@ -962,25 +967,34 @@ def single_row_loss(object student, object teacher, object temperature):
         PyBuffer_Release(&s_view)
         return None
     cdef double loss = NAN
-    cdef bint done = False
     cdef Py_ssize_t n = s_view.shape[0] if s_view.ndim == 1 else 0
     if (s_view.ndim == 1 and t_view.ndim == 1 and t_view.shape[0] == n and 1 <= n <= KD_CHUNK
             and strcmp(s_view.format, t_view.format) == 0):
         if strcmp(s_view.format, "d") == 0:
-            with nogil:
-                loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T)
-            done = True
+            dtype = KD_FLOAT64
         elif strcmp(s_view.format, "f") == 0:
-            with nogil:
-                loss = one_row_loss(<const float*> t_view.buf, <const float*> s_view.buf, n, T)
-            done = True
+            dtype = KD_FLOAT32
+        elif strcmp(s_view.format, "e") == 0:
+            dtype = KD_FLOAT16
+        elif strcmp(s_view.format, "H") != 0:  # bfloat16's bits (set above), else not ours
+            dtype = -1
+        with nogil:
+            if dtype == KD_FLOAT64:
+                loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T, dtype)
+            elif dtype == KD_FLOAT32:
+                loss = one_row_loss(<const float*> t_view.buf, <const float*> s_view.buf, n, T, dtype)
+            elif dtype == KD_FLOAT16 or dtype == KD_BFLOAT16:
+                loss = one_row_loss(<const unsigned short*> t_view.buf, <const unsigned short*> s_view.buf, n,
+                                    T, dtype)
+    else:
+        dtype = -1
     PyBuffer_Release(&s_view)
     PyBuffer_Release(&t_view)
-    return loss if done else None
+    return loss if dtype >= 0 else None
 
 
 cdef double one_row_loss(
-    const floating* t, const floating* s, Py_ssize_t n, double temperature
+    const kd_input* t, const kd_input* s, Py_ssize_t n, double temperature, int dtype
 ) noexcept nogil:
     """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as the row loop computes it."""
     cdef RowsJob job
@@ -990,13 +1004,13 @@ cdef double one_row_loss(
     memset(&scratch, 0, sizeof(scratch))
     job.t_base = <const char*> t
     job.s_base = <const char*> s
-    job.t_col = job.s_col = sizeof(floating)
+    job.t_col = job.s_col = sizeof(kd_input)
     job.n_classes = n
     job.terms = LossTerms(temperature, 1.0 / temperature, [0.0, 0.0, 0.0], False, True, False, 1.0, 0.0, 0, 0,
-                          KD_KL, KD_FLOAT32 if floating is float else KD_FLOAT64, sizeof(floating), False)
+                          KD_KL, dtype, sizeof(double) if kd_input is double else sizeof(float), False)
     job.grad_scale = 1.0
     job.out = &out
-    rows_block(&job, 0, 1, &scratch, <floating> 0)
+    rows_block(&job, 0, 1, &scratch, <kd_input> 0)
     return out
 
 

@@ -82,15 +82,18 @@ static inline double kd_bfloat16_to_double(unsigned short bits)
 
 static inline double kd_float16_to_double(unsigned short bits)
 {
-    const unsigned int exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff;
-    double magnitude;
-    if (exponent == 0x1f)
-        magnitude = mantissa ? (double)NAN : (double)INFINITY;
-    else if (exponent == 0)
-        magnitude = mantissa * 0x1p-24; /* subnormal */
-    else
-        magnitude = (double)(mantissa | 0x400) * ldexp(1.0, (int)exponent - 25);
-    return bits & 0x8000 ? -magnitude : magnitude;
+    const unsigned int magnitude = bits & 0x7fffu;
+    double value;
+    if (magnitude >= 0x7c00u) {
+        value = magnitude == 0x7c00u ? (double)INFINITY : (double)NAN;
+    } else if (magnitude < 0x400u) {
+        value = magnitude * 0x1p-24; /* subnormal: an integer times 2^-24 */
+    } else { /* normal: the float32 with the same fraction and the exponent rebiased by 127 - 15 */
+        union { unsigned int u; float f; } word;
+        word.u = (magnitude << 13) + (112u << 23);
+        value = word.f;
+    }
+    return bits & 0x8000u ? -value : value;
 }
 
 /* The divergence table: a row each (divergence_*.h), instantiated for every input dtype. KL takes

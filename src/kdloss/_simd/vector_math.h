@@ -152,6 +152,16 @@ KD_INLINE kd_vd kd_load_f16(const uint16_t *p)
 #endif
 }
 
+/* One stored float16 as a double: F16C's conversion where the target has it (exact), else bits. */
+KD_INLINE double kd_scalar_f16(const uint16_t *p)
+{
+#if defined(__GNUC__) && !defined(__clang__) && defined(__F16C__)
+    return _cvtsh_ss(*p);
+#else
+    return kd_float16_to_double(*p);
+#endif
+}
+
 KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_bf16, uint16_t, kd_bfloat16_to_double)
 KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f16, uint16_t, kd_float16_to_double)
 
