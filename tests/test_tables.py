@@ -5,6 +5,7 @@ without new test code (a divergence also needs its case in divergence_cases.py).
 - memory layouts give the C-contiguous bits, and inputs are never written;
 - the thread count changes no bit (on inputs big enough to use several threads; rows split
   among threads for every dtype on every target, whole rows for each dtype on its share);
+- the loss alone gives each row the bits it has alone and with its gradient;
 - identical rows give exactly 0, and exactly 0 gradients;
 - the registry's oracles agree, row by row and in the reductions, gradients included;
 - gradients agree with central finite differences;
@@ -145,6 +146,33 @@ THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 # Every target runs every shape. Rows split among threads (the long ones) run every input dtype
 # on every target: their partial sums are merged per dtype and target. Whole rows go to one thread
 # each, the same partition for every dtype: each dtype runs on its share of the targets there.
+def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
+    """The loss alone finishes rows longer than the short-row pass takes several at a time, one
+    per vector lane: each row keeps the bits it has alone and with its gradient, special rows
+    among ordinary ones included. 21 rows of 100 classes: groups of every lane count, a last
+    group short."""
+    case = row_case
+    student, teacher = logits_pair((21, 100), dtype_row, masks=case.masks)
+    close = logits_pair((21, 100), dtype_row, kind="close", seed=1)
+    student[10:], teacher[10:] = close[0][10:], close[1][10:]
+    student[3] = teacher[3]  # exactly 0
+    student[5, 7] = np.nan
+    student[9] = -inf  # a student row all -inf
+    student[12, 2] = -inf  # the student rules out a class the teacher allows
+    teacher[15] = -inf  # a teacher row all -inf
+    student[18] = (widened(teacher[18]) * (1 + 1e-3)).astype(teacher.dtype)  # near zero
+    weights = rng_for(teacher.shape, "weights").uniform(0, 2, 21)
+    weights[4] = 0.0
+    losses = case.loss(student, teacher, 1.5, reduction="none")
+    assert bits(case.loss_and_grad(student, teacher, 1.5, reduction="none")[0]) == bits(losses)
+    alone = [case.loss(student[i], teacher[i], 1.5, reduction="none") for i in range(21)]
+    assert bits(np.array(alone, dtype=losses.dtype)) == bits(losses)
+    for reduction in ("sum", "mean"):
+        total = case.loss(student, teacher, 1.5, reduction=reduction, weights=weights)
+        with_grad = case.loss_and_grad(student, teacher, 1.5, reduction=reduction, weights=weights)[0]
+        assert bits(with_grad) == bits(total), reduction
+
+
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)
 def test_every_thread_count_gives_the_same_bits(shape, row_case, kernel_target):
     case = row_case

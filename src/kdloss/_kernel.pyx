@@ -12,9 +12,10 @@ Layers, as in scikit-learn's ``sklearn/_loss``:
    NaN), never as errors.
 2. Row loops run the helpers over the rows of a 2-D view under ``prange``, in blocks of rows
    under a dynamic schedule (a thread another process holds up does not hold up the call), with
-   per-thread scratch allocated here. Three shapes of work: ordinary rows one at a time, short
-   rows (at most ``SHORT_ROW_CLASSES`` classes) one per vector lane, and a few long rows split
-   into chunks shared among the threads. Each row's result depends on that row alone, and
+   per-thread scratch allocated here. Three shapes of work: ordinary rows one at a time (the
+   loss alone of a group of them finished together, one row per vector lane), short rows (at most
+   ``SHORT_ROW_CLASSES`` classes) one per vector lane, and a few long rows split into chunks
+   shared among the threads. Each row's result depends on that row alone, and
    chunks merge in a fixed order, so results are bitwise identical for every thread count.
    The loss alone is the same loop with the gradient off: ``kd_loss`` and ``kd_loss_and_grad``
    give the same loss bits by construction.
@@ -97,7 +98,7 @@ cdef extern from "simd.h" nogil:
                             kd_row_sums*) noexcept nogil
     ctypedef struct kd_divergence_passes:
         kd_dtype_passes dtype[4]
-        void (*finish)(const kd_row_sums*, const double*, kd_row_finish*) noexcept nogil
+        void (*finish)(const kd_row_sums*, int, const double*, kd_row_finish*) noexcept nogil
         void (*second_finish)(const kd_row_sums*, kd_row_finish*) noexcept nogil
         double (*class_gradient)(const kd_grad_row*, double, double, double, double) noexcept nogil
     ctypedef struct kd_sparse_passes:
@@ -451,7 +452,7 @@ cdef double row_loss_and_grad(
             row.kept_w = kept + n + KD_MAX_STEP
         row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
                  kept + n + KD_MAX_STEP if keeping else NULL, terms.ahead_t, terms.ahead_s)
-        kd_active_target.divergence[terms.divergence].finish(&sums, terms.weights, &row.finish)
+        kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
         if terms.two_pass and row.finish.value == row.finish.value:
             second_row_sums(t, s, n, p, &row, &sums)
             kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
@@ -508,6 +509,7 @@ cdef double row_loss_and_grad(
 
 cdef enum:
     SHORT_ROWS_BLOCK = 64  # rows per call of the short-row pass
+    FINISH_ROWS = 8  # longer rows finished together, one per lane (a vector of doubles on AVX-512)
     # Logits per block of longer rows (at most 16 rows), and per hand-out of blocks to a thread
     # under the dynamic schedule: a thread another process holds up keeps at most a hand-out
     # (a fraction of a millisecond of work) from the others, and hand-outs that large keep the
@@ -571,13 +573,57 @@ cdef void short_rows_block(
         kd_values[r] = job.terms.temperature * (job.terms.temperature * kd_values[r])
 
 
+cdef void loss_rows_block(
+    const RowsJob* job, Py_ssize_t first, Py_ssize_t count, kd_input* t_copy, kd_input* s_copy,
+) noexcept nogil:
+    """The loss alone of rows [first, first + count) of more than SHORT_ROW_CLASSES classes, for a
+    one-pass divergence and no cross-entropy: each row's extrema and sums, then one finish for up
+    to FINISH_ROWS rows, one row per lane. A row's finish does not depend on the rows beside it,
+    so each value has the bits row_loss_and_grad gives; rows of a few hundred classes pay the
+    finish's latency (divisions, a log) once per group instead of once per row."""
+    cdef Py_ssize_t n = job.n_classes, g, r, i, m
+    cdef const kd_dtype_passes* p = passes(job.terms.divergence, job.terms.dtype)
+    cdef kd_row_range extent
+    cdef kd_row_sums sums[FINISH_ROWS]
+    cdef kd_row_finish finished[FINISH_ROWS]
+    cdef const kd_input* t
+    cdef const kd_input* s
+    cdef double T = job.terms.temperature, kd_value, weight
+    g = 0
+    while g < count:
+        m = min(<Py_ssize_t> FINISH_ROWS, count - g)
+        for r in range(m):
+            i = first + g + r
+            t = contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy)
+            s = contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy)
+            row_extrema(t, s, n, p, &extent)
+            row_sums(t, s, n, p, job.terms.inv_T, &extent, &sums[r], NULL, NULL,
+                     job.terms.ahead_t, job.terms.ahead_s)
+        kd_active_target.divergence[job.terms.divergence].finish(sums, <int> m, job.terms.weights, finished)
+        for r in range(m):
+            i = first + g + r
+            weight = job.row_weights[i] if job.row_weights != NULL else 1.0
+            if weight == 0.0 or (job.labels != NULL and job.labels[i] < 0):  # left out: 0
+                job.out[i] = 0.0
+                continue
+            if finished[r].value == finished[r].value:
+                kd_value = T * (T * finished[r].value)  # T^2 alone overflows for T > 1e154
+            else:  # special values: the documented value, from a scan of the row
+                kd_value = T * (T * settle_special(
+                    contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy),
+                    contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy), n, &job.terms))
+            job.out[i] = weight * (job.terms.kl_weight * kd_value + 0.0)  # as row_loss_and_grad
+        g += m
+
+
 cdef void rows_block(
     const RowsJob* job, Py_ssize_t first, Py_ssize_t count, ThreadScratch* scratch,
     kd_input dtype_tag,
 ) noexcept nogil:
     """The loop's work for rows [first, first + count): short rows get their KL from the
-    short-row pass (one row per lane) and, for the KL term alone, their gradient too; every
-    other row, and short rows with a cross-entropy term, go through row_loss_and_grad."""
+    short-row pass (one row per lane) and, for the KL term alone, their gradient too; the loss
+    alone of longer rows (one-pass divergence, no cross-entropy) goes through loss_rows_block;
+    every other row, and short rows with a cross-entropy term, through row_loss_and_grad."""
     cdef Py_ssize_t n = job.n_classes, r, i, label
     cdef size_t row_bytes = n * job.terms.out_size  # of a gradient row
     cdef double short_kd[SHORT_ROWS_BLOCK]
@@ -602,6 +648,10 @@ cdef void rows_block(
                     contiguous_row(job.t_base + (first + r) * job.t_row, job.t_col, n, t_copy),
                     contiguous_row(job.s_base + (first + r) * job.s_row, job.s_col, n, s_copy),
                     n, &job.terms, 0, NAN, job.grad_scale, NULL, NULL, NULL)
+        return
+    if (not short_kl and job.terms.kl_weight != 0.0 and not job.want_grad and job.terms.ce_weight == 0.0
+            and not job.terms.two_pass):
+        loss_rows_block(job, first, count, t_copy, s_copy)
         return
     for r in range(count):
         i = first + r
@@ -701,7 +751,7 @@ cdef bint long_rows(
         memset(&sums, 0, sizeof(sums))
         for c in range(n_chunks):
             merge_sums(&sums, &chunks[c])
-        kd_active_target.divergence[job.terms.divergence].finish(&sums, job.terms.weights, &row.finish)
+        kd_active_target.divergence[job.terms.divergence].finish(&sums, 1, job.terms.weights, &row.finish)
         if job.terms.two_pass and row.finish.value == row.finish.value:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP

@@ -81,15 +81,26 @@
 #undef KD_NATIVE_RANGE
 
 
-/* The finish of one row (a long row's merged chunks), by the same lane arithmetic as short rows. */
-static void KD_CAT(finish_row, KD_DIV_SUFFIX)(const kd_row_sums *sums, const double *weights,
-                                              kd_row_finish *out)
+/* The finish of `count` rows (each a row's merged chunks), KD_LANES at a time, one row per lane:
+ * the same lane arithmetic as short rows, so a row's bits do not depend on the rows beside it.
+ * Spare lanes repeat the group's first row. */
+static void KD_CAT(finish_rows, KD_DIV_SUFFIX)(const kd_row_sums *sums, int count, const double *weights,
+                                               kd_row_finish *out)
 {
-    kd_vd lanes[KD_DIV_SUMS];
-    for (int k = 0; k < KD_DIV_SUMS; k++)
-        lanes[k] = kd_splat(kd_sum_value(sums->sum[k], sums->err[k]));
-    const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes, weights);
-    KD_DIV(finish_store)(&finished, 0, out);
+    for (int first = 0; first < count; first += KD_LANES) {
+        kd_vd lanes[KD_DIV_SUMS];
+        for (int k = 0; k < KD_DIV_SUMS; k++) {
+            double values[KD_LANES];
+            for (int lane = 0; lane < KD_LANES; lane++) {
+                const kd_row_sums *row = &sums[first + lane < count ? first + lane : first];
+                values[lane] = kd_sum_value(row->sum[k], row->err[k]);
+            }
+            memcpy(&lanes[k], values, sizeof values);
+        }
+        const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes, weights);
+        for (int lane = 0; lane < KD_LANES && first + lane < count; lane++)
+            KD_DIV(finish_store)(&finished, lane, &out[first + lane]);
+    }
 }
 
 #if KD_DIV_SECOND_SUMS

@@ -192,13 +192,14 @@ typedef struct {
 } kd_dtype_passes;
 
 /* One divergence on one compiled instruction set: its passes for every input dtype, its finish
- * (shared by all dtypes: it sees only sums and the weights), for two-pass divergences the finish
+ * of `count` rows' sums into their kd_row_finish (shared by all dtypes: it sees only sums and the
+ * weights; a row's bits do not depend on the others), for two-pass divergences the finish
  * of the second pass's sums (it completes *out; NULL for one pass), and its student gradient at
  * one class (where the Cython layer corrects a label's entry of Hinton's loss), from that class's
  * logits and kept values. */
 typedef struct {
     kd_dtype_passes dtype[KD_DTYPE_COUNT];
-    void (*finish)(const kd_row_sums *sums, const double *weights, kd_row_finish *out);
+    void (*finish)(const kd_row_sums *sums, int count, const double *weights, kd_row_finish *out);
     void (*second_finish)(const kd_row_sums *sums, kd_row_finish *out);
     double (*class_gradient)(const kd_grad_row *row, double t, double s, double kept_a, double kept_w);
 } kd_divergence_passes;

@@ -154,7 +154,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
     {                                                                                              \
         {[KD_FLOAT32] = passes(f32, div), [KD_FLOAT64] = passes(f64, div),                         \
          [KD_FLOAT16] = passes(f16, div), [KD_BFLOAT16] = passes(bf16, div)},                      \
-            KD_CAT(finish_row, div), second_finish, KD_CAT(class_gradient, div)                    \
+            KD_CAT(finish_rows, div), second_finish, KD_CAT(class_gradient, div)                   \
     }
 
 #include "sparse_impl.h"

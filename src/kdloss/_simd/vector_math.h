@@ -459,16 +459,21 @@ static const double KD_LOG1P_SERIES[] = {
     -1.0 / 16.0, 1.0 / 15.0, -1.0 / 14.0, 1.0 / 13.0, -1.0 / 12.0, 1.0 / 11.0, -1.0 / 10.0,
     1.0 / 9.0, -1.0 / 8.0, 1.0 / 7.0, -1.0 / 6.0, 1.0 / 5.0, -1.0 / 4.0, 1.0 / 3.0, -0.5,
 };
+KD_INLINE kd_vd kd_log1p_series(kd_vd y)
+{
+    return kd_horner(y, KD_LOG1P_SERIES, KD_COUNT(KD_LOG1P_SERIES)) * y * y;
+}
 KD_INLINE kd_vd kd_log1p_minus_identity(kd_vd y)
 {
-    kd_vd series = kd_horner(y, KD_LOG1P_SERIES, KD_COUNT(KD_LOG1P_SERIES)) * y * y;
     kd_vi tiny = (y < 0.0625) & (y > -0.0625);
     if (!kd_any(~tiny)) /* every lane takes the series (a student close to its teacher) */
-        return series;
+        return kd_log1p_series(y);
     kd_vd u = 1.0 + y;
     kd_vd safe_u = kd_select(u == 1.0, kd_splat(2.0), u); /* lanes that take the series */
     kd_vd logged = kd_log_positive(safe_u) * (y / (safe_u - 1.0)) - y;
-    return kd_select(tiny, series, logged);
+    if (!kd_any(tiny)) /* no lane takes it: skip its 15-term chain (each lane's bits unchanged) */
+        return logged;
+    return kd_select(tiny, kd_log1p_series(y), logged);
 }
 
 #endif /* KD_LIBM */
