@@ -233,7 +233,8 @@ KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl
     const kd_vsi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
     const kd_vs safe_a = kd_select_single(t_masked, zero, a);
     const kd_vs x = kd_select_single(s_masked, zero, kd_select_single(t_masked, (s - row->s_max) * row->inv_T, -d));
-    *out_of_range |= (safe_a < -80.0f) | (x < -80.0f) | (x > 80.0f) | (x != x) | (safe_a != safe_a);
+    /* out of range, or NaN (every comparison with a NaN is false) */
+    *out_of_range |= ~((safe_a >= -80.0f) & (x >= -80.0f) & (x <= 80.0f));
     const kd_vs ea = kd_keep_single(~t_masked, kd_exp_single(safe_a));
     const kd_vs e = kd_keep_single(~s_masked, kd_exp_minus_one_parts_single(x, &em1, &f));
     const kd_vs masked_a = kd_select_single(t_masked, one, ea);
