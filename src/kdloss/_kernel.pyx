@@ -1002,10 +1002,10 @@ def single_row_loss(object student, object teacher, object temperature):
     cdef double T = temperature
     if not (T > 0.0 and isfinite(T) and isfinite(1.0 / T)):
         return None
-    cdef int dtype = -1
+    cdef int dtype = -1, bits_dtype = -1  # bits_dtype: what a "H" (uint16) buffer holds
     if student.dtype.char == "E" and student.dtype.name == "bfloat16" and teacher.dtype == student.dtype:
         # ml_dtypes' bfloat16 has no buffer format: its bits, as the general path passes them.
-        student, teacher, dtype = student.view(np.uint16), teacher.view(np.uint16), KD_BFLOAT16
+        student, teacher, bits_dtype = student.view(np.uint16), teacher.view(np.uint16), KD_BFLOAT16
     cdef Py_buffer s_view, t_view
     try:
         PyObject_GetBuffer(student, &s_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
@@ -1026,8 +1026,8 @@ def single_row_loss(object student, object teacher, object temperature):
             dtype = KD_FLOAT32
         elif strcmp(s_view.format, "e") == 0:
             dtype = KD_FLOAT16
-        elif strcmp(s_view.format, "H") != 0:  # bfloat16's bits (set above), else not ours
-            dtype = -1
+        elif strcmp(s_view.format, "H") == 0:
+            dtype = bits_dtype
         with nogil:
             if dtype == KD_FLOAT64:
                 loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T, dtype)
@@ -1036,8 +1036,6 @@ def single_row_loss(object student, object teacher, object temperature):
             elif dtype == KD_FLOAT16 or dtype == KD_BFLOAT16:
                 loss = one_row_loss(<const unsigned short*> t_view.buf, <const unsigned short*> s_view.buf, n,
                                     T, dtype)
-    else:
-        dtype = -1
     PyBuffer_Release(&s_view)
     PyBuffer_Release(&t_view)
     return loss if dtype >= 0 else None

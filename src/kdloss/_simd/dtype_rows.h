@@ -48,7 +48,7 @@
 #define KD_EXP_FOR_DOUBLE 0
 #define KD_OUT float
 #define KD_REAL uint16_t
-#define KD_SCALAR(p) kd_scalar_f16(p)
+#define KD_SCALAR(p) kd_f16_value(*(p))
 #define KD_FN(name) KD_CAT3(name, f16, KD_DIV_SUFFIX)
 #define KD_LOAD kd_load_f16
 #define KD_LOAD_PARTIAL kd_load_partial_f16

@@ -152,18 +152,20 @@ KD_INLINE kd_vd kd_load_f16(const uint16_t *p)
 #endif
 }
 
-/* One stored float16 as a double: F16C's conversion where the target has it (exact), else bits. */
-KD_INLINE double kd_scalar_f16(const uint16_t *p)
+/* One stored float16 as a double, the way this target widens one value fastest: F16C's
+ * conversion where it has it, else kd_float16_to_double's bits (both exact). Every per-value
+ * widening of float16 goes through it: partial loads and the short rows' columns. */
+KD_INLINE double kd_f16_value(uint16_t bits)
 {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__F16C__)
-    return _cvtsh_ss(*p);
+    return _cvtsh_ss(bits);
 #else
-    return kd_float16_to_double(*p);
+    return kd_float16_to_double(bits);
 #endif
 }
 
 KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_bf16, uint16_t, kd_bfloat16_to_double)
-KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f16, uint16_t, kd_float16_to_double)
+KD_PARTIAL_LOAD_BY_LANES(kd_load_partial_f16, uint16_t, kd_f16_value)
 
 /* Sum of the lanes in a fixed order (a balanced tree). */
 KD_INLINE double kd_lane_sum(kd_vd v)

@@ -118,7 +118,7 @@ KD_INLINE kd_vs kd_load_single_f16(const uint16_t *p)
         return v;                                                                                  \
     }
 KD_SINGLE_PARTIAL_LOAD(kd_load_partial_single_f32, float, (float))
-KD_SINGLE_PARTIAL_LOAD(kd_load_partial_single_f16, uint16_t, kd_float16_to_double)
+KD_SINGLE_PARTIAL_LOAD(kd_load_partial_single_f16, uint16_t, kd_f16_value)
 KD_SINGLE_PARTIAL_LOAD(kd_load_partial_single_bf16, uint16_t, kd_bfloat16_to_double)
 
 /* exp in float32 for |x| <= 87: x = k ln(2) + r, |r| <= ln(2) / 2, e^r = 1 + r + r^2 q(r), q of
