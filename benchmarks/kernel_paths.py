@@ -6,9 +6,10 @@ Prints a markdown table per question (medians of interleaved samples, one proces
 
 1. each kernel target (scalar libm, portable vector code, AVX2+FMA, AVX-512) at 8192 x 1000;
 2. a few rows of a huge vocabulary (2 x 1,000,000): 1 thread against all, rows split in chunks;
-3. rows of every kind against ordinary rows (ratio in brackets): close to zero KL (student =
-   teacher + 1e-4 noise; before the one-engine kernel these took 9 to 13x), a masked vocabulary,
-   float16 inputs; for the loss and for the loss with its gradient;
+3. rows of every kind against ordinary rows of their dtype (ratio in brackets), float32 and
+   float64: close to zero KL (student = teacher + 1e-4 noise; before the one-engine kernel these
+   took 9 to 13x), masked classes (in the teacher only, and in both), float16 inputs; for the
+   loss and for the loss with its gradient;
 4. the traced peak memory of one ``kd_loss`` call at 8192 x 1000 (tracemalloc), beyond its output.
 """
 
@@ -76,23 +77,30 @@ def main():
     print(f"\n| 2 x 1,000,000 float32 | 1 thread | {threads} threads | speed-up |\n|---|---|---|---|")
     print(f"| kd_loss | {times[1]:.1f} ms | {times[threads]:.1f} ms | {times[1] / times[threads]:.2f}x |")
 
-    # Rows of every kind the engine meets, beside ordinary rows: near zero KL, a masked vocabulary
-    # (the teacher -inf on every tenth class: a padded vocabulary), 2-byte inputs (read as stored).
-    ordinary = logits((8192, 1000), 1.0)
-    near = logits((8192, 1000), 1e-4)
-    masked = tuple(np.array(x) for x in ordinary)
-    masked[1][:, ::10] = -np.inf
-    kinds = {"ordinary": ordinary, "near zero KL (noise 1e-4)": near, "masked classes (every 10th)": masked,
-             "float16 inputs": tuple(x.astype(np.float16) for x in ordinary)}
-    for name, function in (("kd_loss", kdloss.kd_loss), ("kd_loss_and_grad", kdloss.kd_loss_and_grad)):
-        times = median_ms(
-            {kind: (lambda pair=pair, function=function: function(*pair, 4.0)) for kind, pair in kinds.items()}, repeat
-        )
-        if name == "kd_loss":
-            print("\n| 8192 x 1000 float32, T = 4 | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
-        print(f"| {name}, {threads} threads | "
-              + " | ".join(f"{v:.1f} ms ({v / times['ordinary']:.2f}x)" for v in times.values()) + " |")
+    # Rows of every kind the engine meets, beside ordinary rows of the same dtype: near zero KL, a
+    # masked vocabulary (-inf on every tenth class: in the teacher only, as top-k filtering leaves
+    # it, or in both, as a padded vocabulary), 2-byte inputs (read as stored; float32's table).
+    for dtype in (np.float32, np.float64):
+        ordinary = logits((8192, 1000), 1.0, dtype)
+        teacher_masked = (ordinary[0], ordinary[1].copy())
+        teacher_masked[1][:, ::10] = -np.inf
+        both_masked = (ordinary[0].copy(), teacher_masked[1])
+        both_masked[0][:, ::10] = -np.inf
+        kinds = {"ordinary": ordinary, "near zero KL (noise 1e-4)": logits((8192, 1000), 1e-4, dtype),
+                 "teacher masks every 10th class": teacher_masked, "both mask every 10th class": both_masked}
+        if dtype == np.float32:
+            kinds["float16 inputs"] = tuple(x.astype(np.float16) for x in ordinary)
+        header = f"8192 x 1000 {np.dtype(dtype).name}, T = 4"
+        print(f"\n| {header} | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
+        for name, function in (("kd_loss", kdloss.kd_loss), ("kd_loss_and_grad", kdloss.kd_loss_and_grad)):
+            times = median_ms(
+                {kind: (lambda pair=pair, function=function: function(*pair, 4.0)) for kind, pair in kinds.items()},
+                repeat,
+            )
+            print(f"| {name}, {threads} threads | "
+                  + " | ".join(f"{v:.1f} ms ({v / times['ordinary']:.2f}x)" for v in times.values()) + " |")
 
+    ordinary = logits((8192, 1000), 1.0)
     tracemalloc.start()
     tracemalloc.reset_peak()
     kdloss.kd_loss(*ordinary, 4.0)

@@ -102,6 +102,50 @@ KD_INLINE kd_vi kd_kl_near(kd_vd a, kd_vd d)
     return (a >= -700.0) & (d >= -700.0) & (d <= 700.0);
 }
 
+/* The masked modes' terms. A class the teacher masks takes the student's exponent in place of
+ * the teacher's, a' = b, and d' = 0: its e^a' e^-d' = e^b adds to Z_Q and (as R) to G, and the
+ * keeps below take it out of Z_P and the gap. A class the student masks takes b' = 0 and d' = 0
+ * (every term finite), and its shares are then set: 0 to Z_Q, +inf to the gap and G where the
+ * teacher allows it, 0 everywhere where the teacher masks it too. With teacher_only (the
+ * student has no -inf and every b >= -700: kd_row_mode), the student's side is left out, and
+ * only a' needs the range check; NaN fails it too. */
+KD_INLINE kd_kl_terms kd_kl_masked_terms(kd_vd t, kd_vd s, const kd_kl_row *row, const int teacher_only,
+                                         const int for_double, kd_vi *out_of_range)
+{
+    const kd_vd one = kd_splat(1.0);
+    const kd_vi t_masked = t == -INFINITY;
+    const kd_vi s_masked = teacher_only ? (kd_vi)kd_splat(0.0) : s == -INFINITY;
+    const kd_vd b = kd_keep(~s_masked, (s - row->s_max) * row->inv_T);
+    const kd_vd a = kd_select(t_masked, b, (t - row->t_max) * row->inv_T);
+    /* (NaN where either side masks) */
+    const kd_vd d = kd_keep(~(t_masked | s_masked), kd_kl_gap(t, s, row, for_double, 1));
+    kd_vi in_range = a >= -700.0; /* and not NaN: every comparison with a NaN is false */
+    if (!teacher_only)
+        in_range &= b >= -700.0;
+    *out_of_range |= ~in_range;
+    kd_vd em1, f;
+    const kd_vd ea = kd_exp_moderate(a, for_double);
+    const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f); /* teacher masks: 1, 0, 0 */
+    kd_kl_terms out;
+    out.kept_a = kd_keep(~t_masked, ea);
+    out.weight[KD_KL_ZP] = out.kept_a;
+    out.value[KD_KL_ZP] = one;
+    for (int k = KD_KL_ZQ; k < KD_KL_SUMS; k++)
+        out.weight[k] = ea;
+    out.value[KD_KL_ZQ] = e;
+    out.value[KD_KL_GAP] = d;
+    out.value[KD_KL_G] = kd_select(t_masked, one, f);
+    out.kept_w = kd_select(t_masked, ea, em1);
+    if (!teacher_only) {
+        const kd_vi ruled_out = s_masked & ~t_masked; /* KL = +inf */
+        out.value[KD_KL_ZQ] = kd_keep(~s_masked, e);
+        out.value[KD_KL_GAP] = kd_select(ruled_out, kd_splat(INFINITY), d);
+        out.value[KD_KL_G] = kd_select(ruled_out, kd_splat(INFINITY), kd_keep(~s_masked, out.value[KD_KL_G]));
+        out.kept_w = kd_keep(~s_masked, out.kept_w);
+    }
+    return out;
+}
+
 KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, const int mode,
                                         const int for_double, kd_vi *out_of_range)
 {
@@ -110,30 +154,8 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
     const kd_vd at = t - row->t_max, a = at * inv_T;
     const kd_vd d = kd_kl_gap(t, s, row, for_double, mode == KD_MODERATE);
     kd_vd em1, f;
-    if (mode == KD_MASKED) {
-        const kd_vi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
-        const kd_vd safe_a = kd_select(t_masked, kd_splat(0.0), a);
-        /* e^-d where the teacher allows the class, e^b where it masks it; 0 where the student masks */
-        const kd_vd x = kd_select(s_masked, kd_splat(0.0), kd_select(t_masked, (s - row->s_max) * inv_T, -d));
-        *out_of_range |= (safe_a < -700.0) | (x < -700.0) | (x > 700.0);
-        const kd_vd ea = kd_keep(~t_masked, kd_exp_moderate(safe_a, for_double));
-        const kd_vd e = kd_keep(~s_masked, kd_exp_minus_one_parts(x, for_double, 0, &em1, &f));
-        const kd_vd masked_a = kd_select(t_masked, kd_splat(1.0), ea); /* masked: e is e^b itself */
-        const kd_vd one = kd_splat(1.0);
-        out.weight[KD_KL_ZP] = ea;
-        out.value[KD_KL_ZP] = one;
-        out.weight[KD_KL_ZQ] = masked_a;
-        out.value[KD_KL_ZQ] = e;
-        out.weight[KD_KL_GAP] = ea;
-        out.value[KD_KL_GAP] = kd_keep(~t_masked, d);
-        /* the student's mass where the teacher masks; +inf where the student masks what P allows
-         * (there e^a > 0: the masked mode has every finite a >= -700) */
-        out.weight[KD_KL_G] = masked_a;
-        out.value[KD_KL_G] = kd_select(s_masked & ~t_masked, kd_splat(INFINITY), kd_select(t_masked, e, f));
-        out.kept_a = ea;
-        out.kept_w = kd_select(t_masked | s_masked, masked_a * e, em1);
-        return out;
-    }
+    if (mode == KD_MASKED || mode == KD_MASKED_TEACHER)
+        return kd_kl_masked_terms(t, s, row, mode == KD_MASKED_TEACHER, for_double, out_of_range);
     if (mode == KD_MODERATE) {
         const kd_vd ea = kd_exp_moderate(a, for_double);
         const kd_vd e = kd_exp_minus_one_parts(-d, for_double, 0, &em1, &f);
@@ -181,9 +203,10 @@ KD_INLINE kd_kl_terms kd_kl_class_terms(kd_vd t, kd_vd s, const kd_kl_row *row, 
  * themselves. d takes t - s exactly (TwoSum in float32), so it stays accurate relative to itself
  * when the student is the teacher plus an offset, and is exactly 0 where the rows agree. Two
  * modes, as in double: moderate (the row within 80 T of its maxima: every exponential a normal
- * float32) and masked (-inf logits among such finite ones, let through by the double masked
- * mode's selects; *out_of_range collects the lanes where a finite logit leaves that range, or a
- * NaN arrives, and the caller redoes the chunk in double). */
+ * float32) and masked (-inf logits among such finite ones, with kd_kl_masked_terms' stand-ins;
+ * KD_MASKED_TEACHER when only the teacher masks and every b >= -80; *out_of_range collects the
+ * lanes where a finite logit leaves that range, or a NaN arrives, and the caller redoes the chunk
+ * in double). */
 typedef struct {
     kd_vs t_max, s_max, shift_hi, shift_lo, inv_T;
 } kd_kl_single_row;
@@ -204,51 +227,53 @@ typedef struct {
 } kd_kl_single_terms_of;
 
 KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row,
-                                                   const int masked, kd_vsi *out_of_range)
+                                                   const int mode, kd_vsi *out_of_range)
 {
-    const kd_vs a = (t - row->t_max) * row->inv_T;
+    const kd_vs one = kd_splat_single(1.0f);
+    kd_vsi t_masked = {0}, s_masked = {0};
+    kd_vs a = (t - row->t_max) * row->inv_T;
     const kd_vs hi = t - s, s_part = hi - t;
-    kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
-    if (masked) /* NaN where hi is +-inf (a masked class): then 0 */
-        lo = kd_select_single(lo == lo, lo, kd_splat_single(0.0f));
-    const kd_vs d = ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
-    const kd_vs one = kd_splat_single(1.0f), zero = kd_splat_single(0.0f);
-    kd_vs em1, f;
-    kd_kl_single_terms_of out;
-    if (!masked) {
-        const kd_vs ea = kd_exp_single(a);
-        const kd_vs e = kd_exp_minus_one_parts_single(-d, &em1, &f);
-        for (int k = 0; k < KD_KL_SUMS; k++)
-            out.weight[k] = ea;
-        out.value[KD_KL_ZP] = one;
-        out.value[KD_KL_ZQ] = e;
-        out.value[KD_KL_GAP] = d;
-        out.value[KD_KL_G] = f;
-        out.kept_a = ea;
-        out.kept_w = em1;
-        return out;
+    const kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
+    kd_vs d = ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
+    kd_vs x = -d; /* the argument of e^-d - 1 - (-d) and its parts */
+    if (mode != KD_MODERATE) {
+        /* As kd_kl_masked_terms, with the roles of the two exponentials exchanged where the
+         * teacher masks: a' = 0 and x = b, so that e^b comes from the accurate reduction of
+         * kd_exp_minus_one_parts_single (kd_exp_single's, with ln 2 in one float, is off by up
+         * to 2e-7 of itself there; a masked class's e^b would carry that into the row). */
+        t_masked = t == -INFINITY;
+        if (mode == KD_MASKED)
+            s_masked = s == -INFINITY;
+        const kd_vs b = kd_keep_single(~s_masked, (s - row->s_max) * row->inv_T);
+        a = kd_keep_single(~t_masked, a);
+        d = kd_keep_single(~(t_masked | s_masked), d); /* NaN where either side masks */
+        x = kd_select_single(t_masked, b, -d);
+        kd_vsi in_range = a >= -80.0f; /* and not NaN: every comparison with a NaN is false */
+        if (mode == KD_MASKED)
+            in_range &= b >= -80.0f;
+        *out_of_range |= ~in_range;
     }
-    /* As the double masked mode (kd_kl_class_terms): e^-d where the teacher allows the class, e^b
-     * where it masks it, 0 where the student masks it. */
-    const kd_vsi t_masked = t == -INFINITY, s_masked = s == -INFINITY;
-    const kd_vs safe_a = kd_select_single(t_masked, zero, a);
-    const kd_vs x = kd_select_single(s_masked, zero, kd_select_single(t_masked, (s - row->s_max) * row->inv_T, -d));
-    /* out of range, or NaN (every comparison with a NaN is false) */
-    *out_of_range |= ~((safe_a >= -80.0f) & (x >= -80.0f) & (x <= 80.0f));
-    const kd_vs ea = kd_keep_single(~t_masked, kd_exp_single(safe_a));
-    const kd_vs e = kd_keep_single(~s_masked, kd_exp_minus_one_parts_single(x, &em1, &f));
-    const kd_vs masked_a = kd_select_single(t_masked, one, ea);
-    out.weight[KD_KL_ZP] = ea;
+    kd_vs em1, f;
+    const kd_vs ea = kd_exp_single(a);
+    const kd_vs e = kd_exp_minus_one_parts_single(x, &em1, &f);
+    kd_kl_single_terms_of out;
+    out.kept_a = mode == KD_MODERATE ? ea : kd_keep_single(~t_masked, ea);
+    out.weight[KD_KL_ZP] = out.kept_a;
     out.value[KD_KL_ZP] = one;
-    out.weight[KD_KL_ZQ] = masked_a;
+    for (int k = KD_KL_ZQ; k < KD_KL_SUMS; k++)
+        out.weight[k] = ea;
     out.value[KD_KL_ZQ] = e;
-    out.weight[KD_KL_GAP] = ea;
-    out.value[KD_KL_GAP] = kd_keep_single(~t_masked, d);
-    out.weight[KD_KL_G] = masked_a;
-    out.value[KD_KL_G] = kd_select_single(s_masked & ~t_masked, kd_splat_single(INFINITY),
-                                          kd_select_single(t_masked, e, f));
-    out.kept_a = ea;
-    out.kept_w = kd_select_single(t_masked | s_masked, masked_a * e, em1);
+    out.value[KD_KL_GAP] = d;
+    out.value[KD_KL_G] = mode == KD_MODERATE ? f : kd_select_single(t_masked, e, f);
+    out.kept_w = mode == KD_MODERATE ? em1 : kd_select_single(t_masked, e, em1);
+    if (mode == KD_MASKED) {
+        const kd_vsi ruled_out = s_masked & ~t_masked; /* KL = +inf */
+        const kd_vs inf = kd_splat_single(INFINITY);
+        out.value[KD_KL_ZQ] = kd_keep_single(~s_masked, e);
+        out.value[KD_KL_GAP] = kd_select_single(ruled_out, inf, d);
+        out.value[KD_KL_G] = kd_select_single(ruled_out, inf, kd_keep_single(~s_masked, out.value[KD_KL_G]));
+        out.kept_w = kd_keep_single(~s_masked, out.kept_w);
+    }
     return out;
 }
 #endif
@@ -299,12 +324,15 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
                                     kd_vd *student_probability)
 {
     const double inv_T = constants->inv_T;
-    const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE);
+    /* (with the student finite, d is NaN only where the teacher masks, and P = 0 there) */
+    const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE || mode == KD_MASKED_TEACHER);
     const kd_vd at = t - constants->t_max;
     const kd_vd p = ea * row->inv_zp;
     const kd_vd near_value = p * ((w - row->y) * row->inv_one_plus_y);
     if (mode == KD_MODERATE)
         *q_minus_p = near_value;
+    else if (mode == KD_MASKED_TEACHER) /* every b >= -700: near where a >= -700 (not where t masks) */
+        *q_minus_p = kd_select(at * inv_T >= -700.0, near_value, w * row->inv_zq - p);
     else
         *q_minus_p = kd_select(kd_kl_near(at * inv_T, d), near_value, w * row->inv_zq - p);
     *teacher_direction = kd_keep(ea > 0.0, p * (d - row->mean_gap));

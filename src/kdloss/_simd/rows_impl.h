@@ -106,8 +106,8 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_
     }
 }
 
-/* Returns nonzero when a KD_MASKED chunk met finite logits outside the cheap range (its sums
- * are then to be redone in KD_GENERAL mode). */
+/* Returns nonzero when a masked chunk (KD_MASKED, KD_MASKED_TEACHER) met finite logits outside
+ * the cheap range (its sums are then to be redone in KD_GENERAL mode). */
 KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
                                double s_max, double inv_T, const int mode, kd_row_sums *out,
                                const int keeping, double *keep_a, double *keep_w,
@@ -154,14 +154,14 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
 }
 
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
-/* The sums of a chunk of a row in float32 lanes (vector_single.h), in the moderate or the masked
+/* The sums of a chunk of a row in float32 lanes (vector_single.h), in the moderate or a masked
  * mode (masked: -inf logits among finite ones within 80 T of their maxima): lane sums of at most
  * KD_SINGLE_RUN steps, widened into the block's double lane sums, which fold into the chunk as
  * add_chunk's do. The chunk's last step is padded with a class at both maxima and weight 0, which
  * adds exactly 0. Returns nonzero when a masked chunk met a finite logit outside that range (or a
  * NaN): its sums are then to be redone in double. */
 KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
-                                      double s_max, double inv_T, const int masked, kd_row_sums *out,
+                                      double s_max, double inv_T, const int mode, kd_row_sums *out,
                                       const int keeping, double *keep_a, double *keep_w,
                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
@@ -190,12 +190,12 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 const int count = run_end - i < KD_SINGLE_LANES ? (int)(run_end - i) : KD_SINGLE_LANES;
                 KD_DIV(single_terms_of) x;
                 if (count == KD_SINGLE_LANES) {
-                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row, masked,
+                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row, mode,
                                              &out_of_range);
                 } else {
                     x = KD_DIV(single_terms)(KD_LOAD_PARTIAL_SINGLE(bt + i, count, (float)t_max),
                                              KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max), &row,
-                                             masked, &out_of_range);
+                                             mode, &out_of_range);
                     const kd_vsi live = lane_index < count;
                     for (int k = 0; k < KD_DIV_SUMS; k++)
                         x.weight[k] = (kd_vs)(live & (kd_vsi)x.weight[k]);
@@ -245,11 +245,16 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
 #define KD_SINGLE_CHUNK(m, k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
     if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
-        keeping ? KD_SINGLE_CHUNK(0, 1) : KD_SINGLE_CHUNK(0, 0);
+        keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
         return;
     }
-    if (mode == KD_MASKED) { /* float32 first; out of its range (or a NaN), double's modes */
-        if (!(keeping ? KD_SINGLE_CHUNK(1, 1) : KD_SINGLE_CHUNK(1, 0)))
+    /* masked: float32 first; out of its range (or a NaN), double's modes */
+    if (mode == KD_MASKED_TEACHER && kd_is_single_student(range, inv_T)) {
+        if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
+            return;
+        memset(out, 0, sizeof *out);
+    } else if (mode == KD_MASKED || mode == KD_MASKED_TEACHER) {
+        if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED, 1) : KD_SINGLE_CHUNK(KD_MASKED, 0)))
             return;
         memset(out, 0, sizeof *out);
     }
@@ -259,6 +264,8 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
         keeping ? KD_CHUNK_IN(KD_MODERATE, 1) : KD_CHUNK_IN(KD_MODERATE, 0);
     else if (mode == KD_MASKED)
         redo = keeping ? KD_CHUNK_IN(KD_MASKED, 1) : KD_CHUNK_IN(KD_MASKED, 0);
+    else if (mode == KD_MASKED_TEACHER)
+        redo = keeping ? KD_CHUNK_IN(KD_MASKED_TEACHER, 1) : KD_CHUNK_IN(KD_MASKED_TEACHER, 0);
     if (mode == KD_GENERAL || redo) {
         memset(out, 0, sizeof *out);
         keeping ? KD_CHUNK_IN(KD_GENERAL, 1) : KD_CHUNK_IN(KD_GENERAL, 0);
@@ -393,14 +400,14 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
 KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
                                      const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
-                                     const int moderate, kd_vd *d_s, kd_vd *d_t)
+                                     const int mode, kd_vd *d_s, kd_vd *d_t)
 {
     kd_vd grad = kd_splat(0.0), q = grad;
     const kd_vd bs = s - row->range.s_max;
     if (with_kl) {
         const kd_vd ea = kd_load_f64(row->kept_a + i), w = kd_load_f64(row->kept_w + i);
         kd_vd q_minus_p, teacher_direction;
-        KD_DIV(gradient_lanes)(t, s, ea, w, constants, finish, moderate, KD_EXP_FOR_DOUBLE,
+        KD_DIV(gradient_lanes)(t, s, ea, w, constants, finish, mode, KD_EXP_FOR_DOUBLE,
                              &q_minus_p, &teacher_direction, &q);
         grad = q_minus_p * row->kl_coef;
         *d_t = teacher_direction * row->kl_coef;
@@ -414,7 +421,7 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
 
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                     const kd_grad_row *row, KD_OUT *d_s, KD_OUT *d_t,
-                                    const int with_kl, const int ce_mode, const int moderate,
+                                    const int with_kl, const int ce_mode, const int mode,
                                     const int with_teacher)
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
@@ -424,7 +431,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
     for (; i + KD_LANES <= n; i += KD_LANES) {
         kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
-                              moderate, &grad_s, &grad_t);
+                              mode, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, KD_LANES, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, KD_LANES, row->round_to_odd);
@@ -433,7 +440,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         const int count = (int)(n - i);
         kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
-                              &finish, i, with_kl, ce_mode, moderate, &grad_s, &grad_t);
+                              &finish, i, with_kl, ce_mode, mode, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, count, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, count, row->round_to_odd);
@@ -453,19 +460,27 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
         KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0, 0);
         return;
     }
-    const int moderate = kd_is_moderate(&row->range, row->inv_T);
+    /* the divergence's gradient mode: KD_MODERATE, KD_MASKED_TEACHER (the plain loss only: a
+     * cheaper test of near classes) or KD_GENERAL */
+    const int mode = kd_row_mode(&row->range, row->inv_T);
+    const int moderate = mode == KD_MODERATE;
+    if (row->ce_mode == KD_CE_NONE && mode == KD_MASKED_TEACHER) {
+        d_t ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MASKED_TEACHER, 1)
+            : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MASKED_TEACHER, 0);
+        return;
+    }
     if (row->ce_mode == KD_CE_NONE && d_t == NULL) {
-        moderate ? KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, 1, 0)
-                 : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, 0, 0);
+        moderate ? KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MODERATE, 0)
+                 : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_GENERAL, 0);
         return;
     }
     switch (row->ce_mode * 2 + moderate) {
-    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 0, 1); break;
-    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, 1, 1); break;
-    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 0, 1); break;
-    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, 1, 1); break;
-    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 0, 1); break;
-    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, 1, 1); break;
+    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_GENERAL, 1); break;
+    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MODERATE, 1); break;
+    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, KD_GENERAL, 1); break;
+    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, KD_MODERATE, 1); break;
+    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, KD_GENERAL, 1); break;
+    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, KD_MODERATE, 1); break;
     }
 }
 

@@ -104,8 +104,10 @@ enum { KD_KL = 0, KD_MIXTURE = 1, KD_TVD = 2, KD_DIVERGENCE_COUNT = 3 };
 #define KD_WEIGHTS 3
 
 /* How the sums' pass treats a row (target_impl.h, kd_row_mode): every logit in the cheap range;
- * -inf logits (masked classes) among finite ones in that range; anything (the general mode). */
-enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2 };
+ * -inf logits (masked classes) among finite ones in that range; -inf in the teacher only, the
+ * student's logits all in the cheap range (the common masked vocabulary: a cheaper masked mode);
+ * anything (the general mode). */
+enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2, KD_MASKED_TEACHER = 3 };
 
 /* The most sums a divergence keeps per row, and constants its finish hands the gradient pass. */
 #define KD_MAX_SUMS 4

@@ -72,16 +72,24 @@ static inline int kd_is_single_moderate(const kd_row_range *range, double inv_T)
         && (range->s_min - range->s_max) * inv_T >= -80.0;
 }
 
+/* True when every b of the row lies in [-80, 0]: the student's side of kd_is_single_moderate, for
+ * the float32 terms of a row whose teacher alone masks classes. */
+static inline int kd_is_single_student(const kd_row_range *range, double inv_T)
+{
+    return (range->s_min - range->s_max) * inv_T >= -80.0;
+}
+
 /* The mode of the sums' pass for a row with these extrema: moderate; masked (some -inf logits, both
  * maxima finite: tried first, and a chunk whose finite logits leave the cheap range is redone in
- * the general mode); or general. */
+ * the general mode), of the teacher only where the student's logits are all in the cheap range;
+ * or general. */
 static inline int kd_row_mode(const kd_row_range *range, double inv_T)
 {
     if (kd_is_moderate(range, inv_T))
         return KD_MODERATE;
     if ((range->t_min == -INFINITY || range->s_min == -INFINITY) && isfinite(range->t_max)
         && isfinite(range->s_max))
-        return KD_MASKED;
+        return (range->s_min - range->s_max) * inv_T >= -700.0 ? KD_MASKED_TEACHER : KD_MASKED;
     return KD_GENERAL;
 }
 
