@@ -9,8 +9,10 @@ rounded once to the dtype), so eps alone moves the row KL. eps = 1 is always run
 yardstick of the "vs eps = 1" ratios.
 
 Timed, per dtype and temperature, every body at every eps in one round-robin (so that a slow
-minute of a shared machine hits every eps and every library alike), medians of ``--repeat``
-samples (``kdloss.bench.timing``, as ``kdloss bench``):
+minute of a shared machine hits every eps and every library alike), one body's eps back to back
+in each round, starting at a different eps each round (so that each library's calls follow its
+own, not another library's memory traffic), medians of ``--repeat`` samples
+(``kdloss.bench.timing``, as ``kdloss bench``):
 
 - loss: ``kdloss.kd_loss`` (reduction="mean"); PyTorch ``kl_div(log_softmax(s/T), log_softmax(t/T),
   log_target=True)`` summed / rows * T^2, forward only; JAX ``jit`` of the same. These two are
@@ -315,7 +317,8 @@ def run_sweep(teacher, noise, dtype, temperature, settings, progress=None):
     if progress:
         progress(f"{dtype}, T = {temperature:g}: timing {len(calls)} bodies, {settings.repeat} rounds")
     numbers = {key: calls_per_sample(call) for key, call in calls.items()}
-    for key, stats in interleaved(calls, settings.repeat, numbers).items():
+    # one body at every eps back to back (key: (eps, body)): a kdloss call follows kdloss calls
+    for key, stats in interleaved(calls, settings.repeat, numbers, group=lambda key: key[1]).items():
         cells[key].stats = stats
     return Sweep(dtype, temperature, row_kl, cells)
 
@@ -413,7 +416,8 @@ def report(sweeps, machine, settings):
     header = header_lines(machine, SimpleNamespace(temperature=settings.temperatures[0], repeat=settings.repeat))
     # header_lines' last line describes kdloss bench's data and single temperature: replaced here.
     data = (f"- {format_shape(settings.shape)}, {settings.threads} thread(s) for every library, mean over rows, "
-            f"{settings.repeat} interleaved samples per body (all eps of one dtype and T in one round-robin); "
+            f"{settings.repeat} interleaved samples per body (all eps of one dtype and T in one round-robin, "
+            f"each body's eps back to back); "
             f"teacher = 3 N(0,1), student = teacher + eps N(0,1), seed {settings.seed}")
     header = header[:-1] + [data]
     parts = ["\n".join(header)]

@@ -34,6 +34,17 @@ def test_interleaved_runs_every_peer_once_per_repeat_rotating_the_first(monkeypa
     assert result["b"].calls_per_sample == 2
 
 
+def test_interleaved_groups_run_back_to_back_each_member_first_in_turn(monkeypatch):
+    monkeypatch.setattr(timing, "SETTLE_SECONDS", 0.0)
+    order = []
+    names = [(eps, body) for eps in (1, 2) for body in ("kd", "torch")]  # as eps_sweep's keys
+    calls = {name: (lambda name=name: order.append(name)) for name in names}
+    result = interleaved(calls, repeat=2, numbers=dict.fromkeys(names, 1), group=lambda key: key[1])
+    assert order == [(1, "kd"), (2, "kd"), (1, "torch"), (2, "torch"),  # round 0
+                     (2, "torch"), (1, "torch"), (2, "kd"), (1, "kd")]  # round 1: both rotated
+    assert all(len(stats.samples) == 2 for stats in result.values())
+
+
 @pytest.mark.parametrize("repeat", [1, 3])
 def test_interleaved_measures_real_calls(repeat):
     result = interleaved({"sum": lambda: sum(range(100))}, repeat, {"sum": 10})

@@ -83,13 +83,14 @@ KD_INLINE kd_vd kd_kl_gap(kd_vd t, kd_vd s, const kd_kl_row *row, const int for_
     return ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
 }
 
-/* The terms of KD_LANES classes of logits t, s, in one of three modes (kd_row_mode, target_impl.h):
+/* The terms of KD_LANES classes of logits t, s, in one of four modes (kd_row_mode, target_impl.h):
  * KD_MODERATE: every a and b of the row lies in [-700, 0], so every class is near and the cheaper
- * exp applies; KD_MASKED: so do the finite ones, and -inf logits (masked classes) are let through
- * by a few selects, with the cheaper exp on safe arguments; *out_of_range collects the lanes where
- * that assumption fails (a finite a < -700, or |d| > 700), and the caller then redoes the chunk in
- * KD_GENERAL mode, which handles every value. Each mode gives every class the same meaning, so the
- * gradient pass needs only to tell near classes from far ones (kd_kl_near). */
+ * exp applies; KD_MASKED: so do the finite ones, and -inf logits (masked classes) take stand-ins
+ * (kd_kl_masked_terms), with the cheaper exp on safe arguments; KD_MASKED_TEACHER: the same where
+ * only the teacher masks and every b is in range; *out_of_range collects the lanes where that
+ * assumption fails (a finite a or b < -700), and the caller then redoes the chunk in KD_GENERAL
+ * mode, which handles every value. Each mode gives every class the same meaning, so the gradient
+ * pass needs only to tell near classes from far ones (kd_kl_near). */
 typedef struct {
     /* their shares of the row sums, each as weight * value: the passes accumulate them with one
      * fused multiply-add each (the build fuses nothing it is not asked to) */

@@ -56,15 +56,26 @@ def _time_loop(call, number):
             gc.enable()
 
 
-def interleaved(calls, repeat, numbers):
+def interleaved(calls, repeat, numbers, group=None):
     """Seconds per call, ``repeat`` samples each, round-robin over ``calls`` (a dict name -> call).
 
     The starting peer rotates every repeat, so no peer always runs right after the same one.
+    ``group`` (a function of a name), unless None, keeps the calls of one group together in each
+    round (say one library at several inputs): the groups take turns as single calls do, and
+    within a group the first call rotates too. A call then follows its own kind, and finds the
+    caches and the machine in the state its own library leaves them (a sweep that alternates
+    libraries call by call measures each after another's memory traffic), while a slow minute
+    still hits every group of the round.
     """
     names = list(calls)
+    groups = {}
+    for name in names:
+        groups.setdefault(name if group is None else group(name), []).append(name)
+    groups = list(groups.values())
     seconds = {name: [] for name in names}
     for r in range(repeat):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            time.sleep(SETTLE_SECONDS)
-            seconds[name].append(_time_loop(calls[name], numbers[name]) / numbers[name])
+        for members in groups[r % len(groups):] + groups[: r % len(groups)]:
+            for name in members[r % len(members):] + members[: r % len(members)]:
+                time.sleep(SETTLE_SECONDS)
+                seconds[name].append(_time_loop(calls[name], numbers[name]) / numbers[name])
     return {name: Stats.of(seconds[name], numbers[name]) for name in names}
