@@ -249,7 +249,7 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
         return;
     }
     /* masked: float32 first; out of its range (or a NaN), double's modes */
-    if (mode == KD_MASKED_TEACHER && kd_is_single_student(range, inv_T)) {
+    if (mode == KD_MASKED_TEACHER && kd_student_within(range, inv_T, -80.0)) {
         if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
             return;
         memset(out, 0, sizeof *out);

@@ -56,27 +56,30 @@ static inline void kd_range_fold(kd_row_range *r, double t_max, double s_max, do
     r->s_min = s_min < r->s_min ? s_min : r->s_min;
 }
 
-/* True when every a = (t - t_max) / T and b = (s - s_max) / T of the row lies in [-700, 0], so
- * that the cheaper exp applies and every class is near. */
+/* True when every a = (t - t_max) / T of the row (the teacher's side) or every b = (s - s_max) / T
+ * (the student's) lies in [low, 0]. */
+static inline int kd_teacher_within(const kd_row_range *range, double inv_T, double low)
+{
+    return (range->t_min - range->t_max) * inv_T >= low;
+}
+
+static inline int kd_student_within(const kd_row_range *range, double inv_T, double low)
+{
+    return (range->s_min - range->s_max) * inv_T >= low;
+}
+
+/* True when every a and b of the row lies in [-700, 0], so that the cheaper exp applies and every
+ * class is near. */
 static inline int kd_is_moderate(const kd_row_range *range, double inv_T)
 {
-    return (range->t_min - range->t_max) * inv_T >= -700.0
-        && (range->s_min - range->s_max) * inv_T >= -700.0;
+    return kd_teacher_within(range, inv_T, -700.0) && kd_student_within(range, inv_T, -700.0);
 }
 
 /* True when every a and b of the row lies in [-80, 0], where every exponential is a normal float32:
  * the range of the float32 terms (vector_single.h) for inputs of float precision or less. */
 static inline int kd_is_single_moderate(const kd_row_range *range, double inv_T)
 {
-    return (range->t_min - range->t_max) * inv_T >= -80.0
-        && (range->s_min - range->s_max) * inv_T >= -80.0;
-}
-
-/* True when every b of the row lies in [-80, 0]: the student's side of kd_is_single_moderate, for
- * the float32 terms of a row whose teacher alone masks classes. */
-static inline int kd_is_single_student(const kd_row_range *range, double inv_T)
-{
-    return (range->s_min - range->s_max) * inv_T >= -80.0;
+    return kd_teacher_within(range, inv_T, -80.0) && kd_student_within(range, inv_T, -80.0);
 }
 
 /* The mode of the sums' pass for a row with these extrema: moderate; masked (some -inf logits, both
@@ -89,7 +92,7 @@ static inline int kd_row_mode(const kd_row_range *range, double inv_T)
         return KD_MODERATE;
     if ((range->t_min == -INFINITY || range->s_min == -INFINITY) && isfinite(range->t_max)
         && isfinite(range->s_max))
-        return (range->s_min - range->s_max) * inv_T >= -700.0 ? KD_MASKED_TEACHER : KD_MASKED;
+        return kd_student_within(range, inv_T, -700.0) ? KD_MASKED_TEACHER : KD_MASKED;
     return KD_GENERAL;
 }
 

@@ -56,6 +56,12 @@ def _time_loop(call, number):
             gc.enable()
 
 
+def _rotated(items, start):
+    """``items`` from index ``start`` (modulo its length) round to the one before it."""
+    start %= len(items)
+    return items[start:] + items[:start]
+
+
 def interleaved(calls, repeat, numbers, group=None):
     """Seconds per call, ``repeat`` samples each, round-robin over ``calls`` (a dict name -> call).
 
@@ -74,8 +80,8 @@ def interleaved(calls, repeat, numbers, group=None):
     groups = list(groups.values())
     seconds = {name: [] for name in names}
     for r in range(repeat):
-        for members in groups[r % len(groups):] + groups[: r % len(groups)]:
-            for name in members[r % len(members):] + members[: r % len(members)]:
+        for members in _rotated(groups, r):
+            for name in _rotated(members, r):
                 time.sleep(SETTLE_SECONDS)
                 seconds[name].append(_time_loop(calls[name], numbers[name]) / numbers[name])
     return {name: Stats.of(seconds[name], numbers[name]) for name in names}
