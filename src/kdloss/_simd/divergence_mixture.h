@@ -5,17 +5,19 @@
  * M needs P and Q normalised, so this row takes two passes. The first is KL's (divergence_kl.h): its
  * sums give Z_P, Z_Q and y = Z_Q / Z_P - 1, and it keeps e^a and w = e^-d - 1 of each class. The
  * second sums, per class, with rho = Q / P - 1 = (w - y) / (1 + y) (accurate relative to itself as
- * the student approaches the teacher), den = M / P = 1 + (1 - lam) rho, u = P / M - 1 and
- * v = Q / M - 1:
+ * the student approaches the teacher) and sigma = P / Q - 1, so that M / P = 1 + (1 - lam) rho and
+ * M / Q = 1 + lam sigma:
  *
- *     KL(P || M) = sum M h(u),  KL(Q || M) = sum M h(v),  h(x) = (1 + x) log1p(x) - x >= 0
+ *     KL(P || M) = sum P phi((1 - lam) rho),  KL(Q || M) = sum Q phi(lam sigma),
+ *     phi(x) = x - log1p(x) >= 0
  *
- * (sum M u = sum M v = 0). Near zero h(x) = (1 + x) L(x) + x^2 with L(x) = log1p(x) - x from its
- * series: every term is >= 0 and nothing cancels, down to D = 0. Rows whose first pass shows them
- * far from zero skip the series (kd_mix_finish_lanes). Elsewhere a term is
+ * (each term is P log(P / M) - P + M, resp. Q: the added sum M - P is 0). Where |x| is below
+ * about 0.3 on the sides the weights use ("central" classes: every class where the student is
+ * close to the teacher), phi(x) = z (x - R(z)) with z = x / (2 + x) and R fdlibm's log polynomial:
+ * nothing cancels, down to D = 0, and one division serves both sides. Elsewhere a term is
  * P log(P / M) - (P - M) (resp. Q), from logs of the ratios. Classes whose ratio Q / P is out of
  * range for that (|d| > 700, a mask, an underflow) take logs of P, Q and M from the logits
- * (log P = a - log Z_P), "far" classes.
+ * (log P = a - log Z_P), "far" classes. u = P / M - 1 and v = Q / M - 1 below.
  *
  * Gradient (times T^2, over the logits): with g = c_Q log(Q / M) - (1 - lam) c, f = c_P log(P / M)
  * - lam c, c = c_P u + c_Q v,
@@ -33,7 +35,6 @@ enum { KD_MIX_A, KD_MIX_B, KD_MIX_SQ, KD_MIX_SP, KD_MIX_SUMS };
 /* The gradient's row constants after KL's (kd_row_finish.constant[...]). */
 enum {
     KD_MIX_LOG_ZP = KD_KL_CONSTANTS, KD_MIX_LOG_ZQ, KD_MIX_LOG_RATIO_Z, KD_MIX_EQ, KD_MIX_EP, KD_MIX_LAM, KD_MIX_CP, KD_MIX_CQ,
-    KD_MIX_FIRST_KL,
     KD_MIX_CONSTANTS
 };
 _Static_assert(KD_MIX_SUMS <= KD_MAX_SUMS && KD_MIX_CONSTANTS <= KD_MAX_CONSTANTS,
@@ -52,7 +53,6 @@ typedef struct {
     kd_vd log_zp, log_zq; /* for far classes */
     kd_vd log_ratio_z;    /* log(Z_Q / Z_P) = log1p(y) */
     kd_vd e_q, e_p;       /* E_Q[g], E_P[f] (after the second pass) */
-    kd_vd first_kl;       /* KL(P || Q) from the first pass: how far the row is from zero */
     double lam, c_p, c_q;
 } kd_mix_finished;
 
@@ -67,21 +67,11 @@ KD_INLINE kd_mix_finished kd_mix_finish_lanes(const kd_vd *sum, const double *we
     const kd_vd y = out.kl.y, central = kd_select(y >= -0.5, y, kd_splat(0.0));
     out.log_ratio_z = kd_select(y >= -0.5, kd_log1p_minus_identity(central) + central, out.log_zq - out.log_zp);
     out.e_q = out.e_p = kd_splat(0.0);
-    out.first_kl = out.kl.value;
     out.lam = weights[0];
     out.c_p = weights[1];
     out.c_q = weights[2];
     return out;
 }
-
-/* One class's values, both passes' view of it. */
-typedef struct {
-    kd_vd p, q;             /* P, Q */
-    kd_vd a_term, b_term;   /* M h(u), M h(v): its shares of KL(P || M) and KL(Q || M) */
-    kd_vd l1u, l1v;         /* log(P / M), log(Q / M) */
-    kd_vd c;                /* c_P u + c_Q v */
-    kd_vi infinite;         /* a class that makes D infinite (its term is NaN, for the caller) */
-} kd_mix_class;
 
 /* x * y, and 0 where x is 0 (a class with no mass adds nothing, whatever the log says). */
 KD_INLINE kd_vd kd_mix_weighted(kd_vd x, kd_vd y)
@@ -99,97 +89,136 @@ KD_INLINE kd_vd kd_mix_log_add(kd_vd x, kd_vd y, const int for_double)
     return kd_select(none, kd_splat(-INFINITY), sum);
 }
 
-/* L(x) = log1p(x) - x for |x| < 1/16 by its series, as many terms as the largest |x| of the lanes
- * needs for full double precision (students close to their teachers take the short ones). */
-KD_INLINE kd_vd kd_mix_log1p_series(kd_vd x)
+/* log1p(x) = 2z + z R(z), z = x / (2 + x), R(z) = 2 (atanh(z) - z) / z = z^2 (2/3 + 2/5 z^2 + ...):
+ * for double precision fdlibm's e_log.c polynomial (Lg7 .. Lg1), within 2^-58.45 for
+ * |z| <= 0.1716 (x in [-0.29, 0.41]); for inputs of float precision or less, whose first pass is
+ * good to about 2^-37, the series to z^18, within 2^-34 of R for |z| <= 0.3 (x in [-0.46, 0.86]),
+ * which keeps more classes central. */
+static const double KD_MIX_LOG_POLYNOMIAL[] = {
+    1.479819860511658591e-01, 1.531383769920937332e-01, 1.818357216161805012e-01, 2.222219843214978396e-01,
+    2.857142874366239149e-01, 3.999999999940941908e-01, 6.666666666666735130e-01,
+};
+static const double KD_MIX_LOG_SERIES[] = {
+    2.0 / 19.0, 2.0 / 17.0, 2.0 / 15.0, 2.0 / 13.0, 2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0,
+};
+#define KD_MIX_CENTRAL_Z(for_double) ((for_double) ? 0.1715 : 0.3)
+
+/* phi(x) = x - log1p(x) >= 0 from z = x / (2 + x), |z| <= KD_MIX_CENTRAL_Z: x - 2z = x z, so
+ * phi(x) = z (x - R(z)), where x and R(z) ~ 2 z^2 / 3 have opposite signs or R is the smaller
+ * by far: nothing cancels, down to x = 0. Returns x - R(z), for callers that scale by z. */
+KD_INLINE kd_vd kd_mix_phi_factor(kd_vd x, kd_vd z, const int for_double)
 {
-    const kd_vd magnitude = kd_select(x < 0.0, -x, x);
-    enum { ALL = KD_COUNT(KD_LOG1P_SERIES) };
-    if (!kd_any(magnitude >= 0x1p-10)) /* (2^-10)^6 < 2^-53 */
-        return kd_horner(x, KD_LOG1P_SERIES + ALL - 6, 6) * x * x;
-    if (!kd_any(magnitude >= 0x1p-6))
-        return kd_horner(x, KD_LOG1P_SERIES + ALL - 9, 9) * x * x;
-    return kd_horner(x, KD_LOG1P_SERIES, ALL) * x * x;
+    const kd_vd z2 = z * z;
+    const kd_vd r = for_double ? kd_horner(z2, KD_MIX_LOG_POLYNOMIAL, KD_COUNT(KD_MIX_LOG_POLYNOMIAL))
+                               : kd_horner(z2, KD_MIX_LOG_SERIES, KD_COUNT(KD_MIX_LOG_SERIES));
+    return x - r * z2;
 }
 
-/* Where the second pass takes the series: |u|, |v| below the limit returned. A row far enough
- * from zero takes logs for every class (limit 0): the rounding of its terms, about
- * eps (c_P mu + c_Q lam) E_P|rho| with eps the first pass's accuracy (2^-53 in double, ~2^-37
- * for 4-byte and 2-byte inputs), is then below 2^-44 (double) or ~2^-33 of its value, about
- * (c_P mu^2 + c_Q lam^2) E_P[rho^2] / 2 with E_P[rho^2] ~ 2 KL(P || Q) from the first pass.
- * Closer to zero, the series (no cancellation) where |u|, |v| < 1/16. */
-KD_INLINE kd_vd kd_mix_series_limit(const kd_mix_finished *row, const int for_double)
-{
-    const double mu = 1.0 - row->lam;
-    const double second_order = row->c_p * mu * mu + row->c_q * row->lam * row->lam;
-    if (!(second_order > 0.0))
-        return kd_splat(0.0625);
-    const double root_needed = (for_double ? 0x1p-8 : 0x1p-3) * (row->c_p * mu + row->c_q * row->lam) / second_order;
-    return kd_select(2.0 * row->first_kl >= root_needed * root_needed, kd_splat(0.0), kd_splat(0.0625));
-}
+/* One class's values, both passes' view of it. With rho = Q / P - 1, sigma = P / Q - 1,
+ * M / P = 1 + mu rho and M / Q = 1 + lam sigma, its shares of KL(P || M) and KL(Q || M) are
+ *     P log(P / M) - P + M = P phi(mu rho),    Q log(Q / M) - Q + M = Q phi(lam sigma),
+ * phi(x) = x - log1p(x) >= 0. Central classes (|z| <= KD_MIX_CENTRAL_Z on the sides the weights
+ * use; every class where the student is close to the teacher) take phi from z (kd_mix_phi_factor),
+ * with one division for both sides' z and 1 / (M / P); the others take logs of the ratios, and far
+ * classes logs of P, Q and M from the logits. */
+typedef struct {
+    kd_vd p, q;             /* P, Q */
+    kd_vd a_term, b_term;   /* P phi(mu rho), Q phi(lam sigma): shares of KL(P || M) and KL(Q || M) */
+    kd_vd l1u, l1v;         /* log(P / M), log(Q / M) (with_logs only) */
+    kd_vd c;                /* c_P u + c_Q v, u = P / M - 1, v = Q / M - 1 */
+    kd_vi infinite;         /* a class that makes D infinite (its term is NaN, for the caller) */
+} kd_mix_class;
 
 KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                            const kd_mix_finished *row, const int mode,
-                                           const int for_double)
+                                           const int for_double, const int with_logs)
 {
     const double lam = row->lam, mu = 1.0 - lam, inv_T = constants->inv_T;
-    const kd_vd inv_one_plus_y = row->kl.inv_one_plus_y;
+    /* c = (c_Q lam - c_P mu) rho M / P... over M / P: 0 for JSD, whose weights balance */
+    const double kappa = row->c_q * lam - row->c_p * mu;
+    const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && mu != 0.0;
+    const kd_vd inv_one_plus_y = row->kl.inv_one_plus_y, zero = kd_splat(0.0), one = kd_splat(1.0);
+    const kd_vi all = ~(kd_vi)zero;
     kd_mix_class out;
     out.p = ea * row->kl.inv_zp;
-    kd_vd rho = (w - row->kl.y) * inv_one_plus_y, ratio = (1.0 + w) * inv_one_plus_y;
-    const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE);
-    kd_vi near = (mode == KD_MODERATE) ? (w == w) | (w != w) /* all lanes */
-                                       : kd_kl_near((t - constants->t_max) * inv_T, d);
+    const kd_vd rho = (w - row->kl.y) * inv_one_plus_y, ratio = (1.0 + w) * inv_one_plus_y;
+    out.q = out.p * ratio;
+
+    /* central classes: z_a = x_a / (2 + x_a) with x_a = mu rho; z_b = x_b / (2 + x_b) with
+     * x_b = lam sigma, = -lam rho / (2 + (1 + mu) rho); r = P / M = 1 / (1 + x_a) */
+    const kd_vd x_a = mu * rho, den = 1.0 + x_a, lam_rho = lam * rho;
+    const kd_vd two_a = 2.0 + x_a, two_b = 2.0 + (1.0 + mu) * rho;
+    const kd_vd inv = 1.0 / ((need_a ? two_a : one) * (need_b ? two_b : one) * (need_r ? den : one));
+    const kd_vd z_a = need_a ? x_a * (inv * ((need_b ? two_b : one) * (need_r ? den : one))) : zero;
+    const kd_vd z_b = need_b ? -lam_rho * (inv * ((need_a ? two_a : one) * (need_r ? den : one))) : zero;
+    const kd_vd r = need_r ? inv * ((need_a ? two_a : one) * (need_b ? two_b : one)) : one;
+    /* A side whose x is 0 whatever rho is (unused, or lam or mu 0) is central everywhere; else
+     * Q / P well below 1 (1 + w has lost its bits) is not. */
+    const kd_vi accurate = w >= -0.875;
+    kd_vi central_a = all, central_b = all;
+    if (need_a && mu != 0.0)
+        central_a = accurate & (z_a <= KD_MIX_CENTRAL_Z(for_double)) & (z_a >= -KD_MIX_CENTRAL_Z(for_double));
+    if (need_b && lam != 0.0)
+        central_b = accurate & (z_b <= KD_MIX_CENTRAL_Z(for_double)) & (z_b >= -KD_MIX_CENTRAL_Z(for_double));
+    kd_vd d = zero;
+    kd_vi near = all;
+    if (mode != KD_MODERATE) { /* w is e^b for far classes */
+        d = kd_kl_gap(t, s, constants, for_double, 0);
+        near = kd_kl_near((t - constants->t_max) * inv_T, d);
+        central_a &= near;
+        central_b &= near;
+    }
+    const kd_vd factor_a = kd_mix_phi_factor(x_a, z_a, for_double), factor_b = kd_mix_phi_factor(zero, z_b, for_double);
+    out.a_term = need_a ? out.p * (z_a * factor_a) : zero;
+    out.b_term = need_b ? z_b * (-lam_rho * out.p + out.q * factor_b) : zero;
+    out.c = need_r ? kappa * (rho * r) : (mu == 0.0 ? kappa * rho : zero);
+    out.l1u = out.l1v = zero;
+    if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
+        out.l1u = z_a * factor_a - x_a;
+        if (need_b) {
+            const kd_vd x_b = -lam_rho / ratio;
+            out.l1v = z_b * (x_b + factor_b) - x_b;
+        }
+    }
+    out.infinite = (kd_vi)zero;
+    if (!kd_any(~(central_a & central_b)))
+        return out;
+
+    /* the other classes: logs of the ratios, or of P, Q and M (far classes) */
+    kd_mix_class other;
+    if (mode == KD_MODERATE)
+        d = kd_kl_gap(t, s, constants, for_double, 1);
+    other.p = out.p;
+    other.q = out.q;
+    kd_vd other_rho = rho, other_ratio = ratio;
     /* Q / P well below 1: 1 + w has lost its bits, e^-d has them */
     const kd_vi small_ratio = w < -0.875;
     if (kd_any(small_ratio)) {
-        const kd_vd direct = kd_exp_wide(kd_select(near & small_ratio, -d, kd_splat(0.0)), for_double)
-                             * inv_one_plus_y;
-        ratio = kd_select(small_ratio, direct, ratio);
-        rho = kd_select(small_ratio, direct - 1.0, rho);
+        const kd_vd direct = kd_exp_wide(kd_select(near & small_ratio, -d, zero), for_double) * inv_one_plus_y;
+        other_ratio = kd_select(small_ratio, direct, ratio);
+        other_rho = kd_select(small_ratio, direct - 1.0, rho);
+        other.q = other.p * other_ratio;
     }
-    near &= (ratio > 0.0) & (ratio < 0x1p900);
-    const kd_vd zero = kd_splat(0.0), one = kd_splat(1.0);
-    kd_vd den = one, den_error = zero, r = one, u = zero, v = rho, m = out.p; /* M = P where lam = 1 */
+    near &= (other_ratio > 0.0) & (other_ratio < 0x1p900);
+    kd_vd log_den = zero, other_r = one, u = zero, v = other_rho;
     if (mu != 0.0) {
-        const kd_vi central = (rho < 0.5) & (rho > -0.5);
-        den = kd_select(central, 1.0 + mu * rho, lam + mu * ratio);
+        const kd_vi central = (other_rho < 0.5) & (other_rho > -0.5);
+        const kd_vd other_den = kd_select(central, 1.0 + mu * other_rho, lam + mu * other_ratio);
         /* 1 + mu rho - den exactly (Fast2Sum): log(den) + den_error / den is log1p(mu rho) to
          * rounding of mu rho itself, not of 1 */
-        den_error = kd_select(central, (1.0 - den) + mu * rho, zero);
-        r = 1.0 / den;
-        u = -mu * rho * r;
-        v = lam * rho * r;
-        m = out.p * den;
+        const kd_vd den_error = kd_select(central, (1.0 - other_den) + mu * other_rho, zero);
+        other_r = 1.0 / other_den;
+        u = -mu * other_rho * other_r;
+        v = lam * other_rho * other_r;
+        log_den = kd_log_positive(kd_select(near, other_den, one)) + den_error * other_r;
     }
-    out.q = out.p * ratio;
-    out.c = row->c_p * u + row->c_q * v;
-    /* Near zero h(x) = (1 + x) L(x) + x^2 by the series of L; elsewhere logs of the ratios:
-     * log(P / M) = -log(den), log(Q / M) = log(Q / P) - log(den), log(Q / P) = -d - log(Z_Q / Z_P). */
-    const kd_vd limit = kd_mix_series_limit(row, for_double);
-    const kd_vi tiny_u = (u < limit) & (u > -limit), tiny_v = (v < limit) & (v > -limit);
-    out.l1u = out.l1v = out.a_term = out.b_term = zero;
-    out.infinite = (kd_vi)zero;
-    if (row->c_p != 0.0 && kd_any(tiny_u)) {
-        const kd_vd lu = kd_mix_log1p_series(kd_keep(tiny_u, u));
-        out.l1u = lu + u;
-        out.a_term = m * (r * lu + u * u); /* 1 + u = P / M = r */
-    }
-    if (row->c_q != 0.0 && kd_any(tiny_v)) {
-        const kd_vd lv = kd_mix_log1p_series(kd_keep(tiny_v, v));
-        out.l1v = lv + v;
-        out.b_term = m * ((ratio * r) * lv + v * v); /* 1 + v = Q / M */
-    }
-    if (kd_any(~(tiny_u & tiny_v))) {
-        const kd_vd log_den = mu != 0.0
-            ? kd_log_positive(kd_select((tiny_u & tiny_v) | ~near, one, den)) + den_error * r
-            : zero;
-        const kd_vd l1v = (-d - row->log_ratio_z) - log_den;
-        out.l1u = kd_select(tiny_u, out.l1u, -log_den);
-        out.l1v = kd_select(tiny_v, out.l1v, l1v);
-        out.a_term = kd_select(tiny_u, out.a_term, out.p * (mu * rho) - out.p * log_den);
-        out.b_term = kd_select(tiny_v, out.b_term, kd_mix_weighted(out.q, l1v) - out.p * (lam * rho));
-    }
+    other.c = row->c_p * u + row->c_q * v;
+    /* log(P / M) = -log(den), log(Q / M) = log(Q / P) - log(den), log(Q / P) = -d - log(Z_Q / Z_P) */
+    other.l1u = -log_den;
+    other.l1v = (-d - row->log_ratio_z) - log_den;
+    other.a_term = other.p * (mu * other_rho) - other.p * log_den;
+    other.b_term = kd_mix_weighted(other.q, other.l1v) - other.p * (lam * other_rho);
+    other.infinite = (kd_vi)zero;
     if (mode != KD_MODERATE || kd_any(~near)) {
         /* far classes: logs of P, Q and M from the logits */
         const kd_vd lp = (t - constants->t_max) * inv_T - row->log_zp;
@@ -202,23 +231,33 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         const kd_vd l1u = lp - lm, l1v = lq - lm;
         const kd_vd safe_m = kd_select(fm > 0.0, fm, one);
         const kd_vd c = kd_keep(fm > 0.0, (row->c_p * p + row->c_q * q) / safe_m - (row->c_p + row->c_q));
-        out.p = kd_select(near, out.p, p);
-        out.q = kd_select(near, out.q, q);
-        out.l1u = kd_select(near, out.l1u, l1u);
-        out.l1v = kd_select(near, out.l1v, l1v);
-        out.a_term = kd_select(near, out.a_term, (kd_mix_weighted(p, l1u) - p) + fm);
-        out.b_term = kd_select(near, out.b_term, (kd_mix_weighted(q, l1v) - q) + fm);
-        out.c = kd_select(near, out.c, c);
+        other.p = kd_select(near, other.p, p);
+        other.q = kd_select(near, other.q, q);
+        other.l1u = kd_select(near, other.l1u, l1u);
+        other.l1v = kd_select(near, other.l1v, l1v);
+        other.a_term = kd_select(near, other.a_term, (kd_mix_weighted(p, l1u) - p) + fm);
+        other.b_term = kd_select(near, other.b_term, (kd_mix_weighted(q, l1v) - q) + fm);
+        other.c = kd_select(near, other.c, c);
         /* One side rules out a class where the other has mass, however little (its probability
          * may underflow to 0): infinite where M is the ruling side's (lam = 1: M = P; lam = 0:
          * M = Q). NaN: the caller settles the row from the logits and the form's flags. */
         if (lam == 1.0 && row->c_q != 0.0)
-            out.infinite = (t == -INFINITY) & (s > -INFINITY);
+            other.infinite = (t == -INFINITY) & (s > -INFINITY);
         if (lam == 0.0 && row->c_p != 0.0)
-            out.infinite = (s == -INFINITY) & (t > -INFINITY);
-        out.a_term = kd_select(out.infinite, kd_splat(NAN), out.a_term);
-        out.b_term = kd_select(out.infinite, kd_splat(NAN), out.b_term);
+            other.infinite = (s == -INFINITY) & (t > -INFINITY);
+        other.a_term = kd_select(other.infinite, kd_splat(NAN), other.a_term);
+        other.b_term = kd_select(other.infinite, kd_splat(NAN), other.b_term);
     }
+    /* each side's central classes keep their phi; a class central on both sides keeps it all */
+    const kd_vi both = central_a & central_b;
+    out.p = kd_select(both, out.p, other.p);
+    out.q = kd_select(both, out.q, other.q);
+    out.c = kd_select(both, out.c, other.c);
+    out.a_term = kd_select(central_a, out.a_term, other.a_term);
+    out.b_term = kd_select(central_b, out.b_term, other.b_term);
+    out.l1u = kd_select(central_a, out.l1u, other.l1u);
+    out.l1v = kd_select(central_b, out.l1v, other.l1v);
+    out.infinite = other.infinite;
     return out;
 }
 
@@ -227,7 +266,7 @@ KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd
                                    const kd_mix_finished *row, const int mode, const int for_double,
                                    kd_vd *sum)
 {
-    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double);
+    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 0);
     const kd_vi counts = (x.p != 0.0) | (x.q != 0.0) | x.infinite;
     sum[KD_MIX_A] += kd_keep(counts, x.a_term);
     sum[KD_MIX_B] += kd_keep(counts, x.b_term);
@@ -259,7 +298,7 @@ KD_INLINE void kd_mix_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const 
                                      kd_vd *student_direction, kd_vd *teacher_direction,
                                      kd_vd *student_probability)
 {
-    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double);
+    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 1);
     const kd_vd g = kd_mix_scaled(row->c_q, x.l1v) - kd_mix_scaled(1.0 - row->lam, x.c);
     const kd_vd f = kd_mix_scaled(row->c_p, x.l1u) - kd_mix_scaled(row->lam, x.c);
     *student_direction = kd_mix_weighted(x.q, g - row->e_q);
@@ -279,7 +318,6 @@ KD_INLINE void kd_mix_finish_store(const kd_mix_finished *lanes, int lane, kd_ro
     out->constant[KD_MIX_LAM] = lanes->lam;
     out->constant[KD_MIX_CP] = lanes->c_p;
     out->constant[KD_MIX_CQ] = lanes->c_q;
-    out->constant[KD_MIX_FIRST_KL] = lanes->first_kl[lane];
 }
 
 KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
@@ -295,6 +333,5 @@ KD_INLINE kd_mix_finished kd_mix_finish_splat(const kd_row_finish *f)
     out.lam = f->constant[KD_MIX_LAM];
     out.c_p = f->constant[KD_MIX_CP];
     out.c_q = f->constant[KD_MIX_CQ];
-    out.first_kl = kd_splat(f->constant[KD_MIX_FIRST_KL]);
     return out;
 }

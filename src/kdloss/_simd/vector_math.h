@@ -292,13 +292,21 @@ KD_INLINE kd_vd kd_exp_parts(kd_vd x, const int for_double, kd_vi *m_bits)
     return kd_fma(r, kd_fma(r, q, kd_splat(1.0)), kd_splat(1.0));
 }
 
-/* True when some lane of the mask is set. */
+/* True when some lane of the mask (each lane all ones or all zeros) is set. GCC 12 turns the
+ * portable loop into about 18 instructions on AVX-512 (a mask widened into a vector, then folded);
+ * the test instructions take one or two. */
 KD_INLINE int kd_any(kd_vi mask)
 {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    return _mm512_test_epi64_mask((__m512i)mask, (__m512i)mask) != 0;
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX__) && KD_LANES == 4
+    return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#else
     int any = 0;
     for (int lane = 0; lane < KD_LANES; lane++)
         any |= mask[lane] != 0;
     return any;
+#endif
 }
 
 #if KD_LIBM
