@@ -5,6 +5,7 @@ temperature, converted to an mpmath number without rounding (``mpf(float(x))``).
 ``test_accuracy.py`` and by ``benchmarks/accuracy_vs_pytorch.py``.
 """
 
+import functools
 import math
 
 import mpmath
@@ -181,13 +182,21 @@ def _value_and_directions(name, p, q, beta):
     raise ValueError(name)
 
 
+@functools.lru_cache(maxsize=16)
+def _row_terms(name, student, teacher, temperature, beta, dps):
+    """``(P, Q, D, f, g)`` of one row (tuples of floats): the value and its gradient of a row come
+    from one evaluation (the tests ask for both, one after the other)."""
+    with mpmath.workdps(dps):
+        p, q = _probabilities(student, teacher, temperature, dps)
+        return (p, q, *_value_and_directions(name, p, q, beta))
+
+
 def exact_divergence(name, student, teacher, temperature, beta=None, dps=DPS):
     """``T^2 D(P || Q)`` of one row for the divergence ``name`` of the table, from its definition
     (README "Divergences"), ``beta`` the float given, taken exactly. +inf where the divergence is
     infinite (a class one side rules out and the other allows, where it counts)."""
     with mpmath.workdps(dps):
-        p, q = _probabilities(student, teacher, temperature, dps)
-        value = _value_and_directions(name, p, q, beta)[0]
+        value = _row_terms(name, tuple(student), tuple(teacher), temperature, beta, dps)[2]
         return exact(temperature) ** 2 * value
 
 
@@ -199,8 +208,7 @@ def exact_divergence_grad(name, student, teacher, temperature, beta=None, dps=DP
         return exact_kd_grad(student, teacher, temperature, dps)
     with mpmath.workdps(dps):
         T = exact(temperature)
-        p, q = _probabilities(student, teacher, temperature, dps)
-        value, f, g = _value_and_directions(name, p, q, beta)
+        p, q, value, f, g = _row_terms(name, tuple(student), tuple(teacher), temperature, beta, dps)
         if not mpmath.isfinite(value):  # the kernel's rows of +inf: NaN gradients
             return [mpmath.nan] * len(p), [mpmath.nan] * len(p)
         e_p = mpmath.fsum(pi * fi for pi, fi in zip(p, f) if pi)
