@@ -22,6 +22,12 @@ typedef kd_kl_terms kd_tvd_terms;
 #define kd_tvd_row_constants kd_kl_row_constants
 #define kd_tvd_lane_constants kd_kl_lane_constants
 #define kd_tvd_class_terms kd_kl_class_terms
+#if !KD_LIBM
+typedef kd_kl_single_row kd_tvd_single_row;
+typedef kd_kl_single_terms_of kd_tvd_single_terms_of;
+#define kd_tvd_single_row_constants kd_kl_single_row_constants
+#define kd_tvd_single_terms kd_kl_single_terms
+#endif
 
 typedef struct {
     kd_kl_finished kl;

@@ -10,7 +10,8 @@
  * and KD_DIV_SECOND_SUMS sums in a second pass (0: the divergence takes one pass). KD_DIV_SINGLE
  * (1: the row's first pass may run in float32 lanes, vector_single.h) with KD_LOAD_SINGLE /
  * KD_LOAD_PARTIAL_SINGLE (a vector of floats per dtype) gives float-precision inputs their
- * float32 sums' pass on the vector targets. */
+ * float32 sums' pass on the vector targets; KD_DIV_SINGLE_STUDENT_MASKED (1: also rows where the
+ * student masks a class or reaches below 80 T) extends it to the masked mode of both sides. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -253,7 +254,7 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
         if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
             return;
         memset(out, 0, sizeof *out);
-    } else if (mode == KD_MASKED || mode == KD_MASKED_TEACHER) {
+    } else if (KD_DIV_SINGLE_STUDENT_MASKED && (mode == KD_MASKED || mode == KD_MASKED_TEACHER)) {
         if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED, 1) : KD_SINGLE_CHUNK(KD_MASKED, 0)))
             return;
         memset(out, 0, sizeof *out);

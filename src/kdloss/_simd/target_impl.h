@@ -114,12 +114,14 @@ static inline double kd_sum_value(double total, double error)
 #define KD_DIV_SUMS KD_KL_SUMS
 #define KD_DIV_SECOND_SUMS 0
 #define KD_DIV_SINGLE 1
+#define KD_DIV_SINGLE_STUDENT_MASKED 1
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
 #undef KD_DIV
 #undef KD_DIV_SUMS
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
+#undef KD_DIV_SINGLE_STUDENT_MASKED
 
 #define KD_DIV_SUFFIX mixture
 #define KD_DIV(name) kd_mix_##name
@@ -129,6 +131,7 @@ static inline double kd_sum_value(double total, double error)
  * (errors of 1e-7 in Z_P and Z_Q) would move a value far below its terms by 1e-6 of itself and
  * more (measured: 3.7e-6 for skew_reverse_kl, beta 0.9). */
 #define KD_DIV_SINGLE 0
+#define KD_DIV_SINGLE_STUDENT_MASKED 0
 _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
@@ -136,14 +139,18 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #undef KD_DIV_SUMS
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
+#undef KD_DIV_SINGLE_STUDENT_MASKED
 
 #define KD_DIV_SUFFIX tvd
 #define KD_DIV(name) kd_tvd_##name
 #define KD_DIV_SUMS KD_KL_SUMS
 #define KD_DIV_SECOND_SUMS 3
-/* P - Q from e^-d - 1 and y is accurate relative to itself, but a masked class's Q comes from a
- * float32 e^b, off by 6e-8 |b| of itself: a small TVD with masked classes moved by 1.4e-6. */
-#define KD_DIV_SINGLE 0
+/* P - Q from e^-d - 1 and y is accurate relative to itself, and a class the teacher masks takes
+ * its Q from e^b with b to double's accuracy (kd_kl_single_accurate_b). A class the student masks
+ * would take its P from e^a with a rounded to float32 (6e-8 |a| of itself, not shared with Q):
+ * rows where the student masks stay in double. */
+#define KD_DIV_SINGLE 1
+#define KD_DIV_SINGLE_STUDENT_MASKED 0
 _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
@@ -151,6 +158,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
 #undef KD_DIV_SUMS
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
+#undef KD_DIV_SINGLE_STUDENT_MASKED
 
 /* The passes of one dtype; second: the second pass's sums, or NULL (one-pass divergences). */
 #define KD_DTYPE_PASSES(dtype, div, second)                                                        \
