@@ -78,6 +78,7 @@ cdef extern from "simd.h" nogil:
         const double* kept_w
         int ce_mode
         int round_to_odd
+        int value_only
     ctypedef struct kd_short_grad:
         const double* coef
         char* d_s
@@ -443,6 +444,7 @@ cdef double row_loss_and_grad(
     row.inv_T = terms.inv_T
     row.ce_mode = KD_CE_NONE
     row.round_to_odd = terms.round_to_odd
+    row.value_only = not want_grad
     if with_kl or with_ce:
         # With the cross-entropy alone, the student's extrema in both halves (t is not read).
         row_extrema(t if with_kl else s, s, n, p, &row.range)
@@ -738,6 +740,7 @@ cdef bint long_rows(
         row.inv_T = inv_T
         row.ce_mode = KD_CE_NONE
         row.round_to_odd = job.terms.round_to_odd
+        row.value_only = not job.want_grad
         for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
             p.range(t + c * KD_CHUNK, s + c * KD_CHUNK, chunk_length(c * KD_CHUNK, n), &extrema[c])
         row.range = extrema[0]

@@ -89,6 +89,13 @@ KD_INLINE kd_vd kd_mix_log_add(kd_vd x, kd_vd y, const int for_double)
     return kd_select(none, kd_splat(-INFINITY), sum);
 }
 
+/* c = c_P u + c_Q v = kappa rho P / M (u = -mu rho P / M, v = lam rho P / M): kappa = 0 where the
+ * weights balance (JSD: c_P = lam, c_Q = mu), and c is then 0 in every class, far ones too. */
+KD_INLINE double kd_mix_kappa(const kd_mix_finished *row)
+{
+    return row->c_q * row->lam - row->c_p * (1.0 - row->lam);
+}
+
 /* log1p(x) = 2z + z R(z), z = x / (2 + x), R(z) = 2 (atanh(z) - z) / z = z^2 (2/3 + 2/5 z^2 + ...):
  * for double precision fdlibm's e_log.c polynomial (Lg7 .. Lg1), within 2^-58.45 for
  * |z| <= 0.1716 (x in [-0.29, 0.41]); for inputs of float precision or less, whose first pass is
@@ -131,11 +138,14 @@ typedef struct {
 
 KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                            const kd_mix_finished *row, const int mode,
-                                           const int for_double, const int with_logs)
+                                           const int for_double, const int with_logs, const int with_c)
 {
     const double lam = row->lam, mu = 1.0 - lam, inv_T = constants->inv_T;
-    /* c = (c_Q lam - c_P mu) rho M / P... over M / P: 0 for JSD, whose weights balance */
-    const double kappa = row->c_q * lam - row->c_p * mu;
+    /* c = kappa rho P / M; with_c and kappa = 0 (JSD), c is 0 in every class */
+    const double kappa = kd_mix_kappa(row);
+    const int use_c = with_c && kappa != 0.0;
+    /* r = P / M shares the division whether c is wanted or not: z_a and z_b, so the value, keep
+     * their bits with and without the gradient */
     const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && mu != 0.0;
     const kd_vd inv_one_plus_y = row->kl.inv_one_plus_y, zero = kd_splat(0.0), one = kd_splat(1.0);
     const kd_vi all = ~(kd_vi)zero;
@@ -171,7 +181,7 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     const kd_vd factor_a = kd_mix_phi_factor(x_a, z_a, for_double), factor_b = kd_mix_phi_factor(zero, z_b, for_double);
     out.a_term = need_a ? out.p * (z_a * factor_a) : zero;
     out.b_term = need_b ? z_b * (-lam_rho * out.p + out.q * factor_b) : zero;
-    out.c = need_r ? kappa * (rho * r) : (mu == 0.0 ? kappa * rho : zero);
+    out.c = !use_c ? zero : need_r ? kappa * (rho * r) : kappa * rho;
     out.l1u = out.l1v = zero;
     if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
         out.l1u = z_a * factor_a - x_a;
@@ -212,7 +222,7 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         v = lam * other_rho * other_r;
         log_den = kd_log_positive(kd_select(near, other_den, one)) + den_error * other_r;
     }
-    other.c = row->c_p * u + row->c_q * v;
+    other.c = use_c ? row->c_p * u + row->c_q * v : zero;
     /* log(P / M) = -log(den), log(Q / M) = log(Q / P) - log(den), log(Q / P) = -d - log(Z_Q / Z_P) */
     other.l1u = -log_den;
     other.l1v = (-d - row->log_ratio_z) - log_den;
@@ -230,7 +240,8 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         const kd_vd fm = kd_exp_wide(kd_select(near, zero, lm), for_double);
         const kd_vd l1u = lp - lm, l1v = lq - lm;
         const kd_vd safe_m = kd_select(fm > 0.0, fm, one);
-        const kd_vd c = kd_keep(fm > 0.0, (row->c_p * p + row->c_q * q) / safe_m - (row->c_p + row->c_q));
+        const kd_vd c = use_c ? kd_keep(fm > 0.0, (row->c_p * p + row->c_q * q) / safe_m - (row->c_p + row->c_q))
+                               : zero;
         other.p = kd_select(near, other.p, p);
         other.q = kd_select(near, other.q, q);
         other.l1u = kd_select(near, other.l1u, l1u);
@@ -261,17 +272,19 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     return out;
 }
 
-/* Adds KD_LANES classes' shares to the second pass's sums. */
+/* Adds KD_LANES classes' shares to the second pass's sums; value_only: the value's alone. */
 KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                    const kd_mix_finished *row, const int mode, const int for_double,
-                                   kd_vd *sum)
+                                   const int value_only, kd_vd *sum)
 {
-    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 0);
+    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 0, !value_only);
     const kd_vi counts = (x.p != 0.0) | (x.q != 0.0) | x.infinite;
     sum[KD_MIX_A] += kd_keep(counts, x.a_term);
     sum[KD_MIX_B] += kd_keep(counts, x.b_term);
-    sum[KD_MIX_SQ] += kd_mix_weighted(x.q, x.c);
-    sum[KD_MIX_SP] += kd_mix_weighted(x.p, x.c);
+    if (!value_only && kd_mix_kappa(row) != 0.0) { /* sum Q c and sum P c; else 0 */
+        sum[KD_MIX_SQ] += kd_mix_weighted(x.q, x.c);
+        sum[KD_MIX_SP] += kd_mix_weighted(x.p, x.c);
+    }
 }
 
 /* c * x, and 0 where the weight c is 0 (x may then be infinite). */
@@ -298,7 +311,7 @@ KD_INLINE void kd_mix_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const 
                                      kd_vd *student_direction, kd_vd *teacher_direction,
                                      kd_vd *student_probability)
 {
-    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 1);
+    const kd_mix_class x = kd_mix_class_values(t, s, ea, w, constants, row, mode, for_double, 1, 1);
     const kd_vd g = kd_mix_scaled(row->c_q, x.l1v) - kd_mix_scaled(1.0 - row->lam, x.c);
     const kd_vd f = kd_mix_scaled(row->c_p, x.l1u) - kd_mix_scaled(row->lam, x.c);
     *student_direction = kd_mix_weighted(x.q, g - row->e_q);

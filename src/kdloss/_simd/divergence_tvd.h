@@ -56,15 +56,18 @@ KD_INLINE kd_vd kd_tvd_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
     return q_minus_p;
 }
 
+/* value_only: |Q - P| alone (the compiler drops what only the gradient's sums need). */
 KD_INLINE void kd_tvd_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                    const kd_tvd_finished *row, const int mode, const int for_double,
-                                   kd_vd *sum)
+                                   const int value_only, kd_vd *sum)
 {
     kd_vd p, q, half_sign;
     const kd_vd q_minus_p = kd_tvd_class_values(t, s, ea, w, constants, row, mode, for_double, &p, &q, &half_sign);
     sum[KD_TVD_ABS] += kd_select(q_minus_p < 0.0, -q_minus_p, q_minus_p);
-    sum[KD_TVD_SQ] += q * half_sign;
-    sum[KD_TVD_SP] += p * half_sign;
+    if (!value_only) {
+        sum[KD_TVD_SQ] += q * half_sign;
+        sum[KD_TVD_SP] += p * half_sign;
+    }
 }
 
 KD_INLINE void kd_tvd_second_finish_lanes(kd_tvd_finished *row, const kd_vd *sum)

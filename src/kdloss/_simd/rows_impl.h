@@ -382,9 +382,9 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
             second[k] = kd_splat(0.0);
         for (ptrdiff_t j = 0; j < n; j++)
             moderate ? KD_DIV(second_terms)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], &constants, &row,
-                                            KD_MODERATE, KD_EXP_FOR_DOUBLE, second)
+                                            KD_MODERATE, KD_EXP_FOR_DOUBLE, 0, second)
                      : KD_DIV(second_terms)(columns_t[j], columns_s[j], kept_a[j], kept_w[j], &constants, &row,
-                                            KD_GENERAL, KD_EXP_FOR_DOUBLE, second);
+                                            KD_GENERAL, KD_EXP_FOR_DOUBLE, 0, second);
         KD_DIV(second_finish_lanes)(&row, second);
 #endif
         if (grad)
@@ -489,7 +489,7 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
 /* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
 KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
-                                   const int mode, kd_row_sums *out)
+                                   const int mode, const int value_only, kd_row_sums *out)
 {
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
@@ -503,7 +503,7 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             const kd_vd sv = count == KD_LANES ? KD_LOAD(s + i) : KD_LOAD_PARTIAL(s + i, count, -INFINITY);
             /* the kept values cover the padding of the sums' pass, which adds 0 (e^a = 0) */
             KD_DIV(second_terms)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
-                                 constants, finish, mode, KD_EXP_FOR_DOUBLE, block.sum);
+                                 constants, finish, mode, KD_EXP_FOR_DOUBLE, value_only, block.sum);
         }
         kd_add_block(out, &block, KD_DIV_SECOND_SUMS);
     }
@@ -516,10 +516,14 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
     memset(out, 0, sizeof *out);
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
-    if (kd_is_moderate(&row->range, row->inv_T))
-        KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, out);
+    /* each mode and value_only a constant in its own copy of the loop */
+    const int moderate = kd_is_moderate(&row->range, row->inv_T);
+    if (row->value_only)
+        moderate ? KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, 1, out)
+                 : KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, 1, out);
     else
-        KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, out);
+        moderate ? KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, 0, out)
+                 : KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, 0, out);
 }
 #endif
 

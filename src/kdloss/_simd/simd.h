@@ -145,6 +145,7 @@ typedef struct {
     const double *kept_w;  /* (NULL: no divergence term, only the cross-entropy's) */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
     int round_to_odd;      /* float32 gradients rounded to odd (kd_float_rounded_to_odd) */
+    int value_only;        /* second pass: the value's sums alone (no gradient pass follows) */
 } kd_grad_row;
 
 /* The gradient of the KL term for short_rows to write beside the value: row r (of the n_rows it
