@@ -136,70 +136,21 @@ typedef struct {
     kd_vi infinite;         /* a class that makes D infinite (its term is NaN, for the caller) */
 } kd_mix_class;
 
-KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
+/* The values of the classes that are not central: logs of the ratios (from kd_mix_class_values'
+ * P, rho, ratio; d where mode is not KD_MODERATE, and near), or of P, Q and M from the logits (far
+ * classes). */
+KD_INLINE kd_mix_class kd_mix_other_values(kd_vd t, kd_vd s, kd_vd w, const kd_kl_row *constants,
                                            const kd_mix_finished *row, const int mode,
-                                           const int for_double, const int with_logs, const int with_c)
+                                           const int for_double, const int use_c, kd_vd p_near,
+                                           kd_vd rho, kd_vd ratio, kd_vd d, kd_vi near)
 {
     const double lam = row->lam, mu = 1.0 - lam, inv_T = constants->inv_T;
-    /* c = kappa rho P / M; with_c and kappa = 0 (JSD), c is 0 in every class */
-    const double kappa = kd_mix_kappa(row);
-    const int use_c = with_c && kappa != 0.0;
-    /* r = P / M shares the division whether c is wanted or not: z_a and z_b, so the value, keep
-     * their bits with and without the gradient */
-    const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && mu != 0.0;
     const kd_vd inv_one_plus_y = row->kl.inv_one_plus_y, zero = kd_splat(0.0), one = kd_splat(1.0);
-    const kd_vi all = ~(kd_vi)zero;
-    kd_mix_class out;
-    out.p = ea * row->kl.inv_zp;
-    const kd_vd rho = (w - row->kl.y) * inv_one_plus_y, ratio = (1.0 + w) * inv_one_plus_y;
-    out.q = out.p * ratio;
-
-    /* central classes: z_a = x_a / (2 + x_a) with x_a = mu rho; z_b = x_b / (2 + x_b) with
-     * x_b = lam sigma, = -lam rho / (2 + (1 + mu) rho); r = P / M = 1 / (1 + x_a) */
-    const kd_vd x_a = mu * rho, den = 1.0 + x_a, lam_rho = lam * rho;
-    const kd_vd two_a = 2.0 + x_a, two_b = 2.0 + (1.0 + mu) * rho;
-    const kd_vd inv = 1.0 / ((need_a ? two_a : one) * (need_b ? two_b : one) * (need_r ? den : one));
-    const kd_vd z_a = need_a ? x_a * (inv * ((need_b ? two_b : one) * (need_r ? den : one))) : zero;
-    const kd_vd z_b = need_b ? -lam_rho * (inv * ((need_a ? two_a : one) * (need_r ? den : one))) : zero;
-    const kd_vd r = need_r ? inv * ((need_a ? two_a : one) * (need_b ? two_b : one)) : one;
-    /* A side whose x is 0 whatever rho is (unused, or lam or mu 0) is central everywhere; else
-     * Q / P well below 1 (1 + w has lost its bits) is not. */
-    const kd_vi accurate = w >= -0.875;
-    kd_vi central_a = all, central_b = all;
-    if (need_a && mu != 0.0)
-        central_a = accurate & (z_a <= KD_MIX_CENTRAL_Z(for_double)) & (z_a >= -KD_MIX_CENTRAL_Z(for_double));
-    if (need_b && lam != 0.0)
-        central_b = accurate & (z_b <= KD_MIX_CENTRAL_Z(for_double)) & (z_b >= -KD_MIX_CENTRAL_Z(for_double));
-    kd_vd d = zero;
-    kd_vi near = all;
-    if (mode != KD_MODERATE) { /* w is e^b for far classes */
-        d = kd_kl_gap(t, s, constants, for_double, 0);
-        near = kd_kl_near((t - constants->t_max) * inv_T, d);
-        central_a &= near;
-        central_b &= near;
-    }
-    const kd_vd factor_a = kd_mix_phi_factor(x_a, z_a, for_double), factor_b = kd_mix_phi_factor(zero, z_b, for_double);
-    out.a_term = need_a ? out.p * (z_a * factor_a) : zero;
-    out.b_term = need_b ? z_b * (-lam_rho * out.p + out.q * factor_b) : zero;
-    out.c = !use_c ? zero : need_r ? kappa * (rho * r) : kappa * rho;
-    out.l1u = out.l1v = zero;
-    if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
-        out.l1u = z_a * factor_a - x_a;
-        if (need_b) {
-            const kd_vd x_b = -lam_rho / ratio;
-            out.l1v = z_b * (x_b + factor_b) - x_b;
-        }
-    }
-    out.infinite = (kd_vi)zero;
-    if (!kd_any(~(central_a & central_b)))
-        return out;
-
-    /* the other classes: logs of the ratios, or of P, Q and M (far classes) */
     kd_mix_class other;
     if (mode == KD_MODERATE)
         d = kd_kl_gap(t, s, constants, for_double, 1);
-    other.p = out.p;
-    other.q = out.q;
+    other.p = p_near;
+    other.q = p_near * ratio;
     kd_vd other_rho = rho, other_ratio = ratio;
     /* Q / P well below 1: 1 + w has lost its bits, e^-d has them */
     const kd_vi small_ratio = w < -0.875;
@@ -259,6 +210,69 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         other.a_term = kd_select(other.infinite, kd_splat(NAN), other.a_term);
         other.b_term = kd_select(other.infinite, kd_splat(NAN), other.b_term);
     }
+    return other;
+}
+
+KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
+                                           const kd_mix_finished *row, const int mode,
+                                           const int for_double, const int with_logs, const int with_c)
+{
+    const double lam = row->lam, mu = 1.0 - lam, inv_T = constants->inv_T;
+    /* c = kappa rho P / M; with_c and kappa = 0 (JSD), c is 0 in every class */
+    const double kappa = kd_mix_kappa(row);
+    const int use_c = with_c && kappa != 0.0;
+    /* r = P / M shares the division whether c is wanted or not: z_a and z_b, so the value, keep
+     * their bits with and without the gradient */
+    const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && mu != 0.0;
+    const kd_vd inv_one_plus_y = row->kl.inv_one_plus_y, zero = kd_splat(0.0), one = kd_splat(1.0);
+    const kd_vi all = ~(kd_vi)zero;
+    kd_mix_class out;
+    out.p = ea * row->kl.inv_zp;
+    const kd_vd rho = (w - row->kl.y) * inv_one_plus_y, ratio = (1.0 + w) * inv_one_plus_y;
+    out.q = out.p * ratio;
+
+    /* central classes: z_a = x_a / (2 + x_a) with x_a = mu rho; z_b = x_b / (2 + x_b) with
+     * x_b = lam sigma, = -lam rho / (2 + (1 + mu) rho); r = P / M = 1 / (1 + x_a) */
+    const kd_vd x_a = mu * rho, den = 1.0 + x_a, lam_rho = lam * rho;
+    const kd_vd two_a = 2.0 + x_a, two_b = 2.0 + (1.0 + mu) * rho;
+    const kd_vd inv = 1.0 / ((need_a ? two_a : one) * (need_b ? two_b : one) * (need_r ? den : one));
+    const kd_vd z_a = need_a ? x_a * (inv * ((need_b ? two_b : one) * (need_r ? den : one))) : zero;
+    const kd_vd z_b = need_b ? -lam_rho * (inv * ((need_a ? two_a : one) * (need_r ? den : one))) : zero;
+    const kd_vd r = need_r ? inv * ((need_a ? two_a : one) * (need_b ? two_b : one)) : one;
+    /* A side whose x is 0 whatever rho is (unused, or lam or mu 0) is central everywhere; else
+     * Q / P well below 1 (1 + w has lost its bits) is not. */
+    const kd_vi accurate = w >= -0.875;
+    kd_vi central_a = all, central_b = all;
+    if (need_a && mu != 0.0)
+        central_a = accurate & (z_a <= KD_MIX_CENTRAL_Z(for_double)) & (z_a >= -KD_MIX_CENTRAL_Z(for_double));
+    if (need_b && lam != 0.0)
+        central_b = accurate & (z_b <= KD_MIX_CENTRAL_Z(for_double)) & (z_b >= -KD_MIX_CENTRAL_Z(for_double));
+    kd_vd d = zero;
+    kd_vi near = all;
+    if (mode != KD_MODERATE) { /* w is e^b for far classes */
+        d = kd_kl_gap(t, s, constants, for_double, 0);
+        near = kd_kl_near((t - constants->t_max) * inv_T, d);
+        central_a &= near;
+        central_b &= near;
+    }
+    const kd_vd factor_a = kd_mix_phi_factor(x_a, z_a, for_double), factor_b = kd_mix_phi_factor(zero, z_b, for_double);
+    out.a_term = need_a ? out.p * (z_a * factor_a) : zero;
+    out.b_term = need_b ? z_b * (-lam_rho * out.p + out.q * factor_b) : zero;
+    out.c = !use_c ? zero : need_r ? kappa * (rho * r) : kappa * rho;
+    out.l1u = out.l1v = zero;
+    if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
+        out.l1u = z_a * factor_a - x_a;
+        if (need_b) {
+            const kd_vd x_b = -lam_rho / ratio;
+            out.l1v = z_b * (x_b + factor_b) - x_b;
+        }
+    }
+    out.infinite = (kd_vi)zero;
+    if (!kd_any(~(central_a & central_b)))
+        return out;
+
+    const kd_mix_class other = kd_mix_other_values(t, s, w, constants, row, mode, for_double, use_c,
+                                                   out.p, rho, ratio, d, near);
     /* each side's central classes keep their phi; a class central on both sides keeps it all */
     const kd_vi both = central_a & central_b;
     out.p = kd_select(both, out.p, other.p);
