@@ -91,6 +91,15 @@ def share_of(items, kernel_target):
     return share or [items[i % len(items)]]
 
 
+def rotated(items, kernel_target, dtype_row):
+    """One of ``items`` for each (kernel target, input dtype): the pair's indices summed, modulo
+    the count, so that every target and every dtype meets each item (given as many targets or
+    dtypes as items). For parameters whose every value each (target, dtype) need not run, such as
+    a special row's temperature, where running all would repeat the same kernel path."""
+    index = KERNEL_TARGETS.index(kernel_target) + DTYPE_ROWS.index(dtype_row)
+    return items[index % len(items)]
+
+
 @pytest.fixture(params=KERNEL_TARGETS, scope="module")
 def kernel_target(request):
     """Runs the module's tests with each kernel target in turn, then restores the default."""

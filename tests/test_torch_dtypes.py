@@ -20,6 +20,7 @@ from torch_reference import (
 import kdloss
 import kdloss.torch as kdt
 from kdloss import _kernel
+from kdloss._divergences import DIVERGENCES
 from kdloss.torch import _ops, _two_byte
 
 NARROW = (torch.float16, torch.bfloat16)
@@ -177,8 +178,9 @@ def test_autocast_forward_and_backward_on_a_small_model():
             torch.testing.assert_close(g, w, rtol=2e-2, atol=1e-3, msg=name)
 
 
-@pytest.mark.parametrize("dtype", NARROW, ids=str)
-def test_opcheck(dtype, divergence):
+def test_opcheck(divergence):
+    # Each divergence in one of the 2-byte dtypes, in turn (the registration is the same for all).
+    dtype = NARROW[list(DIVERGENCES).index(divergence.name) % len(NARROW)]
     s3, t3 = logits((3, 4, 5), dtype, 3).requires_grad_(), logits((3, 4, 5), dtype, 4).requires_grad_()
     weights, labels = weights_for((3, 4)).to(dtype), labels_for((3, 4), 5)
     chosen = tuple(divergence_arguments(divergence).values())
