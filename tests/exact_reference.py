@@ -18,25 +18,33 @@ def exact(x):
     return mpmath.mpf(float(x))
 
 
-def exact_log_softmax(logits, temperature, dps=DPS):
-    """``log softmax(x / T)`` of one row, as a list of mpf; -inf entries stay -inf.
+def exact_log_softmax_and_softmax(logits, temperature, dps=DPS):
+    """``(log softmax(x / T), softmax(x / T))`` of one row, lists of mpf; -inf entries give -inf
+    and 0.
 
-    ``log p_i = z_i - log sum_j exp(z_j)`` with ``z_i = (x_i - max x) / T``. Every step rounds
-    only at ``dps`` digits, relative to its own result, so nothing is lost to cancellation.
+    ``log p_i = z_i - log S`` and ``p_i = exp(z_i) / S`` with ``z_i = (x_i - max x) / T`` and
+    ``S = sum_j exp(z_j)``: one exponential per class. Every step rounds only at ``dps`` digits,
+    relative to its own result, so nothing is lost to cancellation.
     """
     with mpmath.workdps(dps):
         inv_t = 1 / exact(temperature)
         x = [exact(v) for v in logits]
         top = max(x)
         z = [(v - top) * inv_t for v in x]  # -inf stays -inf; exp(-inf) = 0
-        log_norm = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in z))
-        return [v - log_norm for v in z]
+        e = [mpmath.exp(v) for v in z]
+        total = mpmath.fsum(e)
+        log_norm = mpmath.log(total)
+        return [v - log_norm for v in z], [v / total for v in e]
+
+
+def exact_log_softmax(logits, temperature, dps=DPS):
+    """``log softmax(x / T)`` of one row, as a list of mpf; -inf entries stay -inf."""
+    return exact_log_softmax_and_softmax(logits, temperature, dps)[0]
 
 
 def exact_softmax(logits, temperature, dps=DPS):
     """``softmax(x / T)`` of one row, as a list of mpf (0 where x is -inf)."""
-    with mpmath.workdps(dps):
-        return [mpmath.exp(v) for v in exact_log_softmax(logits, temperature, dps)]
+    return exact_log_softmax_and_softmax(logits, temperature, dps)[1]
 
 
 def exact_kd_loss(student, teacher, temperature, dps=DPS):
@@ -47,11 +55,11 @@ def exact_kd_loss(student, teacher, temperature, dps=DPS):
     normaliser of Q (it is part of ``exact_log_softmax(student)``).
     """
     with mpmath.workdps(dps):
-        log_p = exact_log_softmax(teacher, temperature, dps)
+        log_p, p = exact_log_softmax_and_softmax(teacher, temperature, dps)
         log_q = exact_log_softmax(student, temperature, dps)
         kl = mpmath.fsum(
-            mpmath.exp(lp) * (lp - lq)
-            for t, lp, lq in zip(teacher, log_p, log_q)
+            pi * (lp - lq)
+            for t, pi, lp, lq in zip(teacher, p, log_p, log_q)
             if t != -math.inf
         )
         return exact(temperature) ** 2 * kl
@@ -73,10 +81,8 @@ def exact_kd_grad(student, teacher, temperature, dps=DPS):
     """
     with mpmath.workdps(dps):
         T = exact(temperature)
-        log_p = exact_log_softmax(teacher, temperature, dps)
-        log_q = exact_log_softmax(student, temperature, dps)
-        p = [mpmath.exp(v) for v in log_p]
-        q = [mpmath.exp(v) for v in log_q]
+        log_p, p = exact_log_softmax_and_softmax(teacher, temperature, dps)
+        log_q, q = exact_log_softmax_and_softmax(student, temperature, dps)
         allowed = [t != -math.inf for t in teacher]
         kl = mpmath.fsum(pi * (lp - lq) for pi, lp, lq, a in zip(p, log_p, log_q, allowed) if a)
         d_student = [T * (qi - pi) for pi, qi in zip(p, q)]
