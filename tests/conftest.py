@@ -91,6 +91,15 @@ def share_of(items, kernel_target):
     return share or [items[i % len(items)]]
 
 
+@pytest.fixture
+def short_bench_samples(monkeypatch):
+    """kdloss bench with samples of 1 ms, not 20 (``timing.MIN_SAMPLE_SECONDS``): for tests of
+    its tables and files, which do not need good timings."""
+    from kdloss.bench import timing
+
+    monkeypatch.setattr(timing, "MIN_SAMPLE_SECONDS", 0.001)
+
+
 def rotated(items, kernel_target, dtype_row):
     """One of ``items`` for each (kernel target, input dtype): the pair's indices summed, modulo
     the count, so that every target and every dtype meets each item (given as many targets or

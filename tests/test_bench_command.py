@@ -11,6 +11,9 @@ import pytest
 from kdloss.bench import plot
 from kdloss.cli import main
 
+# Tables and files are checked here, not timings: short samples (conftest.py).
+pytestmark = pytest.mark.usefixtures("short_bench_samples")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--shapes", "16x7,1x3", "--repeat", "1"]
 

@@ -18,6 +18,9 @@ from kdloss.bench.cases import make_logits
 from kdloss.bench.divergence_peers import FORMULATIONS
 from kdloss.cli import main
 
+# Tables and files are checked here, not timings: short samples (conftest.py).
+pytestmark = pytest.mark.usefixtures("short_bench_samples")
+
 
 def test_every_divergence_has_a_formulation():
     assert set(FORMULATIONS) == set(DIVERGENCES)

@@ -11,6 +11,9 @@ from kdloss.bench import cli, load, peers
 from kdloss.bench.cases import make_logits, numpy_dtype
 from kdloss.cli import build_parser, main
 
+# Tables and files are checked here, not timings: short samples (conftest.py).
+pytestmark = pytest.mark.usefixtures("short_bench_samples")
+
 TINY = ["--shapes", "16x7", "--repeat", "1"]
 
 

@@ -11,6 +11,9 @@ from kdloss.bench import compare, peers
 from kdloss.bench.cases import make_logits
 from kdloss.bench.jax_threads import jax_threads
 
+# Tables and files are checked here, not timings: short samples (conftest.py).
+pytestmark = pytest.mark.usefixtures("short_bench_samples")
+
 SHAPES = ((1, 3), (7, 5), (3, 2000))
 
 

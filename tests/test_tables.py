@@ -208,8 +208,10 @@ def test_softmax_every_thread_count_gives_the_same_bits(shape, kernel_target):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rows", ("ordinary", "masked", "huge"))
-def test_identical_rows_give_exactly_zero(rows, case, dtype_row):
+def test_identical_rows_give_exactly_zero(rows, case, dtype_row, kernel_target):
     dtype = dtype_row.numpy_dtype
+    # The extremes always, one middle temperature per (target, dtype) (conftest.rotated).
+    temperatures = (1e-3, rotated((0.5, 1.0, 3.0), kernel_target, dtype_row), 1e3)
     for n_classes in (1, 3, 9, 64, 65, 1000):  # one class; short rows; long rows
         teacher = rng_for(n_classes, "identical").normal(0, 3, (5, n_classes))
         if rows == "masked":  # -inf on every fourth class; the last class stays finite
@@ -217,7 +219,7 @@ def test_identical_rows_give_exactly_zero(rows, case, dtype_row):
         if rows == "huge":  # largest logit a quarter of the dtype's maximum
             teacher = teacher / np.max(np.abs(teacher)) * (float(np.finfo(dtype).max) / 4)
         teacher = teacher.astype(dtype)
-        for temperature in (1e-3, 0.5, 1.0, 3.0, 1e3):
+        for temperature in temperatures:
             losses = case.loss(teacher.copy(), teacher, temperature, reduction="none")
             loss, d_s, d_t = case.loss_and_grad(teacher.copy(), teacher, temperature, teacher_grad=True)
             where = f"{n_classes} classes, T = {temperature}"

@@ -34,8 +34,10 @@ class Stats:
         return cls(float(median), float(q1), float(q3), float(values.min()), calls_per_sample, tuple(values.tolist()))
 
 
-def calls_per_sample(call, min_seconds=MIN_SAMPLE_SECONDS):
-    """1, 2, 5, 10, 20, ... calls: the fewest whose loop lasts at least ``min_seconds``."""
+def calls_per_sample(call, min_seconds=None):
+    """1, 2, 5, 10, 20, ... calls: the fewest whose loop lasts at least ``min_seconds``
+    (``MIN_SAMPLE_SECONDS`` when None, read at each call)."""
+    min_seconds = MIN_SAMPLE_SECONDS if min_seconds is None else min_seconds
     number = 1
     while True:
         if _time_loop(call, number) >= min_seconds:
