@@ -19,7 +19,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
-from conftest import DTYPES, HUGE, rng_for, share_of, thread_counts_for
+from conftest import DTYPES, HUGE, rng_for, rotated, share_of, thread_counts_for
 from exact_reference import DPS, exact_kd_grad
 from gradient_checks import (
     assert_grad_close,
@@ -478,9 +478,9 @@ def closed_form_d_student(student, teacher, temperature):
 
 
 @pytest.mark.parametrize("case", SPECIAL_ROWS)
-def test_special_rows(case, dtype_row):
-    for temperature in (0.5, 1.0, 3.0):
-        check_special_row(case, dtype_row.numpy_dtype, temperature)
+def test_special_rows(case, dtype_row, kernel_target):
+    # One temperature per (target, dtype) (conftest.rotated): each row meets every one.
+    check_special_row(case, dtype_row.numpy_dtype, rotated((0.5, 1.0, 3.0), kernel_target, dtype_row))
 
 
 def check_special_row(case, dtype, temperature):
