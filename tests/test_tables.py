@@ -335,10 +335,12 @@ def exact_case(case, dtype_name, kind, n_classes, temperature):
     return student, teacher, losses, d_s, d_t
 
 
-@pytest.mark.parametrize("temperature", EXACT_TEMPERATURES)
 @pytest.mark.parametrize("n_classes", EXACT_CLASSES)
 @pytest.mark.parametrize("kind", EXACT_KINDS)
-def test_accurate_against_mpmath(kind, n_classes, temperature, case, dtype_row):
+def test_accurate_against_mpmath(kind, n_classes, case, dtype_row, kernel_target):
+    """At one temperature per (target, dtype) (conftest.rotated): every case meets each one in
+    every dtype and on every target; test_accuracy.py takes KL through 1e-6 .. 1e5."""
+    temperature = rotated(EXACT_TEMPERATURES, kernel_target, dtype_row)
     student, teacher, want, exact_s, exact_t = exact_case(case, dtype_row.name, kind, n_classes, temperature)
     kernel = dtype_row.kernel_dtype.name
     u = result_row(dtype_row).eps  # the rounding of the returned value
