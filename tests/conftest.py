@@ -102,9 +102,10 @@ def short_bench_samples(monkeypatch):
 
 def rotated(items, kernel_target, dtype_row):
     """One of ``items`` for each (kernel target, input dtype): the pair's indices summed, modulo
-    the count, so that every target and every dtype meets each item (given as many targets or
-    dtypes as items). For parameters whose every value each (target, dtype) need not run, such as
-    a special row's temperature, where running all would repeat the same kernel path."""
+    the count. Every item goes to some pair; every target meets each item when there are at
+    least as many dtypes as items, and every dtype when there are as many targets. For parameters
+    whose every value each (target, dtype) need not run, such as a special row's temperature,
+    where running all would repeat the same kernel path."""
     index = KERNEL_TARGETS.index(kernel_target) + DTYPE_ROWS.index(dtype_row)
     return items[index % len(items)]
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import (
     DTYPE_ROWS,
+    KERNEL_TARGETS,
     LAYOUTS,
     THREAD_COUNTS,
     result_row,
@@ -59,6 +60,22 @@ def test_every_divergence_has_its_test_case():
     for name in DIVERGENCES:
         assert CASES[name].divergence == name and CASES[name].beta is None  # the row's defaults
     assert all(case.divergence in DIVERGENCES for case in CASES.values())
+
+
+def test_taking_turns_leaves_no_value_out():
+    """conftest.share_of and conftest.rotated, on which the tests below rely: every value runs on
+    some target (share_of) or (target, dtype) pair (rotated); every target and every dtype meets
+    each value where the tables are long enough."""
+    for items in ((0.5, 1.0, 4.0), (1.0, 4.0), ("one",)):
+        assert {v for target in KERNEL_TARGETS for v in share_of(list(items), target)} == set(items)
+        turns = {(target, row.name): rotated(items, target, row) for target in KERNEL_TARGETS for row in DTYPE_ROWS}
+        assert set(turns.values()) == set(items)
+        for target in KERNEL_TARGETS:
+            met = {v for (t, _), v in turns.items() if t == target}
+            assert met == set(items) or len(DTYPE_ROWS) < len(items), target
+        for row in DTYPE_ROWS:
+            met = {v for (_, name), v in turns.items() if name == row.name}
+            assert met == set(items) or len(KERNEL_TARGETS) < len(items), row.name
 
 
 def widened(array):
