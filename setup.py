@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -119,10 +120,39 @@ def release_flags(compiler, environ=os.environ):
     return compile_args, link_args
 
 
+def usable_cpus():
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def compile_in_parallel(compiler, jobs):
+    """Make ``compiler.compile`` build a list of sources ``jobs`` at a time, one compiler process
+    each (the objects in the sources' order). The kernel is six C files, each a compiler process
+    of 13 s to 3 min here: one at a time, a build took 4.6 minutes on 2 cores."""
+    serial_compile = compiler.compile
+
+    def compile(sources, *args, **kwargs):
+        if jobs <= 1 or len(sources) <= 1:
+            return serial_compile(sources, *args, **kwargs)
+        with ThreadPoolExecutor(min(jobs, len(sources))) as pool:
+            # The slowest files first, so that they do not start last: the portable vector code
+            # (target_baseline.c), which GCC lowers to SSE2 by hand, takes longest.
+            order = sorted(range(len(sources)), key=lambda i: "baseline" not in sources[i])
+            futures = {i: pool.submit(serial_compile, [sources[i]], *args, **kwargs) for i in order}
+            return [obj for i in range(len(sources)) for obj in futures[i].result()]
+
+    compiler.compile = compile
+
+
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
         openmp_compile, openmp_link = openmp_build_flags(self.compiler)
         release_compile, release_link = release_flags(self.compiler)
+        if self.compiler.compiler_type == "unix":  # GCC and Clang: one process per source file
+            compile_in_parallel(self.compiler, usable_cpus())
         for ext in self.extensions:
             ext.extra_compile_args = release_compile + openmp_compile
             ext.extra_link_args = release_link + openmp_link
