@@ -162,12 +162,6 @@ def test_softmax_every_layout_gives_the_contiguous_bits(layout, dtype_row, layou
 THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
 
 
-# Every target runs every shape. Rows split among threads (the long ones) merge their partial
-# sums per kernel dtype and target: float32 and float64 run on every target, and the 2-byte
-# inputs (float32 arithmetic once loaded) on their share. Whole rows go to one thread each, the
-# same partition for every dtype: each dtype runs on its share of the targets there.
-KERNEL_DTYPE_ROWS = tuple(row for row in DTYPE_ROWS if np.dtype(row.numpy_dtype) == row.kernel_dtype)
-NARROW_DTYPE_ROWS = tuple(row for row in DTYPE_ROWS if row not in KERNEL_DTYPE_ROWS)
 def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
     """The loss alone finishes rows longer than the short-row pass takes several at a time, one
     per vector lane: each row keeps the bits it has alone and with its gradient, special rows
@@ -193,6 +187,14 @@ def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
         total = case.loss(student, teacher, 1.5, reduction=reduction, weights=weights)
         with_grad = case.loss_and_grad(student, teacher, 1.5, reduction=reduction, weights=weights)[0]
         assert bits(with_grad) == bits(total), reduction
+
+
+# Every target runs every shape. Rows split among threads (the long ones) merge their partial
+# sums per kernel dtype and target: float32 and float64 run on every target, and the 2-byte
+# inputs (float32 arithmetic once loaded) on their share. Whole rows go to one thread each, the
+# same partition for every dtype: each dtype runs on its share of the targets there.
+KERNEL_DTYPE_ROWS = tuple(row for row in DTYPE_ROWS if np.dtype(row.numpy_dtype) == row.kernel_dtype)
+NARROW_DTYPE_ROWS = tuple(row for row in DTYPE_ROWS if row not in KERNEL_DTYPE_ROWS)
 
 
 @pytest.mark.parametrize("shape", THREAD_SHAPES, ids=str)

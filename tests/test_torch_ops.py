@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from divergence_arguments import divergence_arguments
+from divergence_arguments import divergence_arguments, in_turn
 from torch_reference import (
     IGNORE,
     REDUCTIONS,
@@ -54,7 +54,7 @@ def opcheck_cases():
         ]
         # Each divergence in one of the dtypes, in turn: the op and its registration are the
         # same for every divergence, and the cases above take every dtype.
-        for divergence in list(DIVERGENCES.values())[DTYPES.index(dtype)::len(DTYPES)]:
+        for divergence in (d for d in DIVERGENCES.values() if in_turn(DTYPES, d) == dtype):
             chosen = tuple(divergence_arguments(divergence).values())
             cases += [
                 pytest.param(kd, (s3, t3, 0.5, "none", weights, *chosen, True, True),

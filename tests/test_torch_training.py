@@ -9,10 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
-from divergence_arguments import divergence_arguments
+from divergence_arguments import divergence_arguments, in_turn
 
 import kdloss.torch as kdt
-from kdloss._divergences import DIVERGENCES
 
 IGNORE = -100
 FEATURES, HIDDEN, CLASSES = 10, 16, 7
@@ -124,7 +123,7 @@ def test_compiled_with_each_divergence(divergence):
     """Every divergence traces without graph breaks (fullgraph) and computes eager's bits;
     aot_eager, the same tracing as inductor without its compile time. The divergences take the
     two losses in turn (the operators' tracing is the same for every divergence)."""
-    loss_name = ("kd", "hinton")[list(DIVERGENCES).index(divergence.name) % 2]
+    loss_name = in_turn(("kd", "hinton"), divergence)
     dtype = torch.float64
     student, teacher = network(0, dtype), network(1, dtype)
     inputs, labels, mask = token_batch(3, dtype)
