@@ -380,3 +380,39 @@ def test_accurate_against_mpmath(kind, n_classes, case, dtype_row, kernel_target
         bound = GRADIENT_K * intermediate_eps(student.dtype) * scale.ravel() + rounding * (1 + 1e-6)
         bad = ~(error <= bound)
         assert not bad.any(), f"{what}: worst error {error.max():.3g}; got {widened(got).ravel()[bad][:4]}"
+
+
+
+# Long rows of float32 inputs. The first pass takes float32 lanes; the second pass of a two-pass
+# divergence may take steps of classes in them too, and a step with a class out of their range
+# in double (divergence_mixture.h). Rows where every step fits ("close", "near_zero"), where some
+# do not (a few classes far from the teacher), and where every d and rho is too small for its
+# square to stay in float32's range (T = 1e22: such rows take the double terms throughout).
+LONG_ROW_KINDS = {"close": ("close", 1.0), "near_zero": ("near_zero", 4.0), "far_classes": ("close", 1.0),
+                  "huge_T": ("close", 1e22)}
+
+
+@functools.cache
+def exact_long_rows(case, kind):
+    row = next(r for r in DTYPE_ROWS if r.name == "float32")
+    pair_kind, temperature = LONG_ROW_KINDS[kind]
+    student, teacher = logits_pair((2, 1000), row, pair_kind, seed=5)
+    if kind == "far_classes":
+        student[:, ::50] += np.float32(4.0)
+    want = [case.exact(s, t, temperature) for s, t in zip(widened(student).tolist(), widened(teacher).tolist())]
+    return student, teacher, temperature, want
+
+
+@pytest.mark.parametrize("kind", LONG_ROW_KINDS)
+def test_long_float32_rows_against_mpmath(kind, case, kernel_target):
+    """Two rows of 1000 classes within 1e-6 of mpmath (and the rounding), with the same bits as
+    the loss of kd_loss_and_grad."""
+    student, teacher, temperature, want = exact_long_rows(case, kind)
+    got = case.loss(student, teacher, temperature, reduction="none")
+    rtol = LOSS_RTOL["float32"] + float(np.finfo(np.float32).eps) / 2  # and the rounding to float32
+    with mpmath.workdps(DPS):
+        for g, w in zip(got.tolist(), want):
+            assert mpmath.isfinite(w) and g >= 0.0
+            assert abs(mpmath.mpf(g) - w) <= rtol * abs(w), (g, mpmath.nstr(w, 17))
+    with_grad = case.loss_and_grad(student, teacher, temperature, reduction="none")[0]
+    assert bits(with_grad) == bits(got)

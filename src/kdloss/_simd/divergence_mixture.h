@@ -24,6 +24,10 @@
  *     d_s = T Q (g - E_Q[g]),  d_t = T P (f - E_P[f]),
  *     E_Q[g] = c_Q KL(Q || M) - (1 - lam) sum Q c,  E_P[f] = c_P KL(P || M) - lam sum P c.
  *
+ * For inputs of float precision or less, the second pass of a moderate row takes its central
+ * classes in float32 lanes, from rho and P taken in double (kd_mix_single_second_terms, below):
+ * the one division and the polynomial of 16 classes a vector (AVX-512) where double's take 8.
+ *
  * Special values: a row the first pass does not settle stays NaN; a value that is not finite (a
  * class M rules out where P or Q has mass) comes back NaN too, for the caller to settle from the
  * logits and the form's flags (infinite where one side rules out a class the other allows).
@@ -300,6 +304,117 @@ KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd
         sum[KD_MIX_SP] += kd_mix_weighted(x.p, x.c);
     }
 }
+
+#if !KD_LIBM
+/* The second pass in float32 lanes (vector_single.h), for inputs of float precision or less in
+ * moderate rows (rows_impl.h, second_chunk): the central terms above, for KD_SINGLE_LANES classes
+ * at a time. rho and P are taken in double as the double terms take them, then rounded to
+ * float32: rho is then accurate relative to itself, and every term of the value's sums (each
+ * >= 0) to a few float32 ulp of itself; float32 lane sums of at most KD_SINGLE_RUN steps are
+ * widened into the double block sums. P is scaled by 2^KD_MIX_SINGLE_SCALE. A step that has a
+ * class outside the central range of a side the weights use (a range of rho, kd_mix_single_second)
+ * or whose terms, about P x^2 / 2, would fall below 2^-100 (a tiny P and a tiny rho: 2^-60 with
+ * the scale, far inside float32's normal range) takes the double terms. The gradient's sums (not value_only) have terms of both signs and a
+ * total of second order in rho: they stay in double. */
+#define KD_MIX_SINGLE_SCALE 40
+#define kd_mix_single_second_unscale 0x1p-40
+/* R(z) / z^2 (see KD_MIX_LOG_SERIES) for |z| <= 0.3 in float32: a polynomial of degree 3 in z^2,
+ * fitted for relative error with numpy and checked with mpmath at 40 digits: within 1.9e-7 of
+ * itself, in float32 coefficients. R(z) ~ 2 z^2 / 3 is at most a tenth of |x| (x = 2 z / (1 - z)),
+ * so this is within 2.2e-8 of phi's factor x - R(z). */
+static const float KD_MIX_LOG_FIT_FLOAT[] = {0x1.08fddcp-2f, 0x1.22640ep-2f, 0x1.99a3d0p-2f, 0x1.555552p-1f};
+
+/* A row's constants for the float32 second pass: the range of rho where every class is central
+ * on the sides the weights use (and Q / P keeps its bits, w >= -0.875), and the least P rho^2
+ * (P scaled) for which P x^2 >= 2^-100 on every used side (x = mu rho, or lam rho to within the
+ * central range's factor). */
+typedef struct {
+    double y, inv_one_plus_y, p_scale;
+    kd_vs rho_low, rho_high, tiny, lam, mu, one_plus_mu;
+} kd_mix_single_second;
+
+KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *row)
+{
+    const double lam = row->lam, mu = 1.0 - lam, c = KD_MIX_CENTRAL_Z(0);
+    const double y = row->kl.y[0], inv_one_plus_y = row->kl.inv_one_plus_y[0];
+    double low = (-0.875 - y) * inv_one_plus_y, high = INFINITY, weight = 1.0;
+    if (row->c_p != 0.0 && mu != 0.0) { /* |x / (2 + x)| <= c, x = mu rho */
+        low = fmax(low, -2.0 * c / ((1.0 + c) * mu));
+        high = fmin(high, 2.0 * c / ((1.0 - c) * mu));
+        weight = fmin(weight, mu);
+    }
+    if (row->c_q != 0.0 && lam != 0.0) { /* |lam rho / (2 + (1 + mu) rho)| <= c */
+        low = fmax(low, -2.0 * c / (lam + c * (1.0 + mu)));
+        if (lam > c * (1.0 + mu))
+            high = fmin(high, 2.0 * c / (lam - c * (1.0 + mu)));
+        weight = fmin(weight, lam);
+    }
+    const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
+    const kd_mix_single_second out = {
+        y, inv_one_plus_y, row->kl.inv_zp[0] * ldexp(1.0, KD_MIX_SINGLE_SCALE),
+        kd_splat_single((float)low), kd_splat_single((float)fmin(high, 0x1p100)), kd_splat_single((float)tiny),
+        kd_splat_single((float)lam), kd_splat_single((float)mu), kd_splat_single((float)(1.0 + mu)),
+    };
+    return out;
+}
+
+/* x - R(z) z^2 (kd_mix_phi_factor in float32). */
+KD_INLINE kd_vs kd_mix_phi_factor_single(kd_vs x, kd_vs z)
+{
+    const float *c = KD_MIX_LOG_FIT_FLOAT;
+    const kd_vs u = z * z;
+    const kd_vs low = kd_fma_single(u, kd_splat_single(c[2]), kd_splat_single(c[3]));
+    const kd_vs high = kd_fma_single(u, kd_splat_single(c[0]), kd_splat_single(c[1]));
+    return x - kd_fma_single(u * u, high, low) * u;
+}
+
+/* Adds the terms of the KD_SINGLE_LANES classes whose kept e^a and w are ea0, w0 (the first
+ * KD_LANES) and ea1, w1: the value's to the float32 lane sums, the gradient's to the double block
+ * sums; returns 0, adding nothing, where the step must take the double terms. */
+KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w1, const kd_mix_finished *row,
+                                         const kd_mix_single_second *single, const int value_only,
+                                         kd_vs *sum, kd_vd *block_sum)
+{
+    const double kappa = kd_mix_kappa(row);
+    const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && row->lam != 1.0;
+    const kd_vd rho0 = (w0 - single->y) * single->inv_one_plus_y, rho1 = (w1 - single->y) * single->inv_one_plus_y;
+    const kd_vs rho = kd_narrow_halves(rho0, rho1);
+    const kd_vs p = kd_narrow_halves(ea0 * single->p_scale, ea1 * single->p_scale);
+    const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high)
+                      & ((rho == 0.0f) | (p * (rho * rho) >= single->tiny));
+    if (kd_any((kd_vi)~fits))
+        return 0;
+
+    const kd_vs one = kd_splat_single(1.0f), zero = kd_splat_single(0.0f);
+    const kd_vs x_a = single->mu * rho, den = one + x_a, lam_rho = single->lam * rho;
+    const kd_vs two_a = 2.0f + x_a, two_b = kd_fma_single(single->one_plus_mu, rho, kd_splat_single(2.0f));
+    const kd_vs inv = one / ((need_a ? two_a : one) * (need_b ? two_b : one) * (need_r ? den : one));
+    const kd_vs z_a = need_a ? x_a * (inv * ((need_b ? two_b : one) * (need_r ? den : one))) : zero;
+    const kd_vs z_b = need_b ? -lam_rho * (inv * ((need_a ? two_a : one) * (need_r ? den : one))) : zero;
+    const kd_vs q = kd_fma_single(p, rho, p);
+    if (need_a)
+        sum[KD_MIX_A] += p * (z_a * kd_mix_phi_factor_single(x_a, z_a));
+    if (need_b)
+        sum[KD_MIX_B] += z_b * (-lam_rho * p + q * kd_mix_phi_factor_single(zero, z_b));
+    if (!value_only && kappa != 0.0) {
+        /* sum Q c and sum P c, c = kappa rho P / M: terms of both signs whose total is second
+         * order in rho, in double, as the double terms take them; P / M = 1 / (1 + mu rho) from
+         * float32's by one Newton step */
+        kd_vd r0 = kd_splat(1.0), r1 = r0;
+        if (need_r) {
+            kd_widen_halves(inv * ((need_a ? two_a : one) * (need_b ? two_b : one)), &r0, &r1);
+            const double mu = 1.0 - row->lam;
+            r0 = r0 * kd_fma(-(1.0 + mu * rho0), r0, kd_splat(2.0));
+            r1 = r1 * kd_fma(-(1.0 + mu * rho1), r1, kd_splat(2.0));
+        }
+        const kd_vd p0 = ea0 * row->kl.inv_zp, p1 = ea1 * row->kl.inv_zp;
+        const kd_vd c0 = kappa * (rho0 * r0), c1 = kappa * (rho1 * r1);
+        block_sum[KD_MIX_SQ] += kd_fma(p0, rho0, p0) * c0 + kd_fma(p1, rho1, p1) * c1;
+        block_sum[KD_MIX_SP] += p0 * c0 + p1 * c1;
+    }
+    return 1;
+}
+#endif
 
 /* c * x, and 0 where the weight c is 0 (x may then be infinite). */
 KD_INLINE kd_vd kd_mix_scaled(double c, kd_vd x)

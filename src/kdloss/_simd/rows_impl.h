@@ -11,7 +11,10 @@
  * (1: the row's first pass may run in float32 lanes, vector_single.h) with KD_LOAD_SINGLE /
  * KD_LOAD_PARTIAL_SINGLE (a vector of floats per dtype) gives float-precision inputs their
  * float32 sums' pass on the vector targets; KD_DIV_SINGLE_STUDENT_MASKED (1: also rows where the
- * student masks a class or reaches below 80 T) extends it to the masked mode of both sides. */
+ * student masks a class or reaches below 80 T) extends it to the masked mode of both sides.
+ * KD_DIV_SINGLE_SECOND (1: the row gives KD_DIV(single_second_terms), which takes a step of the
+ * second pass in float32 lanes or declines it) gives float-precision inputs' moderate rows a
+ * float32 second pass; a step it declines takes the double terms. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -245,19 +248,21 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
     int redo = 0;
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
 #define KD_SINGLE_CHUNK(m, k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
-    if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
-        keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
-        return;
-    }
-    /* masked: float32 first; out of its range (or a NaN), double's modes */
-    if (mode == KD_MASKED_TEACHER && kd_student_within(range, inv_T, -80.0)) {
-        if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
+    if (kd_single_resolves(range, inv_T)) {
+        if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
+            keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
             return;
-        memset(out, 0, sizeof *out);
-    } else if (KD_DIV_SINGLE_STUDENT_MASKED && (mode == KD_MASKED || mode == KD_MASKED_TEACHER)) {
-        if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED, 1) : KD_SINGLE_CHUNK(KD_MASKED, 0)))
-            return;
-        memset(out, 0, sizeof *out);
+        }
+        /* masked: float32 first; out of its range (or a NaN), double's modes */
+        if (mode == KD_MASKED_TEACHER && kd_student_within(range, inv_T, -80.0)) {
+            if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
+                return;
+            memset(out, 0, sizeof *out);
+        } else if (KD_DIV_SINGLE_STUDENT_MASKED && (mode == KD_MASKED || mode == KD_MASKED_TEACHER)) {
+            if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED, 1) : KD_SINGLE_CHUNK(KD_MASKED, 0)))
+                return;
+            memset(out, 0, sizeof *out);
+        }
     }
 #undef KD_SINGLE_CHUNK
 #endif
@@ -496,7 +501,35 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
         kd_block_sums block;
         for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
             block.sum[k] = kd_splat(0.0);
-        for (ptrdiff_t i = start; i < start + len; i += KD_LANES) {
+        ptrdiff_t i = start;
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
+        /* float32 lanes a step at a time, their sums widened every KD_SINGLE_RUN steps; a step they
+         * cannot take exactly takes the double terms */
+        if (mode == KD_MODERATE) {
+            const KD_DIV(single_second) single = KD_DIV(single_second_row)(finish);
+            while (i + KD_STEP <= start + len) {
+                kd_vs lane_sum[KD_DIV_SECOND_SUMS];
+                for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+                    lane_sum[k] = kd_splat_single(0.0f);
+                for (int step = 0; step < KD_SINGLE_RUN && i + KD_STEP <= start + len; step++, i += KD_STEP) {
+                    const kd_vd ea0 = kd_load_f64(row->kept_a + i), ea1 = kd_load_f64(row->kept_a + i + KD_LANES);
+                    const kd_vd w0 = kd_load_f64(row->kept_w + i), w1 = kd_load_f64(row->kept_w + i + KD_LANES);
+                    if (KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, &single, value_only, lane_sum, block.sum))
+                        continue;
+                    KD_DIV(second_terms)(KD_LOAD(t + i), KD_LOAD(s + i), ea0, w0, constants, finish, mode,
+                                         KD_EXP_FOR_DOUBLE, value_only, block.sum);
+                    KD_DIV(second_terms)(KD_LOAD(t + i + KD_LANES), KD_LOAD(s + i + KD_LANES), ea1, w1,
+                                         constants, finish, mode, KD_EXP_FOR_DOUBLE, value_only, block.sum);
+                }
+                for (int k = 0; k < KD_DIV_SECOND_SUMS; k++) {
+                    kd_vd low, high;
+                    kd_widen_halves(lane_sum[k], &low, &high);
+                    block.sum[k] += (low + high) * KD_DIV(single_second_unscale);
+                }
+            }
+        }
+#endif
+        for (; i < start + len; i += KD_LANES) {
             const int count = start + len - i < KD_LANES ? (int)(start + len - i) : KD_LANES;
             /* the tail padded with a class both mask: it adds 0 */
             const kd_vd tv = count == KD_LANES ? KD_LOAD(t + i) : KD_LOAD_PARTIAL(t + i, count, -INFINITY);

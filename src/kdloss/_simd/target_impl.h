@@ -82,6 +82,21 @@ static inline int kd_is_single_moderate(const kd_row_range *range, double inv_T)
     return kd_teacher_within(range, inv_T, -80.0) && kd_student_within(range, inv_T, -80.0);
 }
 
+/* True when the row's largest logits are at least 2^-20 T in magnitude. The float32 terms hold
+ * a class's share of KL, about P d^2 / 2, only while d^2 stays in float32's normal range; where
+ * every logit is tiny beside T (T above ~1e18 for logits of order 1, or logits of ~1e-30 at T = 1)
+ * every d is too (measured: KL 0.0 where it is 1e-49 at T = 1e22), and the row takes the double
+ * terms. The finite extrema count (a masked row's minimum is -inf). */
+static inline int kd_single_resolves(const kd_row_range *range, double inv_T)
+{
+    double largest = fmax(fabs(range->t_max), fabs(range->s_max));
+    if (isfinite(range->t_min))
+        largest = fmax(largest, fabs(range->t_min));
+    if (isfinite(range->s_min))
+        largest = fmax(largest, fabs(range->s_min));
+    return largest * inv_T >= 0x1p-20;
+}
+
 /* The mode of the sums' pass for a row with these extrema: moderate; masked (some -inf logits, both
  * maxima finite: tried first, and a chunk whose finite logits leave the cheap range is redone in
  * the general mode), of the teacher only where the student's logits are all in the cheap range;
@@ -115,6 +130,7 @@ static inline double kd_sum_value(double total, double error)
 #define KD_DIV_SECOND_SUMS 0
 #define KD_DIV_SINGLE 1
 #define KD_DIV_SINGLE_STUDENT_MASKED 1
+#define KD_DIV_SINGLE_SECOND 0
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
 #undef KD_DIV
@@ -122,6 +138,7 @@ static inline double kd_sum_value(double total, double error)
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
 #undef KD_DIV_SINGLE_STUDENT_MASKED
+#undef KD_DIV_SINGLE_SECOND
 
 #define KD_DIV_SUFFIX mixture
 #define KD_DIV(name) kd_mix_##name
@@ -132,6 +149,8 @@ static inline double kd_sum_value(double total, double error)
  * more (measured: 3.7e-6 for skew_reverse_kl, beta 0.9). */
 #define KD_DIV_SINGLE 0
 #define KD_DIV_SINGLE_STUDENT_MASKED 0
+/* its second pass's central classes in float32 lanes, from the double first pass's rho */
+#define KD_DIV_SINGLE_SECOND 1
 _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
@@ -140,6 +159,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
 #undef KD_DIV_SINGLE_STUDENT_MASKED
+#undef KD_DIV_SINGLE_SECOND
 
 #define KD_DIV_SUFFIX tvd
 #define KD_DIV(name) kd_tvd_##name
@@ -151,6 +171,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
  * rows where the student masks stay in double. */
 #define KD_DIV_SINGLE 1
 #define KD_DIV_SINGLE_STUDENT_MASKED 0
+#define KD_DIV_SINGLE_SECOND 0
 _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
@@ -159,6 +180,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_TVD_SUMS, "KD_DIV_SECOND_SUMS");
 #undef KD_DIV_SECOND_SUMS
 #undef KD_DIV_SINGLE
 #undef KD_DIV_SINGLE_STUDENT_MASKED
+#undef KD_DIV_SINGLE_SECOND
 
 /* The passes of one dtype; second: the second pass's sums, or NULL (one-pass divergences). */
 #define KD_DTYPE_PASSES(dtype, div, second)                                                        \

@@ -69,6 +69,24 @@ KD_INLINE void kd_widen_halves(kd_vs x, kd_vd *low, kd_vd *high)
     *high = kd_widen_single(half[1]);
 }
 
+/* Two vectors of doubles as one float32 vector (rounded to nearest), low lanes first. */
+KD_INLINE kd_vs kd_narrow_halves(kd_vd low, kd_vd high)
+{
+    const kd_vf half[2] = {__builtin_convertvector(low, kd_vf), __builtin_convertvector(high, kd_vf)};
+    kd_vs out;
+    memcpy(&out, half, sizeof out);
+    return out;
+}
+
+/* c[0] x^(count-1) + ... + c[count-1], in float32 lanes. */
+KD_INLINE kd_vs kd_horner_single(kd_vs x, const float *c, const int count)
+{
+    kd_vs sum = kd_splat_single(c[0]);
+    for (int i = 1; i < count; i++)
+        sum = kd_fma_single(sum, x, kd_splat_single(c[i]));
+    return sum;
+}
+
 /* KD_SINGLE_LANES stored elements as float32 (exact), per input dtype. */
 KD_INLINE kd_vs kd_load_single_f32(const float *p)
 {
