@@ -146,7 +146,9 @@ static inline double kd_sum_value(double total, double error)
 #define KD_DIV_SECOND_SUMS 4 /* a number for #if */
 /* The second pass weighs log(M / Q) through each normaliser separately: a float32 first pass
  * (errors of 1e-7 in Z_P and Z_Q) would move a value far below its terms by 1e-6 of itself and
- * more (measured: 3.7e-6 for skew_reverse_kl, beta 0.9). */
+ * more (measured: 3.7e-6 for skew_reverse_kl, beta 0.9). Tried again beside the float32 second
+ * pass: values within 1.9e-7 on 1000-class rows, but a gradient 4.4 float32 ulp of its row's
+ * largest entry off, for 6% less time. */
 #define KD_DIV_SINGLE 0
 #define KD_DIV_SINGLE_STUDENT_MASKED 0
 /* its second pass's central classes in float32 lanes, from the double first pass's rho */

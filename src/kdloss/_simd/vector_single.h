@@ -78,15 +78,6 @@ KD_INLINE kd_vs kd_narrow_halves(kd_vd low, kd_vd high)
     return out;
 }
 
-/* c[0] x^(count-1) + ... + c[count-1], in float32 lanes. */
-KD_INLINE kd_vs kd_horner_single(kd_vs x, const float *c, const int count)
-{
-    kd_vs sum = kd_splat_single(c[0]);
-    for (int i = 1; i < count; i++)
-        sum = kd_fma_single(sum, x, kd_splat_single(c[i]));
-    return sum;
-}
-
 /* KD_SINGLE_LANES stored elements as float32 (exact), per input dtype. */
 KD_INLINE kd_vs kd_load_single_f32(const float *p)
 {
