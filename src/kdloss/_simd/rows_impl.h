@@ -496,6 +496,9 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                    const int mode, const int value_only, kd_row_sums *out)
 {
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
+    const KD_DIV(single_second) single = KD_DIV(single_second_row)(finish); /* the row's, once */
+#endif
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
         kd_block_sums block;
@@ -506,7 +509,6 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
         /* float32 lanes a step at a time, their sums widened every KD_SINGLE_RUN steps; a step they
          * cannot take exactly takes the double terms */
         if (mode == KD_MODERATE) {
-            const KD_DIV(single_second) single = KD_DIV(single_second_row)(finish);
             while (i + KD_STEP <= start + len) {
                 kd_vs lane_sum[KD_DIV_SECOND_SUMS];
                 for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
