@@ -73,6 +73,17 @@ def test_bench_divergence_prints_every_row_and_saves_json(capsys, tmp_path):
         assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_bench_divergence_takes_two_byte_inputs(dtype, capsys):
+    """2-byte inputs, as the loss job takes them (a KeyError before)."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    assert main(["bench", "--shapes", "16x7", "--repeat", "1", "--threads", "1", "--divergence", "kl,jsd",
+                 "--dtype", dtype, "--eps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"| 16 x 7 | {dtype} | 1 | kl | " in out and f"| 16 x 7 | {dtype} | 1 | jsd (beta=0.5) | " in out
+
+
 def test_a_formulation_that_disagrees_is_not_timed(monkeypatch):
     right = FORMULATIONS["tvd"]
     wrong = right.__class__("wrong", lambda s, t, beta: 2 * right.rows(s, t, beta))

@@ -17,9 +17,9 @@ import numpy as np
 import kdloss
 
 from .._divergences import DIVERGENCES, resolve_divergence
-from .cases import DTYPES, make_logits
+from .cases import make_logits, numpy_dtype
 from .divergence_peers import FORMULATIONS
-from .peers import agrees, rounding_bound
+from .peers import agrees, as_tensor, rounding_bound
 from .table import format_inputs
 from .timing import calls_per_sample, interleaved
 
@@ -64,7 +64,7 @@ def _calls(student, teacher, temperature, threads, divergences, rounding):
     import torch
 
     torch.set_num_threads(threads)
-    s, t = torch.from_numpy(student), torch.from_numpy(teacher)
+    s, t = as_tensor(student), as_tensor(teacher)
     calls, parameters, losses, notes = {}, {}, {}, {}
     calls[KL_KEY] = lambda: kdloss.kd_loss(student, teacher, temperature, num_threads=threads)
     losses[KL_KEY] = calls[KL_KEY]()
@@ -92,7 +92,7 @@ def run(settings, divergences, progress=None):
     ``divergences``."""
     cases = []
     for shape, dtype, eps in itertools.product(settings.shapes, settings.dtypes, settings.eps):
-        student, teacher = make_logits(shape, DTYPES[dtype], eps=eps)
+        student, teacher = make_logits(shape, numpy_dtype(dtype), eps=eps)
         # Close to the teacher, or in 2 bytes, a peer is checked to its rounding error (peers.agrees).
         exact_inputs = eps == 1.0 and dtype in ("float32", "float64")
         rounding = None if exact_inputs else rounding_bound(student, teacher, settings.temperature)
