@@ -82,17 +82,43 @@ def test_gradient_against_mpmath(target, dtype, tail, close):
         np.testing.assert_allclose(grad[row], want, rtol=TOLERANCE[dtype] * 10, atol=TOLERANCE[dtype] * scale)
 
 
-def test_bucket_rest_mass_tiny_student_rest():
-    """The student's rest mass of about 1e-30 is summed directly, not as 1 - (its ids' mass)."""
-    student = np.array([[40.0, 39.0, -30.0, -31.0, -29.5]])
+@pytest.mark.parametrize(("dtype", "below"), [(np.float64, 30.0), (np.float32, 60.0)], ids=["float64", "float32"])
+def test_bucket_rest_mass_tiny_student_rest(target, dtype, below):
+    """The student's rest mass (about 1e-30 in float64, 1e-43 in float32) is summed directly, not as
+    1 - (its ids' mass); in float32 the rest classes' exps are subnormal there, so the gradient
+    pass recomputes them in double instead of scaling the ones the first pass stored."""
+    student = np.array([[40.0, 39.0, -below, -below - 1.0, -below + 0.5]], dtype=dtype)
     ids = np.array([[0, 1]])
-    logprobs = np.log(np.array([[0.6, 0.3]]))
+    logprobs = np.log(np.array([[0.6, 0.3]])).astype(dtype)
     got = kdloss.sparse_kd_loss(student, ids, logprobs, tail="bucket")
     want = float(exact_sparse_kl(student[0], ids[0], logprobs[0], 1.0, "bucket"))
-    assert abs(got - want) <= 1e-12 * want
+    assert abs(got - want) <= TOLERANCE[dtype] * want
     _, grad = kdloss.sparse_kd_loss_and_grad(student, ids, logprobs, tail="bucket")
     exact_grad = [float(v) for v in exact_sparse_grad(student[0], ids[0], logprobs[0], 1.0, "bucket")]
-    np.testing.assert_allclose(grad[0], exact_grad, rtol=1e-10)
+    np.testing.assert_allclose(grad[0], exact_grad, rtol=TOLERANCE[dtype] * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_gradient_from_stored_exps(target, dtype):
+    """The gradient pass scales the exps the rest pass stored in the gradient: float64 gives the
+    bits of recomputing them, float32 (stored rounded to float32, then scaled) within one ulp."""
+    rng = np.random.default_rng(11)
+    rows, classes, k = 5, 1003, 9
+    student = (3.0 * rng.standard_normal((rows, classes))).astype(dtype)
+    ids = np.sort(np.stack([rng.choice(classes, k, replace=False) for _ in range(rows)]), axis=1)
+    counts = np.full(rows, k, dtype=np.int64)
+    s_max, rest, again = np.empty(rows), np.empty(rows), np.empty(rows)
+    id_grads, coef = rng.standard_normal((rows, k)), rng.standard_normal(rows)
+    stored, recomputed = np.zeros((rows, classes), dtype), np.zeros((rows, classes), dtype)
+    _kernel.sparse_rest_rows(student, ids, counts, 2.0, s_max, rest, 1, stored)
+    _kernel.sparse_rest_rows(student, ids, counts, 2.0, s_max, again, 1)
+    assert np.array_equal(rest, again)
+    _kernel.sparse_gradient_rows(student, ids, counts, id_grads, s_max, coef, 2.0, stored, 1, rest)
+    _kernel.sparse_gradient_rows(student, ids, counts, id_grads, s_max, coef, 2.0, recomputed, 1)
+    if dtype == np.float64:
+        assert np.array_equal(stored, recomputed)
+    else:
+        np.testing.assert_array_max_ulp(stored, recomputed, maxulp=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,9 +104,9 @@ cdef extern from "simd.h" nogil:
         double (*class_gradient)(const kd_grad_row*, double, double, double, double) noexcept nogil
     ctypedef struct kd_sparse_passes:
         void (*rest)(const void*, ptrdiff_t, const int64_t*, ptrdiff_t, double, double*,
-                     double*) noexcept nogil
+                     double*, void*) noexcept nogil
         void (*gradient)(const void*, ptrdiff_t, const int64_t*, const double*, ptrdiff_t, double,
-                         double, double, void*) noexcept nogil
+                         double, double, double, void*) noexcept nogil
     ctypedef struct kd_target:
         const char* name
         kd_divergence_passes divergence[3]

@@ -15,7 +15,8 @@ small student row is made from the full one, and how its gradient goes back:
   by log1mexp; ``"zero"`` gives the rest -inf. The engine divides both by ``T``.
 - gradient: the engine's ``g`` at the ids is the gradient there; a class outside the ids gets
   ``g_rest exp((s_j - s_max) / T) / R`` (the chain rule through ``T log R``), written by a second
-  C pass that also scatters the ids' ``g``.
+  C pass that also scatters the ids' ``g``. The first pass stores its exps in the gradient, which
+  the second pass scales in place: one exponential per class.
 
 Rows go through in blocks, so the small problems of many rows are one engine call and no
 temporary has the student's size (beyond the gradient itself).
@@ -50,9 +51,10 @@ ValueKind = Literal["logprobs", "logits"]
 BLOCK_ELEMENTS = 1 << 25
 
 
-def _small_rows(student, teacher, lo, hi, temperature, tail, threads):
+def _small_rows(student, teacher, lo, hi, temperature, tail, threads, exps=None):
     """The small problem of rows ``lo:hi``: ``(small_student, small_teacher, s_max, rest)``
-    (float64; ``s_max`` and ``rest`` None for ``"renormalize"``)."""
+    (float64; ``s_max`` and ``rest`` None for ``"renormalize"``). ``exps``: the rows' gradient,
+    where the pass over the student stores its exps for the gradient pass."""
     ids, counts = teacher.ids[lo:hi], teacher.counts[lo:hi]
     k = ids.shape[1]
     active = np.arange(k) < counts[:, None]
@@ -62,7 +64,7 @@ def _small_rows(student, teacher, lo, hi, temperature, tail, threads):
         return np.ascontiguousarray(small_student), np.ascontiguousarray(teacher.values[lo:hi]), None, None
     s_max = np.empty(hi - lo)
     rest = np.empty(hi - lo)
-    _kernel.sparse_rest_rows(student, ids, counts, temperature, s_max, rest, threads)
+    _kernel.sparse_rest_rows(student, ids, counts, temperature, s_max, rest, threads, exps)
     shift = np.where(np.isfinite(s_max), s_max, 0.0)
     small_student = np.empty((hi - lo, k + 1))
     small_teacher = np.empty((hi - lo, k + 1))
@@ -94,7 +96,8 @@ def sparse_rows(student, teacher, temperature, *, tail, divergence, parameters, 
         rows = student[lo:hi]
         rows = np.ascontiguousarray(rows, dtype=out_dtype if rows.dtype.itemsize == 2 else None)
         threads = threads_for(n_threads, hi - lo, n_classes)
-        small_student, small_teacher, s_max, rest = _small_rows(rows, teacher, lo, hi, temperature, tail, threads)
+        small_student, small_teacher, s_max, rest = _small_rows(rows, teacher, lo, hi, temperature, tail, threads,
+                                                                None if d_student is None else d_student[lo:hi])
         small_grad = np.empty(small_student.shape) if want_grad else None
         _engine.rows(small_student, small_teacher, temperature, losses[lo:hi], n_threads,
                      divergence=divergence, parameters=parameters,
@@ -112,7 +115,7 @@ def sparse_rows(student, teacher, temperature, *, tail, divergence, parameters, 
                     coef = np.where(rest > 0.0, g_rest / rest, np.where(np.isnan(g_rest), np.nan, 0.0))
             _kernel.sparse_gradient_rows(rows, teacher.ids[lo:hi], teacher.counts[lo:hi],
                                          np.ascontiguousarray(small_grad[:, :k]), s_max, coef, temperature,
-                                         d_student[lo:hi], threads)
+                                         d_student[lo:hi], threads, rest)
     return losses, d_student
 
 

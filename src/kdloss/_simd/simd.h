@@ -208,12 +208,14 @@ typedef struct {
 } kd_divergence_passes;
 
 /* A sparse (top-k) teacher's passes over the student's full row, per input dtype (float32 and
- * float64; sparse_rows.h): rest gives the row's maximum and the mass outside the sorted ids,
- * gradient writes the dense gradient from the small problem's. */
+ * float64; sparse_rows.h): rest gives the row's maximum and the mass outside the sorted ids (and
+ * stores the row's exps in exps_out unless it is NULL), gradient writes the dense gradient from
+ * the small problem's (scaling the stored exps where stored_rest allows). */
 typedef void (*kd_sparse_rest_fn)(const void *s, ptrdiff_t n, const int64_t *ids, ptrdiff_t k,
-                                  double inv_T, double *s_max, double *rest);
+                                  double inv_T, double *s_max, double *rest, void *exps_out);
 typedef void (*kd_sparse_grad_fn)(const void *s, ptrdiff_t n, const int64_t *ids, const double *g,
-                                  ptrdiff_t k, double s_max, double inv_T, double coef, void *d);
+                                  ptrdiff_t k, double s_max, double inv_T, double coef, double stored_rest,
+                                  void *d);
 typedef struct {
     kd_sparse_rest_fn rest;
     kd_sparse_grad_fn gradient;
