@@ -76,6 +76,11 @@ def test_jax_threads_option():
         (["-T", "0"], "--temperature must be finite and > 0"),
         (["-T", "hot"], "--temperature must be a number"),
         (["--jax-threads", "-2"], "--jax-threads must be"),
+        # output files are checked before the timing, not after it
+        (["--json", "no_such_folder/x.json"], "--json no_such_folder/x.json: the folder no_such_folder does not exist"),
+        (["--json", "."], "--json . names a folder, not a file"),
+        (["--plot", "no_such_folder/p.png"], "--plot no_such_folder/p.png: the folder no_such_folder does not exist"),
+        (["--divergence", "jsd", "--json", "no_such_folder/x.json"], "--json no_such_folder/x.json: the folder"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_2(capsys, argv, message):
@@ -87,3 +92,13 @@ def test_bad_arguments_are_one_line_errors_with_exit_2(capsys, argv, message):
     assert captured.out == ""
     assert captured.err.startswith("kdloss bench: error: ") and message in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("path", "message"), [("p.txt", "matplotlib cannot write .txt files; use one of "),
+                                               ("p", "matplotlib cannot write a file without a suffix")])
+def test_plot_format_is_checked_before_the_timing(capsys, path, message):
+    pytest.importorskip("matplotlib")
+    assert main(["bench", "--repeat", "1", "--shapes", "2x3", "--plot", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"kdloss bench: error: --plot {path}: {message}")
+    assert ".png" in captured.err and len(captured.err.strip().splitlines()) == 1

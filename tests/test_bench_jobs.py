@@ -69,6 +69,9 @@ def test_a_new_job_joins_by_its_entry_in_jobs(monkeypatch, capsys):
         (["--load", "0"], "--load must be comma-separated positive integers, got '0'"),
         (["--load", "some"], "--load must be comma-separated positive integers"),
         (["--load", "--json", "x.json"], "--json and --plot belong to the loss job: add it (--job loss,...)"),
+        # before the loss job runs: no minutes of timing lost
+        (["--job", "loss,sparse", "--shapes", "8x32,4x100"],
+         "--job sparse needs at least k = 64 classes per row; --shapes has 8x32"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_2(capsys, argv, message):

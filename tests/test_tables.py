@@ -386,10 +386,13 @@ def test_accurate_against_mpmath(kind, n_classes, case, dtype_row, kernel_target
 # Long rows of float32 inputs. The first pass takes float32 lanes; the second pass of a two-pass
 # divergence may take steps of classes in them too, and a step with a class out of their range
 # in double (divergence_mixture.h). Rows where every step fits ("close", "near_zero"), where some
-# do not (a few classes far from the teacher), and where every d and rho is too small for its
-# square to stay in float32's range (T = 1e22: such rows take the double terms throughout).
+# do not (a few classes far from the teacher), where every d and rho is too small for its
+# square to stay in float32's range (T = 1e22: such rows take the double terms throughout), and
+# where the value is carried by classes 53 to 60 T below the maxima ("far_below": integer
+# logits, a few student classes moved by 1e-3; each class's e^a must be accurate to ~1 ulp
+# there, which (t - t_max) / T rounded to float32 is not: measured 6.6e-6 off before the fix).
 LONG_ROW_KINDS = {"close": ("close", 1.0), "near_zero": ("near_zero", 4.0), "far_classes": ("close", 1.0),
-                  "huge_T": ("close", 1e22)}
+                  "huge_T": ("close", 1e22), "far_below": ("close", 0.3)}
 
 
 @functools.cache
@@ -399,6 +402,14 @@ def exact_long_rows(case, kind):
     student, teacher = logits_pair((2, 1000), row, pair_kind, seed=5)
     if kind == "far_classes":
         student[:, ::50] += np.float32(4.0)
+    if kind == "far_below":
+        teacher = np.random.default_rng(6).integers(-23, 1, (2, 1000)).astype(np.float32)
+        teacher[:, :3] = 0.0
+        student = teacher.copy()
+        for level in (-16.0, -17.0, -18.0):  # one class at each, 53 to 60 T below the maximum
+            rows, columns = np.nonzero(teacher == level)
+            first = np.searchsorted(rows, [0, 1])
+            student[rows[first], columns[first]] += np.float32(1e-3)
     want = [case.exact(s, t, temperature) for s, t in zip(widened(student).tolist(), widened(teacher).tolist())]
     return student, teacher, temperature, want
 

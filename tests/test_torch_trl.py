@@ -3,6 +3,7 @@ here from TRL's source (trl/trainer/gkd_trainer.py) so that TRL need not be inst
 gradients, float32 and float64, every reduction, with and without labels, beta 0 and 1 included."""
 
 import inspect
+import re
 
 import pytest
 
@@ -150,6 +151,14 @@ def test_as_a_drop_in_static_method():
 def test_bad_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):
         kdt.generalized_jsd_loss(logits((2, 3)), logits((2, 3)), **arguments)
+
+
+@pytest.mark.parametrize("labels_shape", [(3, 2), (2,), (2, 3, 1), (1, 3)], ids=str)
+def test_labels_of_another_shape_are_refused(labels_shape):
+    """TRL's ``jsd[labels != -100]`` raises on such labels; kd_loss's weights would broadcast."""
+    with pytest.raises(ValueError, match=r"labels must have the logits' shape without the vocabulary axis, "
+                                         rf"\(2, 3\), got {re.escape(str(labels_shape))}"):
+        kdt.generalized_jsd_loss(logits((2, 3, 5)), logits((2, 3, 5), seed=1), torch.zeros(labels_shape, dtype=int))
 
 
 def test_compiles_without_graph_breaks():

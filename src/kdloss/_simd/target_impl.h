@@ -168,9 +168,10 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #define KD_DIV_SUMS KD_KL_SUMS
 #define KD_DIV_SECOND_SUMS 3
 /* P - Q from e^-d - 1 and y is accurate relative to itself, and a class the teacher masks takes
- * its Q from e^b with b to double's accuracy (kd_kl_single_accurate_b). A class the student masks
- * would take its P from e^a with a rounded to float32 (6e-8 |a| of itself, not shared with Q):
- * rows where the student masks stay in double. */
+ * its Q from e^b with b to double's accuracy (kd_kl_single_accurate). Rows where the student
+ * masks stay in double: such a class's P (from e^a, not shared with Q) was off by 6e-8 |a| of
+ * itself when a was rounded to float32; a is now as accurate as b, and the float32 pass for
+ * them has not been measured since. */
 #define KD_DIV_SINGLE 1
 #define KD_DIV_SINGLE_STUDENT_MASKED 0
 #define KD_DIV_SINGLE_SECOND 0

@@ -35,16 +35,42 @@ KD_INLINE kd_vs kd_select_single(kd_vsi mask, kd_vs yes, kd_vs no)
 KD_INLINE kd_vs kd_keep_single(kd_vsi mask, kd_vs x) { return (kd_vs)(mask & (kd_vsi)x); }
 
 /* a * b + c, fused where the target has FMA (see kd_fma). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+#define KD_SINGLE_FUSED 1
 KD_INLINE kd_vs kd_fma_single(kd_vs a, kd_vs b, kd_vs c)
 {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
     return (kd_vs)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__FMA__) && KD_LANES == 4
+#define KD_SINGLE_FUSED 1
+KD_INLINE kd_vs kd_fma_single(kd_vs a, kd_vs b, kd_vs c)
+{
     return (kd_vs)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
 #elif defined(__clang__) && defined(__FMA__)
+#define KD_SINGLE_FUSED 1
+KD_INLINE kd_vs kd_fma_single(kd_vs a, kd_vs b, kd_vs c)
+{
     return __builtin_elementwise_fma(a, b, c);
+}
 #else
+#define KD_SINGLE_FUSED 0
+KD_INLINE kd_vs kd_fma_single(kd_vs a, kd_vs b, kd_vs c)
+{
     return a * b + c;
+}
+#endif
+
+/* a * b - p exactly, for p = a * b rounded (TwoProduct): one FMA where the target has it, else
+ * Dekker's product of Veltkamp halves (the baseline target; 2^12 + 1 splits a float32). */
+KD_INLINE kd_vs kd_product_error_single(kd_vs a, kd_vs b, kd_vs p)
+{
+#if KD_SINGLE_FUSED
+    return kd_fma_single(a, b, -p);
+#else
+    const kd_vs ca = a * 4097.0f, a_hi = ca - (ca - a), a_lo = a - a_hi;
+    const kd_vs cb = b * 4097.0f, b_hi = cb - (cb - b), b_lo = b - b_hi;
+    return ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo;
 #endif
 }
 
@@ -162,18 +188,25 @@ KD_INLINE kd_exp_reduced kd_exp_reduce_single(kd_vs x)
     return out;
 }
 
-/* e^x for -87 <= x <= 0 (the scale 2^k is a normal float32 there), within 1.5e-7 relative, for
- * weights (a class's e^a): a one-step reduction with ln(2) rounded to float32 (off by at most
- * 87 / ln(2) * 1.9e-9 = 2.4e-7 of r, so 2.4e-7 relative at x = -87 and proportionally less
- * above) and q of degree 4 (1.1e-8). */
+/* e^(x + x_lo) for -87 <= x <= 0 (the scale 2^k is a normal float32 there) and a correction x_lo
+ * of about 2^-24 x, within about 1 float32 ulp, for weights (a class's e^a, with a to double's
+ * accuracy as x + x_lo): r = x - k ln(2) + x_lo, and q of degree 4 (1.1e-8). With FMA, ln(2) in
+ * one float leaves r off by 1.9e-9 k (2.4e-7 of e^x at x = -87); without it, k ln(2) would round
+ * (6e-8 |x| of e^x), so the baseline takes Cody and Waite's two-part ln(2), whose first product
+ * is exact. */
 static const float KD_EXP_Q_FLOAT_SHORT[] = {
     0x1.6d431ap-10f, 0x1.120b66p-7f, 0x1.5554eap-5f, 0x1.5554dcp-3f, 0x1.000000p-1f,
 };
-KD_INLINE kd_vs kd_exp_single(kd_vs x)
+KD_INLINE kd_vs kd_exp_single(kd_vs x, kd_vs x_lo)
 {
     const kd_vs shifted = kd_fma_single(x, kd_splat_single(0x1.715476p+0f), kd_splat_single(KD_ROUND_MAGIC_FLOAT));
     const kd_vs k = shifted - KD_ROUND_MAGIC_FLOAT;
-    const kd_vs r = kd_fma_single(-k, kd_splat_single(0x1.62e430p-1f), x);
+#if KD_SINGLE_FUSED
+    const kd_vs r = kd_fma_single(-k, kd_splat_single(0x1.62e430p-1f), x) + x_lo;
+#else
+    const kd_vs r_high = kd_fma_single(-k, kd_splat_single(KD_LN2_HIGH), x); /* exact */
+    const kd_vs r = kd_fma_single(-k, kd_splat_single(KD_LN2_LOW), r_high) + x_lo;
+#endif
     kd_vs q = kd_splat_single(KD_EXP_Q_FLOAT_SHORT[0]);
 #pragma GCC unroll 8
     for (int i = 1; i < (int)(sizeof KD_EXP_Q_FLOAT_SHORT / sizeof KD_EXP_Q_FLOAT_SHORT[0]); i++)

@@ -119,17 +119,30 @@ def run_divergences(args, settings):
             json.dump({"machine": described, "divergences": divergence_compare.as_json(cases)}, out, indent=1)
 
 
+def check_output_paths(args):
+    """--json and --plot name files that can be written (and --plot a format matplotlib writes):
+    checked before minutes of timing, not after."""
+    from ..scoring._paths import resolve_output
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            resolve_output(path, (), option)
+    if args.plot is not None and args.divergence == "kl":
+        from . import plot
+
+        plot.check_format(args.plot)
+
+
 def run(args):
     from .jax_threads import set_jax_threads
 
     settings, jax_threads = settings_from(args)
+    check_output_paths(args)
     if args.divergence != "kl":
         return run_divergences(args, settings)
     jobs = jobs_from(args)
-    if args.plot:
-        from . import plot
-
-        plot.require_matplotlib()  # fail now, not after minutes of timing
+    if "sparse" in jobs:
+        _check_sparse_shapes(args, settings)
     set_jax_threads(jax_threads)  # before JAX first runs: its pool is sized once
 
     def progress(text):
@@ -254,6 +267,17 @@ def _load_job(args, settings, jax_threads, progress):
     threads = max(settings.threads)
     return "\n\n".join(["### A busy machine", load.table(cases),
                          load.LEGEND.format(load=processes, threads=threads)]) + "\n\n"
+
+
+def _check_sparse_shapes(args, settings):
+    """Before any job runs: the sparse job's top-k ids need k classes per row."""
+    from . import sparse
+
+    narrow = [f"{rows}x{classes}" for rows, classes in _job_shapes(args, settings, sparse.SPARSE_SHAPES)
+              if classes < sparse.TOP_K]
+    if narrow:
+        raise ValueError(f"--job sparse needs at least k = {sparse.TOP_K} classes per row; --shapes has "
+                         f"{', '.join(narrow)}")
 
 
 def _sparse_job(args, settings, jax_threads, progress):

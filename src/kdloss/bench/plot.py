@@ -1,6 +1,7 @@
 """``--plot``: throughput (rows x classes per second) against class count, one line per peer."""
 
 import importlib.util
+import os
 
 from . import peers as peer_registry
 
@@ -18,6 +19,19 @@ class MissingExtra(ValueError):
 def require_matplotlib():
     if importlib.util.find_spec("matplotlib") is None:
         raise MissingExtra("--plot needs matplotlib: pip install 'kdloss[bench]' (or pip install matplotlib)")
+
+
+def check_format(path):
+    """``path``'s suffix names a format matplotlib writes (ValueError naming it otherwise)."""
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    if suffix not in supported:
+        what = f".{suffix} files" if suffix else "a file without a suffix"
+        formats = ", ".join("." + name for name in sorted(supported))
+        raise ValueError(f"--plot {path}: matplotlib cannot write {what}; use one of {formats}")
 
 
 def draw(sweep, path, title):

@@ -32,37 +32,37 @@ def resolve_existing(path):
     return real, status
 
 
-def resolve_output(out, inputs):
+def resolve_output(out, inputs, option="--out"):
     """The absolute path ``--out`` writes, decided once; InputError if it cannot or must not be written.
 
     ``inputs``: ``(name, file id)`` of each input (``name`` as messages call it). The output's folder is resolved by the
     OS (links and ``..`` included) and the file name is then taken in that folder, which is
     exactly where the output is written. An output that is an input (the same file under any
-    spelling, through a symlink, or as a hard link) is refused.
+    spelling, through a symlink, or as a hard link) is refused. ``option`` names the path in messages.
     """
     folder, name = os.path.split(out)
     if name in ("", ".", ".."):
-        raise InputError(f"--out {out} names a folder, not a file")
+        raise InputError(f"{option} {out} names a folder, not a file")
     try:
         real_folder, folder_status = resolve_existing(folder or os.curdir)
     except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"--out {out}: the folder {folder} does not exist") from None
+        raise InputError(f"{option} {out}: the folder {folder} does not exist") from None
     except OSError as error:
-        raise InputError(f"--out {out}: the folder {folder} cannot be reached: {error.strerror or error}") from None
+        raise InputError(f"{option} {out}: the folder {folder} cannot be reached: {error.strerror or error}") from None
     if not stat.S_ISDIR(folder_status.st_mode):
-        raise InputError(f"--out {out}: {folder} is not a folder")
+        raise InputError(f"{option} {out}: {folder} is not a folder")
     if not os.access(real_folder, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: the folder {real_folder} is not writable")
+        raise InputError(f"{option} {out}: the folder {real_folder} is not writable")
     target = os.path.join(real_folder, name)
     try:
         status = os.stat(target)  # follows a symlink to the file it names
     except FileNotFoundError:
         return target  # nothing there yet (or a dangling symlink, which the output replaces)
     except OSError as error:
-        raise InputError(f"--out {out} cannot be checked: {error.strerror or error}") from None
+        raise InputError(f"{option} {out} cannot be checked: {error.strerror or error}") from None
     if stat.S_ISDIR(status.st_mode):
-        raise InputError(f"--out {out} is a directory")
+        raise InputError(f"{option} {out} is a directory")
     for name, input_id in inputs:
         if file_id(status) == input_id:
-            raise InputError(f"--out {out} is one of the inputs (the {name}); choose another file")
+            raise InputError(f"{option} {out} is one of the inputs (the {name}); choose another file")
     return target

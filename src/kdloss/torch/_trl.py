@@ -42,14 +42,16 @@ def generalized_jsd_loss(
         Or any ``(..., vocabulary)``; as in :func:`kd_loss` (CPU; float32, float64, float16 or
         bfloat16; gradients to both when they require grad).
     labels : Tensor of int, optional
-        Shape ``logits.shape[:-1]``; tokens labelled -100 are left out.
+        Shape ``logits.shape[:-1]`` (another shape is a ValueError); tokens labelled -100 are
+        left out.
     beta : float in [0, 1]
         The interpolation: 0 is forward KL, 1 reverse KL.
     temperature : float
         ``T``, finite and > 0.
     reduction : {"batchmean", "sum", "mean"}
         ``"batchmean"``: the sum over kept tokens divided by their number when ``labels`` is
-        given, by ``logits.shape[0]`` when it is not (TRL's rule); ``"sum"``; ``"mean"``: divided
+        given, by ``logits.shape[0]`` when it is not (TRL's rule; a few forks divide by batch x
+        sequence instead: pass ``reduction="sum"`` and divide); ``"sum"``; ``"mean"``: divided
         by kept tokens x vocabulary. ``"none"`` raises ValueError: TRL returns an element-wise
         (token x vocabulary) tensor, which kdloss does not compute.
 
@@ -90,6 +92,10 @@ def generalized_jsd_loss(
         # No token at all: 0, as kd_loss's sum of no rows (TRL's 0 / 0: NaN).
         scale = torch.tensor(1.0 / (divisor * squared) if divisor else 0.0, dtype=torch.float64)
         return kd_loss(student_logits, teacher_logits, temperature, "sum", scale, divergence="jsd", beta=beta)
+    if labels.shape != student_logits.shape[:-1]:
+        # TRL's boolean indexing raises here; kd_loss's weights would broadcast instead.
+        raise ValueError(f"labels must have the logits' shape without the vocabulary axis, "
+                         f"{tuple(student_logits.shape[:-1])}, got {tuple(labels.shape)}")
     kept = labels != IGNORE_INDEX
     if reduction == "sum":
         return kd_loss(student_logits, teacher_logits, temperature, "sum", kept.double() / squared,
