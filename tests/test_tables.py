@@ -88,13 +88,21 @@ NOISE = {"close": 1e-2, "near_zero": 1e-6}
 
 def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
-    (student = teacher + 1e-2 noise), "near_zero" (+ 1e-6 noise: values ~1e-12) or "masked"
+    (student = teacher + 1e-2 noise), "near_zero" (+ 1e-6 noise: values ~1e-12), "masked"
     (independent; the sides in ``masks`` set to -inf on every fourth class, the teacher from
-    class 1, the student from class 3: never a whole row)."""
+    class 1, the student from class 3: never a whole row) or "top_apart" (a flat teacher, and the
+    student the teacher minus 0.01 on every class but the teacher's top one: d is one constant
+    over most of P's mass, where the finish's terms cancel and the kernel recentres the row)."""
     rng = rng_for(shape, row.name, kind, seed)
     teacher = rng.normal(0, 3, shape)
     noise = rng.normal(0, 1, shape)
     student = teacher + NOISE.get(kind, 1.0) * noise
+    if kind == "top_apart":
+        teacher = rng.normal(0, 0.5, shape).astype(row.numpy_dtype)
+        student = (widened(teacher) - 0.01).astype(row.numpy_dtype)
+        top = np.argmax(widened(teacher), axis=-1)[..., None]
+        np.put_along_axis(student, top, np.take_along_axis(teacher, top, -1), -1)
+        return student, teacher
     if kind == "masked":
         if "teacher" in masks:
             teacher[..., 1::4] = -inf
@@ -177,6 +185,7 @@ def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
     student[12, 2] = -inf  # the student rules out a class the teacher allows
     teacher[15] = -inf  # a teacher row all -inf
     student[18] = (widened(teacher[18]) * (1 + 1e-3)).astype(teacher.dtype)  # near zero
+    student[19:], teacher[19:] = logits_pair((2, 100), dtype_row, kind="top_apart")  # recentred
     weights = rng_for(teacher.shape, "weights").uniform(0, 2, 21)
     weights[4] = 0.0
     losses = case.loss(student, teacher, 1.5, reduction="none")
@@ -208,6 +217,7 @@ def test_every_thread_count_gives_the_same_bits(shape, row_case, kernel_target):
         student, teacher = logits_pair(shape, dtype_row, seed=1, masks=case.masks)
         student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it
         student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
+        student[-1], teacher[-1] = logits_pair((1, shape[-1]), dtype_row, kind="top_apart")  # recentred
         student = np.asfortranarray(student)  # one side strided: per-thread row copies
         # "sum" and "mean" add up the kernel's per-row losses (blockwise, in C order): the
         # per-row losses and the weighted mean's reduction below stand for them.
@@ -325,7 +335,7 @@ def test_gradients_match_finite_differences(shape, temperature, case, dtype_row)
 # Accuracy against mpmath
 # ---------------------------------------------------------------------------------------------
 
-EXACT_KINDS = ("independent", "close", "masked", "near_zero")
+EXACT_KINDS = ("independent", "close", "masked", "near_zero", "top_apart")
 # A short row (one per vector lane) and a long one with a partial last vector on every target;
 # test_accuracy.py takes KL's rows to 1025 classes.
 EXACT_CLASSES = (9, 100)
@@ -392,7 +402,7 @@ def test_accurate_against_mpmath(kind, n_classes, case, dtype_row, kernel_target
 # logits, a few student classes moved by 1e-3; each class's e^a must be accurate to ~1 ulp
 # there, which (t - t_max) / T rounded to float32 is not: measured 6.6e-6 off before the fix).
 LONG_ROW_KINDS = {"close": ("close", 1.0), "near_zero": ("near_zero", 4.0), "far_classes": ("close", 1.0),
-                  "huge_T": ("close", 1e22), "far_below": ("close", 0.3)}
+                  "huge_T": ("close", 1e22), "far_below": ("close", 0.3), "top_apart": ("top_apart", 1.0)}
 
 
 @functools.cache

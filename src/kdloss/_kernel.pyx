@@ -59,6 +59,8 @@ cdef extern from "simd.h" nogil:
     double kd_bfloat16_to_double(unsigned short bits)
     ctypedef struct kd_row_range:
         double t_max, s_max, t_min, s_min
+        int recentred
+        double s_ref
     enum: KD_MAX_SUMS
     enum: KD_DIVERGENCE_COUNT
     ctypedef struct kd_row_sums:
@@ -67,6 +69,7 @@ cdef extern from "simd.h" nogil:
     ctypedef struct kd_row_finish:
         double value
         double constant[14]
+        double cancellation, recentre
     enum: KD_CE_NONE
     enum: KD_CE_FROM_Q
     enum: KD_CE_OWN_EXP
@@ -408,6 +411,28 @@ cdef struct LossTerms:
     bint round_to_odd  # float32 gradients rounded to odd, for a caller that rounds them to 2 bytes
 
 
+cdef inline double cancellation_limit(int dtype) noexcept nogil:
+    """How far a row's finish may cancel before the row is redone recentred (kd_row_finish): the
+    value's error is about the cancellation times the terms' own, measured ~1.4e-7 in the float32
+    lanes (the target is 1e-6) and ~2e-16 in double (1e-11)."""
+    return 1e3 if dtype == KD_FLOAT64 else 4.0
+
+
+cdef bint recentre_row(kd_row_range* range, const kd_row_finish* finish, const LossTerms* terms) noexcept nogil:
+    """Where a row's finish cancels beyond its dtype's limit and asks for a recentring, moves the
+    student's reference to s_max - recentre T (a float32 value for float-precision inputs, so that
+    t_max - s_ref stays exact, as their passes assume) and returns True: the caller redoes the
+    row's sums and finish. A row is recentred once."""
+    if range.recentred or not (finish.cancellation > cancellation_limit(terms.dtype)):
+        return False
+    cdef double s_ref = range.s_max - finish.recentre * terms.temperature
+    if terms.dtype != KD_FLOAT64:
+        s_ref = <float> s_ref
+    range.recentred = 1
+    range.s_ref = s_ref
+    return True
+
+
 cdef double label_divergence_part(
     const kd_input* t_row, const kd_input* s_row, Py_ssize_t y, const LossTerms* terms,
     const kd_grad_row* row,
@@ -455,6 +480,10 @@ cdef double row_loss_and_grad(
         row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
                  kept + n + KD_MAX_STEP if keeping else NULL, terms.ahead_t, terms.ahead_s)
         kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
+        if not short_row and recentre_row(&row.range, &row.finish, terms):
+            row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
+                     kept + n + KD_MAX_STEP if keeping else NULL, 0, 0)
+            kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
         if terms.two_pass and row.finish.value == row.finish.value:
             second_row_sums(t, s, n, p, &row, &sums)
             kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
@@ -585,7 +614,7 @@ cdef void loss_rows_block(
     finish's latency (divisions, a log) once per group instead of once per row."""
     cdef Py_ssize_t n = job.n_classes, g, r, i, m
     cdef const kd_dtype_passes* p = passes(job.terms.divergence, job.terms.dtype)
-    cdef kd_row_range extent
+    cdef kd_row_range extent[FINISH_ROWS]
     cdef kd_row_sums sums[FINISH_ROWS]
     cdef kd_row_finish finished[FINISH_ROWS]
     cdef const kd_input* t
@@ -598,12 +627,18 @@ cdef void loss_rows_block(
             i = first + g + r
             t = contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy)
             s = contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy)
-            row_extrema(t, s, n, p, &extent)
-            row_sums(t, s, n, p, job.terms.inv_T, &extent, &sums[r], NULL, NULL,
+            row_extrema(t, s, n, p, &extent[r])
+            row_sums(t, s, n, p, job.terms.inv_T, &extent[r], &sums[r], NULL, NULL,
                      job.terms.ahead_t, job.terms.ahead_s)
         kd_active_target.divergence[job.terms.divergence].finish(sums, <int> m, job.terms.weights, finished)
         for r in range(m):
             i = first + g + r
+            if recentre_row(&extent[r], &finished[r], &job.terms):  # as row_loss_and_grad
+                t = contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy)
+                s = contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy)
+                row_sums(t, s, n, p, job.terms.inv_T, &extent[r], &sums[r], NULL, NULL, 0, 0)
+                kd_active_target.divergence[job.terms.divergence].finish(&sums[r], 1, job.terms.weights,
+                                                                         &finished[r])
             weight = job.row_weights[i] if job.row_weights != NULL else 1.0
             if weight == 0.0 or (job.labels != NULL and job.labels[i] < 0):  # left out: 0
                 job.out[i] = 0.0
@@ -746,15 +781,18 @@ cdef bint long_rows(
         row.range = extrema[0]
         for c in range(1, n_chunks):
             merge_range(&row.range, &extrema[c])
-        for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
-            start = c * KD_CHUNK
-            p.sums(t + start, s + start, chunk_length(start, n), &row.range, inv_T, &chunks[c],
-                   kept + start if kept != NULL else NULL,
-                   kept + n + KD_MAX_STEP + start if kept != NULL else NULL, 0, 0)
-        memset(&sums, 0, sizeof(sums))
-        for c in range(n_chunks):
-            merge_sums(&sums, &chunks[c])
-        kd_active_target.divergence[job.terms.divergence].finish(&sums, 1, job.terms.weights, &row.finish)
+        while True:  # twice where the finish asks for the row recentred (as row_loss_and_grad)
+            for c in prange(n_chunks, schedule="dynamic", num_threads=num_threads):
+                start = c * KD_CHUNK
+                p.sums(t + start, s + start, chunk_length(start, n), &row.range, inv_T, &chunks[c],
+                       kept + start if kept != NULL else NULL,
+                       kept + n + KD_MAX_STEP + start if kept != NULL else NULL, 0, 0)
+            memset(&sums, 0, sizeof(sums))
+            for c in range(n_chunks):
+                merge_sums(&sums, &chunks[c])
+            kd_active_target.divergence[job.terms.divergence].finish(&sums, 1, job.terms.weights, &row.finish)
+            if not recentre_row(&row.range, &row.finish, &job.terms):
+                break
         if job.terms.two_pass and row.finish.value == row.finish.value:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP

@@ -121,7 +121,8 @@ static double KD_CAT(class_gradient, KD_DIV_SUFFIX)(const kd_grad_row *row, doub
                                                    double kept_a, double kept_w)
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
-    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
+    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
+                                                        row->inv_T);
     kd_vd q_minus_p, teacher_direction, q;
     KD_DIV(gradient_lanes)(kd_splat(t), kd_splat(s), kd_splat(kept_a), kd_splat(kept_w), &constants,
                            &finish, 0, 1, &q_minus_p, &teacher_direction, &q);

@@ -242,7 +242,7 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
     const KD_REAL *t = t_in, *s = s_in;
     memset(out, 0, sizeof *out);
     const int mode = kd_row_mode(range, inv_T), keeping = kept_a != NULL;
-    const double t_max = range->t_max, s_max = range->s_max;
+    const double t_max = range->t_max, s_max = kd_student_reference(range);
     /* Each mode and keeping flag is a constant in its own copy of the loop. */
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
     int redo = 0;
@@ -431,7 +431,8 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
                                     const int with_teacher)
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
-    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
+    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
+                                                        row->inv_T);
     kd_vd grad_s, grad_t = kd_splat(0.0);
     ptrdiff_t i = 0;
     for (; i + KD_LANES <= n; i += KD_LANES) {
@@ -550,7 +551,8 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
 {
     memset(out, 0, sizeof *out);
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
-    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, row->range.s_max, row->inv_T);
+    const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
+                                                        row->inv_T);
     /* each mode and value_only a constant in its own copy of the loop */
     const int moderate = kd_is_moderate(&row->range, row->inv_T);
     if (row->value_only)

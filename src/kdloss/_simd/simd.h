@@ -113,9 +113,13 @@ enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2, KD_MASKED_TEACHER = 3 };
 #define KD_MAX_SUMS 4
 #define KD_MAX_CONSTANTS 14
 
-/* Extrema of a row (NaN ignored). */
+/* Extrema of a row (NaN ignored); and, where the driver recentres the row (recentred != 0), the
+ * student's reference s_ref that the divergence's b = (s - s_ref) / T is taken from in place of
+ * s_max (kd_student_reference; a zeroed struct means s_max). */
 typedef struct {
     double t_max, s_max, t_min, s_min;
+    int recentred;
+    double s_ref;
 } kd_row_range;
 
 /* The sums a divergence keeps over a row (or a chunk of one), each compensated: err[i] holds
@@ -125,10 +129,15 @@ typedef struct {
 } kd_row_sums;
 
 /* A finished row: its divergence's value (NaN where the formulas cannot settle the row: special
- * values, for the caller) and the constants its gradient pass needs (the divergence's own). */
+ * values, for the caller) and the constants its gradient pass needs (the divergence's own).
+ * cancellation: by how much the finish's terms cancel (the value's rounding is that many times
+ * their own; 0 where the row cannot be helped), and recentre the move of the student's reference
+ * that would remove it, in units of T: the driver redoes a row whose cancellation exceeds its
+ * dtype's limit with s_ref = s_max - recentre T (divergence_kl.h). */
 typedef struct {
     double value;
     double constant[KD_MAX_CONSTANTS];
+    double cancellation, recentre;
 } kd_row_finish;
 
 /* How the gradient pass scales a row: d_s = kl_coef dD/ds + ce_coef R (R = softmax(s) at T = 1,

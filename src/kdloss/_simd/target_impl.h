@@ -56,6 +56,14 @@ static inline void kd_range_fold(kd_row_range *r, double t_max, double s_max, do
     r->s_min = s_min < r->s_min ? s_min : r->s_min;
 }
 
+/* The student logit the divergence's b = (s - s_ref) / T is measured from: s_max, unless the driver
+ * recentred the row (kd_row_finish.recentre). The modes' range checks keep s_max: a recentred
+ * reference is within 4 T of it, inside their margins. */
+static inline double kd_student_reference(const kd_row_range *range)
+{
+    return range->recentred ? range->s_ref : range->s_max;
+}
+
 /* True when every a = (t - t_max) / T of the row (the teacher's side) or every b = (s - s_max) / T
  * (the student's) lies in [low, 0]. */
 static inline int kd_teacher_within(const kd_row_range *range, double inv_T, double low)
