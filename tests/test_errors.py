@@ -169,7 +169,10 @@ def test_a_tensor_that_requires_grad_points_to_kdloss_torch(module):
     ):
         with pytest.raises(TypeError, match=r"requires grad.*kdloss\.torch.*detach\(\)"):
             call()
-    # Without autograd a tensor is read as an array.
+    # Without autograd a tensor is read as an array; one NumPy cannot read is sent to kdloss.torch.
     assert module.kd_loss(student.detach(), teacher) == 0.0
+    with pytest.raises(TypeError, match=r"student_logits is a torch tensor NumPy cannot read \(.*BFloat16.*\); "
+                                        r"use kdloss\.torch"):
+        module.kd_loss(teacher.bfloat16(), teacher)
     with torch.no_grad():
         assert module.kd_loss(teacher, teacher) == 0.0

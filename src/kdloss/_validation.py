@@ -82,7 +82,16 @@ def check_same_shape(student_shape, teacher_shape):
 def _as_array(logits, name):
     """``logits`` as an array, and the dtype-table row it is computed as."""
     _reject_autograd_tensor(logits, name)
-    array = np.asarray(logits)
+    try:
+        array = np.asarray(logits)
+    except (TypeError, RuntimeError) as error:  # e.g. a bfloat16 tensor, which NumPy has no dtype for
+        if type(logits).__module__.startswith("torch"):
+            raise TypeError(
+                f"{name} is a torch tensor NumPy cannot read ({error}); use kdloss.torch (kd_loss, "
+                "hinton_loss, KDLoss, HintonLoss), which reads float32, float64, float16 and bfloat16 "
+                "CPU tensors in place"
+            ) from None
+        raise
     return array, logits_row(array.dtype, name)
 
 
