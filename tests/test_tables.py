@@ -92,16 +92,19 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     (independent; the sides in ``masks`` set to -inf on every fourth class, the teacher from
     class 1, the student from class 3: never a whole row) or "top_apart" (a flat teacher, and the
     student the teacher minus 0.01 on every class but the teacher's top one: d is one constant
-    over most of P's mass, where the finish's terms cancel and the kernel recentres the row)."""
+    over most of P's mass, where the finish's terms cancel and the kernel recentres the row); with
+    "top_apart_masked" both sides also mask every eleventh class from class 3 (the masked modes)."""
     rng = rng_for(shape, row.name, kind, seed)
     teacher = rng.normal(0, 3, shape)
     noise = rng.normal(0, 1, shape)
     student = teacher + NOISE.get(kind, 1.0) * noise
-    if kind == "top_apart":
+    if kind in ("top_apart", "top_apart_masked"):
         teacher = rng.normal(0, 0.5, shape).astype(row.numpy_dtype)
         student = (widened(teacher) - 0.01).astype(row.numpy_dtype)
         top = np.argmax(widened(teacher), axis=-1)[..., None]
         np.put_along_axis(student, top, np.take_along_axis(teacher, top, -1), -1)
+        if kind == "top_apart_masked":
+            teacher[..., 3::11] = student[..., 3::11] = -inf
         return student, teacher
     if kind == "masked":
         if "teacher" in masks:
@@ -335,7 +338,7 @@ def test_gradients_match_finite_differences(shape, temperature, case, dtype_row)
 # Accuracy against mpmath
 # ---------------------------------------------------------------------------------------------
 
-EXACT_KINDS = ("independent", "close", "masked", "near_zero", "top_apart")
+EXACT_KINDS = ("independent", "close", "masked", "near_zero", "top_apart", "top_apart_masked")
 # A short row (one per vector lane) and a long one with a partial last vector on every target;
 # test_accuracy.py takes KL's rows to 1025 classes.
 EXACT_CLASSES = (9, 100)
