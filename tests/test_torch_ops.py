@@ -531,3 +531,11 @@ def test_kdloss_does_not_import_torch_and_kdloss_torch_says_how_to_install_it():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "ImportError: kdloss.torch needs PyTorch: pip install 'kdloss[torch]'" in result.stderr
+
+
+def test_a_temperature_that_requires_grad_is_refused():
+    """No gradient flows to T: a TypeError saying so (was NumPy's "Can't call numpy()")."""
+    student, teacher = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3)
+    with pytest.raises(TypeError, match=r"temperature is a torch tensor that requires grad: kdloss takes no "
+                                        r"gradient with respect to it; pass a number \(temperature.item\(\)\)"):
+        kdt.kd_loss(student, teacher, torch.tensor(2.0, requires_grad=True))

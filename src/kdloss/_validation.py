@@ -121,6 +121,9 @@ def as_logits_pair(student_logits, teacher_logits):
 def real_scalar(value, name):
     """``value`` as a float, or TypeError unless it is one real number (Python, NumPy, 0-d
     array, framework scalar; not bool, complex or text). Not checked for finiteness."""
+    if type(value).__module__.startswith("torch") and getattr(value, "requires_grad", False) is True:
+        raise TypeError(f"{name} is a torch tensor that requires grad: kdloss takes no gradient with respect to "
+                        f"it; pass a number ({name}.item())")
     if (
         isinstance(value, (bool, np.bool_, str, bytes, complex))
         or np.ndim(value) != 0
