@@ -72,6 +72,8 @@ def test_a_new_job_joins_by_its_entry_in_jobs(monkeypatch, capsys):
         # before the loss job runs: no minutes of timing lost
         (["--job", "loss,sparse", "--shapes", "8x32,4x100"],
          "--job sparse needs at least k = 64 classes per row; --shapes has 8x32"),
+        (["--job", "training", "--shapes", "1x100"], "--job training times batches; --shapes has only single calls"),
+        (["--load", "--shapes", "1x100,1x10"], "--job load times batches; --shapes has only single calls"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_exit_2(capsys, argv, message):

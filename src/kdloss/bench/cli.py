@@ -141,8 +141,7 @@ def run(args):
     if args.divergence != "kl":
         return run_divergences(args, settings)
     jobs = jobs_from(args)
-    if "sparse" in jobs:
-        _check_sparse_shapes(args, settings)
+    _check_job_shapes(args, settings, jobs)
     set_jax_threads(jax_threads)  # before JAX first runs: its pool is sized once
 
     def progress(text):
@@ -269,15 +268,20 @@ def _load_job(args, settings, jax_threads, progress):
                          load.LEGEND.format(load=processes, threads=threads)]) + "\n\n"
 
 
-def _check_sparse_shapes(args, settings):
-    """Before any job runs: the sparse job's top-k ids need k classes per row."""
-    from . import sparse
+def _check_job_shapes(args, settings, jobs):
+    """Before any job runs: the jobs that time batches have a shape of more than one row, and the
+    sparse job's top-k ids need k classes per row."""
+    batch_jobs = [name for name in jobs if name != "loss"]
+    if batch_jobs and args.shapes != DEFAULT_SHAPES and not _job_shapes(args, settings, ()):
+        raise ValueError(f"--job {','.join(batch_jobs)} times batches; --shapes has only single calls (1xN)")
+    if "sparse" in jobs:
+        from . import sparse
 
-    narrow = [f"{rows}x{classes}" for rows, classes in _job_shapes(args, settings, sparse.SPARSE_SHAPES)
-              if classes < sparse.TOP_K]
-    if narrow:
-        raise ValueError(f"--job sparse needs at least k = {sparse.TOP_K} classes per row; --shapes has "
-                         f"{', '.join(narrow)}")
+        narrow = [f"{rows}x{classes}" for rows, classes in _job_shapes(args, settings, sparse.SPARSE_SHAPES)
+                  if classes < sparse.TOP_K]
+        if narrow:
+            raise ValueError(f"--job sparse needs at least k = {sparse.TOP_K} classes per row; --shapes has "
+                             f"{', '.join(narrow)}")
 
 
 def _sparse_job(args, settings, jax_threads, progress):
