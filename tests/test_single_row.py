@@ -6,7 +6,8 @@ import pytest
 from conftest import DTYPE_ROWS
 
 import kdloss
-from kdloss import _kernel
+from kdloss import _engine, _kernel
+from kdloss._divergences import DIVERGENCES
 
 CLASSES = (1, 3, 10, _kernel.SHORT_ROW_CLASSES, _kernel.SHORT_ROW_CLASSES + 1, 1000, _kernel.CHUNK_CLASSES)
 
@@ -24,6 +25,40 @@ def test_one_row_shortcut_gives_the_batch_result(dtype_row, classes, reduction):
     for num_threads in (None, 1, 2, -1):
         got = kdloss.kd_loss(student, teacher, 2.5, reduction=reduction, num_threads=num_threads)
         assert type(got) is float and got == as_batch
+
+
+# Every row of the divergence table at its default, and beta at its ends and inside where it has one.
+DIVERGENCE_SETTINGS = [(name, beta) for name, row in DIVERGENCES.items()
+                       for beta in ((None, 0.0, 0.3, 1.0) if "beta" in row.parameters else (None,))]
+
+
+@pytest.mark.parametrize("classes", (3, 1000))
+@pytest.mark.parametrize(("divergence", "beta"), DIVERGENCE_SETTINGS, ids=str)
+def test_every_divergence_takes_the_shortcut_with_the_batch_result(divergence, beta, classes):
+    """Reverse KL (and JSD at beta = 1) run as KL of the exchanged pair; special rows included:
+    the bits of the batch call."""
+    arguments = {"divergence": divergence, "beta": beta}
+    rng = np.random.default_rng(classes)
+    teacher = rng.normal(0, 3, classes)
+    pairs = [(teacher + rng.normal(0, 1, classes), teacher), (teacher.copy(), teacher)]
+    masked = teacher.copy()
+    masked[1] = -np.inf  # the student rules out a class: +inf for some divergences
+    pairs += [(masked, teacher), (teacher, masked), (np.full(classes, np.nan), teacher)]
+    for student, teach in pairs:
+        assert _kernel.single_row_loss(student, teach, 2.5, _engine.single_row_form(divergence, beta)) is not None
+        for reduction in ("mean", "sum"):
+            as_batch = kdloss.kd_loss(student[None], teach[None], 2.5, reduction=reduction, **arguments)
+            got = kdloss.kd_loss(student, teach, 2.5, reduction=reduction, **arguments)
+            assert type(got) is float and np.array_equal(got, as_batch, equal_nan=True), (got, as_batch)
+
+
+@pytest.mark.parametrize(("divergence", "beta", "message"), [("jsd", 2.0, "beta of divergence 'jsd'"),
+                                                             ("kl", 0.5, "divergence 'kl'"),
+                                                             ("nope", None, "divergence must be one of")])
+def test_bad_divergence_arguments_still_raise(divergence, beta, message):
+    assert _engine.single_row_form(divergence, beta) is None
+    with pytest.raises(ValueError, match=message):
+        kdloss.kd_loss(np.zeros(3), np.ones(3), 1.0, divergence=divergence, beta=beta)
 
 
 @pytest.mark.parametrize(

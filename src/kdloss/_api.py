@@ -146,8 +146,6 @@ def kd_loss(
     """
     if (
         weights is None
-        and divergence == "kl"
-        and beta is None
         and type(reduction) is str
         and reduction in _SCALAR_REDUCTIONS
         and (num_threads is None or (type(num_threads) is int and num_threads != 0))
@@ -155,9 +153,12 @@ def kd_loss(
         # One row already in the kernel's form (1-D float arrays, a float temperature): the
         # kernel recognises it and returns the same value as below, without the conversions.
         # (One row of at most 16,384 classes runs on one thread whatever num_threads says.)
-        loss = _engine.single_row_loss(student_logits, teacher_logits, temperature)
-        if loss is not None:
-            return loss
+        plain_kl = divergence == "kl" and beta is None  # the kernel's default form
+        form = None if plain_kl else _engine.single_row_form(divergence, beta)
+        if plain_kl or form is not None:
+            loss = _engine.single_row_loss(student_logits, teacher_logits, temperature, form)
+            if loss is not None:
+                return loss
     student, teacher = as_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     reduction = check_reduction(reduction)

@@ -9,10 +9,12 @@ its own per-thread scratch. When the kernel takes divergence and dtype codes, on
 changes.
 """
 
+import functools
+
 import numpy as np
 
 from . import _kernel
-from ._divergences import DIVERGENCES
+from ._divergences import DIVERGENCES, resolve_divergence
 from ._dtypes import row_of
 from ._threads import threads_for
 
@@ -22,6 +24,26 @@ KL = DIVERGENCES["kl"]
 # or float64 C-contiguous arrays, a float temperature): the same bits as ``rows``, or None for
 # anything else, which then goes the general way. It validates nothing it does not recognise.
 single_row_loss = _kernel.single_row_loss
+
+
+def single_row_form(divergence, beta):
+    """The ``KernelForm`` single_row_loss takes for ``divergence`` at ``beta``, or None where
+    resolve_divergence refuses them (the general path then raises, after its earlier checks).
+    Remembered for plain arguments (a str and None or a float): one-row calls repeat them."""
+    if type(divergence) is str and (beta is None or type(beta) is float):
+        return _remembered_form(divergence, beta)
+    return _resolved_form(divergence, beta)
+
+
+def _resolved_form(divergence, beta):
+    try:
+        row, parameters = resolve_divergence(divergence, beta)
+    except (TypeError, ValueError):
+        return None
+    return _kernel_form(row, parameters)
+
+
+_remembered_form = functools.lru_cache(maxsize=64)(_resolved_form)
 
 _NO_LABELS = np.empty(0, dtype=np.int64)
 _NO_VALUES = np.empty(0, dtype=np.float64)

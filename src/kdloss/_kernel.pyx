@@ -1028,10 +1028,12 @@ def kl_rows(
              1.0, 0.0, NULL, NULL, 1.0, &out[0], NULL, NULL, False, num_threads)
 
 
-def single_row_loss(object student, object teacher, object temperature):
-    """T^2 KL of one row given as two 1-D C-contiguous arrays of the same dtype (float64, float32,
+def single_row_loss(object student, object teacher, object temperature, object form=None):
+    """T^2 D of one row given as two 1-D C-contiguous arrays of the same dtype (float64, float32,
     float16, or ``ml_dtypes.bfloat16``) and at most KD_CHUNK classes, with a finite float
-    temperature > 0; None for anything else.
+    temperature > 0; None for anything else. D is KL, or the divergence of ``form`` (a
+    ``KernelForm``, already resolved; reverse KL runs as KL of the exchanged pair, as in the
+    row loop).
 
     The shortcut for the commonest small call, ``kd_loss(s, t, T)`` on one row: it recognises
     input already in the kernel's form (no conversion, no validation needed) and computes the
@@ -1043,6 +1045,18 @@ def single_row_loss(object student, object teacher, object temperature):
     cdef double T = temperature
     if not (T > 0.0 and isfinite(T) and isfinite(1.0 / T)):
         return None
+    cdef double weights[3]
+    cdef int divergence = KD_KL
+    cdef bint infinite_student_gap = True, infinite_teacher_gap = False
+    weights[0] = weights[1] = weights[2] = 0.0
+    if form is not None:
+        if form.exchanged is not None:
+            student, teacher, form = teacher, student, form.exchanged
+        divergence = form.code
+        weights[0], weights[1], weights[2] = form.weights
+        infinite_student_gap = form.infinite_where_student_rules_out
+        infinite_teacher_gap = form.infinite_where_teacher_rules_out
+    cdef RowForm row_form = RowForm(divergence, weights, infinite_student_gap, infinite_teacher_gap)
     cdef int dtype = -1, bits_dtype = -1  # bits_dtype: what a "H" (uint16) buffer holds
     if student.dtype.char == "E" and student.dtype.name == "bfloat16" and teacher.dtype == student.dtype:
         # ml_dtypes' bfloat16 has no buffer format: its bits, as the general path passes them.
@@ -1069,34 +1083,56 @@ def single_row_loss(object student, object teacher, object temperature):
             dtype = KD_FLOAT16
         elif strcmp(s_view.format, "H") == 0:
             dtype = bits_dtype
+    cdef double* kept = NULL
+    if dtype >= 0 and kd_active_target.divergence[divergence].second_finish != NULL and n > KD_SHORT_ROW:
+        kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
+        if kept == NULL:
+            dtype = -1  # the general path, which reports the memory error
+    if dtype >= 0:
         with nogil:
             if dtype == KD_FLOAT64:
-                loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T, dtype)
+                loss = one_row_loss(<const double*> t_view.buf, <const double*> s_view.buf, n, T, dtype, &row_form,
+                                    kept)
             elif dtype == KD_FLOAT32:
-                loss = one_row_loss(<const float*> t_view.buf, <const float*> s_view.buf, n, T, dtype)
+                loss = one_row_loss(<const float*> t_view.buf, <const float*> s_view.buf, n, T, dtype, &row_form,
+                                    kept)
             elif dtype == KD_FLOAT16 or dtype == KD_BFLOAT16:
                 loss = one_row_loss(<const unsigned short*> t_view.buf, <const unsigned short*> s_view.buf, n,
-                                    T, dtype)
+                                    T, dtype, &row_form, kept)
+    free(kept)
     PyBuffer_Release(&s_view)
     PyBuffer_Release(&t_view)
     return loss if dtype >= 0 else None
 
 
+cdef struct RowForm:
+    # A KernelForm's fields for the kernel (LossTerms'): its row of the divergence table, weights
+    # and special values.
+    int divergence
+    double weights[3]
+    bint infinite_student_gap, infinite_teacher_gap
+
+
 cdef double one_row_loss(
-    const kd_input* t, const kd_input* s, Py_ssize_t n, double temperature, int dtype
+    const kd_input* t, const kd_input* s, Py_ssize_t n, double temperature, int dtype, const RowForm* form,
+    double* kept,
 ) noexcept nogil:
-    """T^2 KL of one contiguous row of n <= KD_CHUNK classes, as the row loop computes it."""
+    """T^2 D of one contiguous row of n <= KD_CHUNK classes, as the row loop computes it. kept:
+    2 (n + KD_MAX_STEP) doubles for a two-pass divergence's kept values (else NULL)."""
     cdef RowsJob job
     cdef double out
     cdef ThreadScratch scratch
     memset(&job, 0, sizeof(job))
     memset(&scratch, 0, sizeof(scratch))
+    scratch.kept = kept
     job.t_base = <const char*> t
     job.s_base = <const char*> s
     job.t_col = job.s_col = sizeof(kd_input)
     job.n_classes = n
-    job.terms = LossTerms(temperature, 1.0 / temperature, [0.0, 0.0, 0.0], False, True, False, 1.0, 0.0, 0, 0,
-                          KD_KL, dtype, sizeof(double) if kd_input is double else sizeof(float), False)
+    job.terms = LossTerms(temperature, 1.0 / temperature, form.weights,
+                          kd_active_target.divergence[form.divergence].second_finish != NULL,
+                          form.infinite_student_gap, form.infinite_teacher_gap, 1.0, 0.0, 0, 0,
+                          form.divergence, dtype, sizeof(double) if kd_input is double else sizeof(float), False)
     job.grad_scale = 1.0
     job.out = &out
     rows_block(&job, 0, 1, &scratch, <kd_input> 0)
