@@ -418,12 +418,15 @@ cdef inline double cancellation_limit(int dtype) noexcept nogil:
     return 1e3 if dtype == KD_FLOAT64 else 4.0
 
 
-cdef bint recentre_row(kd_row_range* range, const kd_row_finish* finish, const LossTerms* terms) noexcept nogil:
-    """Where a row's finish cancels beyond its dtype's limit and asks for a recentring, moves the
-    student's reference to s_max - recentre T (a float32 value for float-precision inputs, so that
-    t_max - s_ref stays exact, as their passes assume) and returns True: the caller redoes the
-    row's sums and finish. A row is recentred once."""
-    if range.recentred or not (finish.cancellation > cancellation_limit(terms.dtype)):
+cdef bint recentre_row(
+    kd_row_range* range, const kd_row_finish* finish, Py_ssize_t n, const LossTerms* terms,
+) noexcept nogil:
+    """Where the finish of a row of n classes cancels beyond its dtype's limit and asks for a
+    recentring, moves the student's reference to s_max - recentre T (a float32 value for
+    float-precision inputs, so that t_max - s_ref stays exact, as their passes assume) and returns
+    True: the caller redoes the row's sums and finish. A row is recentred once; short rows (the
+    short-row pass, whose cancellation stays within about 1 / KD_SHORT_ROW) never."""
+    if n <= KD_SHORT_ROW or range.recentred or not (finish.cancellation > cancellation_limit(terms.dtype)):
         return False
     cdef double s_ref = range.s_max - finish.recentre * terms.temperature
     if terms.dtype != KD_FLOAT64:
@@ -477,13 +480,12 @@ cdef double row_loss_and_grad(
         if keeping:
             row.kept_a = kept
             row.kept_w = kept + n + KD_MAX_STEP
-        row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
-                 kept + n + KD_MAX_STEP if keeping else NULL, terms.ahead_t, terms.ahead_s)
-        kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
-        if not short_row and recentre_row(&row.range, &row.finish, terms):
+        while True:  # twice where the finish asks for the row recentred (recentre_row)
             row_sums(t, s, n, p, terms.inv_T, &row.range, &sums, kept if keeping else NULL,
-                     kept + n + KD_MAX_STEP if keeping else NULL, 0, 0)
+                     kept + n + KD_MAX_STEP if keeping else NULL, terms.ahead_t, terms.ahead_s)
             kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
+            if not recentre_row(&row.range, &row.finish, n, terms):
+                break
         if terms.two_pass and row.finish.value == row.finish.value:
             second_row_sums(t, s, n, p, &row, &sums)
             kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
@@ -633,7 +635,7 @@ cdef void loss_rows_block(
         kd_active_target.divergence[job.terms.divergence].finish(sums, <int> m, job.terms.weights, finished)
         for r in range(m):
             i = first + g + r
-            if recentre_row(&extent[r], &finished[r], &job.terms):  # as row_loss_and_grad
+            if recentre_row(&extent[r], &finished[r], n, &job.terms):  # as row_loss_and_grad
                 t = contiguous_row(job.t_base + i * job.t_row, job.t_col, n, t_copy)
                 s = contiguous_row(job.s_base + i * job.s_row, job.s_col, n, s_copy)
                 row_sums(t, s, n, p, job.terms.inv_T, &extent[r], &sums[r], NULL, NULL, 0, 0)
@@ -791,7 +793,7 @@ cdef bint long_rows(
             for c in range(n_chunks):
                 merge_sums(&sums, &chunks[c])
             kd_active_target.divergence[job.terms.divergence].finish(&sums, 1, job.terms.weights, &row.finish)
-            if not recentre_row(&row.range, &row.finish, &job.terms):
+            if not recentre_row(&row.range, &row.finish, n, &job.terms):
                 break
         if job.terms.two_pass and row.finish.value == row.finish.value:
             row.kept_a = kept
@@ -1045,18 +1047,14 @@ def single_row_loss(object student, object teacher, object temperature, object f
     cdef double T = temperature
     if not (T > 0.0 and isfinite(T) and isfinite(1.0 / T)):
         return None
-    cdef double weights[3]
-    cdef int divergence = KD_KL
-    cdef bint infinite_student_gap = True, infinite_teacher_gap = False
-    weights[0] = weights[1] = weights[2] = 0.0
+    cdef RowForm row_form = RowForm(KD_KL, [0.0, 0.0, 0.0], True, False)  # KL's (kdloss._divergences.KL_FORM)
     if form is not None:
         if form.exchanged is not None:
             student, teacher, form = teacher, student, form.exchanged
-        divergence = form.code
-        weights[0], weights[1], weights[2] = form.weights
-        infinite_student_gap = form.infinite_where_student_rules_out
-        infinite_teacher_gap = form.infinite_where_teacher_rules_out
-    cdef RowForm row_form = RowForm(divergence, weights, infinite_student_gap, infinite_teacher_gap)
+        row_form.divergence = form.code
+        row_form.weights[0], row_form.weights[1], row_form.weights[2] = form.weights
+        row_form.infinite_student_gap = form.infinite_where_student_rules_out
+        row_form.infinite_teacher_gap = form.infinite_where_teacher_rules_out
     cdef int dtype = -1, bits_dtype = -1  # bits_dtype: what a "H" (uint16) buffer holds
     if student.dtype.char == "E" and student.dtype.name == "bfloat16" and teacher.dtype == student.dtype:
         # ml_dtypes' bfloat16 has no buffer format: its bits, as the general path passes them.
@@ -1084,7 +1082,7 @@ def single_row_loss(object student, object teacher, object temperature, object f
         elif strcmp(s_view.format, "H") == 0:
             dtype = bits_dtype
     cdef double* kept = NULL
-    if dtype >= 0 and kd_active_target.divergence[divergence].second_finish != NULL and n > KD_SHORT_ROW:
+    if dtype >= 0 and kd_active_target.divergence[row_form.divergence].second_finish != NULL and n > KD_SHORT_ROW:
         kept = <double*> malloc(2 * (n + KD_MAX_STEP) * sizeof(double))
         if kept == NULL:
             dtype = -1  # the general path, which reports the memory error

@@ -22,10 +22,17 @@ def plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _is_torch_tensor(value, requiring_grad=False):
+    """True for a torch tensor (that requires grad, with ``requiring_grad``), recognised without
+    importing torch."""
+    return type(value).__module__.startswith("torch") and (
+        not requiring_grad or getattr(value, "requires_grad", False) is True)
+
+
 def _reject_autograd_tensor(value, name):
     """TypeError for a tensor that requires grad (PyTorch's own ``.numpy()`` error says nothing
-    of kdloss.torch). Recognised without importing torch."""
-    if type(value).__module__.startswith("torch") and getattr(value, "requires_grad", False) is True:
+    of kdloss.torch)."""
+    if _is_torch_tensor(value, requiring_grad=True):
         raise TypeError(
             f"{name} is a torch tensor that requires grad: the NumPy functions would cut it off the "
             "autograd graph; use kdloss.torch (kd_loss, hinton_loss, KDLoss, HintonLoss), or pass "
@@ -85,7 +92,7 @@ def _as_array(logits, name):
     try:
         array = np.asarray(logits)
     except (TypeError, RuntimeError) as error:  # e.g. a bfloat16 tensor, which NumPy has no dtype for
-        if type(logits).__module__.startswith("torch"):
+        if _is_torch_tensor(logits):
             raise TypeError(
                 f"{name} is a torch tensor NumPy cannot read ({error}); use kdloss.torch (kd_loss, "
                 "hinton_loss, KDLoss, HintonLoss), which reads float32, float64, float16 and bfloat16 "
@@ -121,7 +128,7 @@ def as_logits_pair(student_logits, teacher_logits):
 def real_scalar(value, name):
     """``value`` as a float, or TypeError unless it is one real number (Python, NumPy, 0-d
     array, framework scalar; not bool, complex or text). Not checked for finiteness."""
-    if type(value).__module__.startswith("torch") and getattr(value, "requires_grad", False) is True:
+    if _is_torch_tensor(value, requiring_grad=True):
         raise TypeError(f"{name} is a torch tensor that requires grad: kdloss takes no gradient with respect to "
                         f"it; pass a number ({name}.item())")
     if (

@@ -310,7 +310,7 @@ KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl
 /* The value and the gradient's row constants, lane by lane, from each lane's row sums. */
 typedef struct {
     kd_vd value, inv_zp, inv_zq, mean_gap, y, inv_one_plus_y;
-    kd_vd cancellation, recentre; /* kd_row_finish's */
+    kd_vd cancellation; /* kd_row_finish's (its recentre: mean_gap, where this is > 0) */
 } kd_kl_finished;
 
 KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum, const double *weights)
@@ -355,7 +355,6 @@ KD_INLINE kd_kl_finished kd_kl_finish_lanes(const kd_vd *sum, const double *weig
     const kd_vi helps = (out.value >= 0.0) & (out.value < INFINITY) & (abs_m <= 4.0) & (m != 0.0)
                       & (magnitude > 0.0);
     out.cancellation = kd_keep(helps, magnitude / value); /* +inf where rounding took value to 0 */
-    out.recentre = kd_keep(helps, m);
     return out;
 }
 
@@ -392,7 +391,7 @@ KD_INLINE void kd_kl_finish_store(const kd_kl_finished *lanes, int lane, kd_row_
     out->constant[KD_KL_Y] = lanes->y[lane];
     out->constant[KD_KL_INV_ONE_PLUS_Y] = lanes->inv_one_plus_y[lane];
     out->cancellation = lanes->cancellation[lane];
-    out->recentre = lanes->recentre[lane];
+    out->recentre = out->cancellation > 0.0 ? lanes->mean_gap[lane] : 0.0;
 }
 
 KD_INLINE kd_kl_finished kd_kl_finish_splat(const kd_row_finish *f)
@@ -400,6 +399,6 @@ KD_INLINE kd_kl_finished kd_kl_finish_splat(const kd_row_finish *f)
     const kd_kl_finished out = {kd_splat(f->value), kd_splat(f->constant[KD_KL_INV_ZP]),
                                 kd_splat(f->constant[KD_KL_INV_ZQ]), kd_splat(f->constant[KD_KL_MEAN_GAP]),
                                 kd_splat(f->constant[KD_KL_Y]), kd_splat(f->constant[KD_KL_INV_ONE_PLUS_Y]),
-                                kd_splat(f->cancellation), kd_splat(f->recentre)};
+                                kd_splat(f->cancellation)};
     return out;
 }
