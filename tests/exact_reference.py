@@ -19,13 +19,19 @@ def exact(x):
 
 
 def exact_log_softmax_and_softmax(logits, temperature, dps=DPS):
-    """``(log softmax(x / T), softmax(x / T))`` of one row, lists of mpf; -inf entries give -inf
+    """``(log softmax(x / T), softmax(x / T))`` of one row, tuples of mpf; -inf entries give -inf
     and 0.
 
     ``log p_i = z_i - log S`` and ``p_i = exp(z_i) / S`` with ``z_i = (x_i - max x) / T`` and
     ``S = sum_j exp(z_j)``: one exponential per class. Every step rounds only at ``dps`` digits,
     relative to its own result, so nothing is lost to cancellation.
     """
+    return _log_softmax_and_softmax(tuple(float(v) for v in logits), float(temperature), dps)
+
+
+# The table's tests ask for the same rows once per divergence case (ten of them): remembered.
+@functools.lru_cache(maxsize=1024)
+def _log_softmax_and_softmax(logits, temperature, dps):
     with mpmath.workdps(dps):
         inv_t = 1 / exact(temperature)
         x = [exact(v) for v in logits]
@@ -34,7 +40,7 @@ def exact_log_softmax_and_softmax(logits, temperature, dps=DPS):
         e = [mpmath.exp(v) for v in z]
         total = mpmath.fsum(e)
         log_norm = mpmath.log(total)
-        return [v - log_norm for v in z], [v / total for v in e]
+        return tuple(v - log_norm for v in z), tuple(v / total for v in e)
 
 
 def exact_log_softmax(logits, temperature, dps=DPS):
@@ -131,18 +137,24 @@ def _probabilities(student, teacher, temperature, dps):
     return exact_softmax(teacher, temperature, dps), exact_softmax(student, temperature, dps)
 
 
-def _kl(x, y):
-    """``KL(X || Y) = sum x log(x / y)`` over the classes with ``x > 0``; +inf where such a
-    class has ``y = 0``."""
-    if any(xi > 0 and yi == 0 for xi, yi in zip(x, y)):
+def _log_ratios(x, y):
+    """``log(x / y)`` per class: 0 where ``x`` is (no mass), +inf where only ``y`` is 0."""
+    return [mpmath.log(_ratio(xi, yi)) if xi else 0 for xi, yi in zip(x, y)]
+
+
+def _kl(x, log_ratios):
+    """``KL(X || Y) = sum x log(x / y)`` over the classes with ``x > 0``, from ``log(x / y)``
+    (``_log_ratios``); +inf where such a class has ``y = 0``."""
+    if any(li == mpmath.inf for li in log_ratios):
         return mpmath.inf
-    return mpmath.fsum(xi * mpmath.log(xi / yi) for xi, yi in zip(x, y) if xi > 0)
+    return mpmath.fsum(xi * li for xi, li in zip(x, log_ratios) if xi > 0)
 
 
 def _mixture(weight, x, y):
     """``weight X + (1 - weight) Y``, the weight taken exactly (``1 - weight`` in mpmath)."""
     w = exact(weight)
-    return [w * xi + (1 - w) * yi for xi, yi in zip(x, y)]
+    rest = 1 - w
+    return [w * xi + rest * yi for xi, yi in zip(x, y)]
 
 
 def _ratio(x, y):
@@ -155,33 +167,36 @@ def _ratio(x, y):
 
 def _value_and_directions(name, p, q, beta):
     """``(D, f, g)`` of one row: the divergence ``name`` of ``P`` and ``Q`` and, per class, ``f = dD/dP``
-    and ``g = dD/dQ`` up to a constant (a constant cancels in the gradient); ``beta`` exactly."""
+    and ``g = dD/dQ`` up to a constant (a constant cancels in the gradient); ``beta`` exactly.
+    Each log is taken once, for the value and the direction alike."""
     if name == "jsd" and beta == 0.0 or name == "skew_kl" and beta == 0.0:
         name = "kl"
     if name == "jsd" and beta == 1.0 or name == "skew_reverse_kl" and beta == 0.0:
         name = "reverse_kl"
     if name == "kl":
-        return _kl(p, q), [mpmath.log(_ratio(pi, qi)) if pi else 0 for pi, qi in zip(p, q)], \
-            [-_ratio(pi, qi) for pi, qi in zip(p, q)]
+        log_pq = _log_ratios(p, q)
+        return _kl(p, log_pq), log_pq, [-_ratio(pi, qi) for pi, qi in zip(p, q)]
     if name == "reverse_kl":
-        return _kl(q, p), [-_ratio(qi, pi) for pi, qi in zip(p, q)], \
-            [mpmath.log(_ratio(qi, pi)) if qi else 0 for pi, qi in zip(p, q)]
+        log_qp = _log_ratios(q, p)
+        return _kl(q, log_qp), [-_ratio(qi, pi) for pi, qi in zip(p, q)], log_qp
     if name == "jsd":  # beta P / M + (1 - beta) Q / M = 1: the terms through M are a constant
         b = exact(beta)
         m = _mixture(beta, p, q)
-        value = b * _kl(p, m) + (1 - b) * _kl(q, m)
-        return value, [b * mpmath.log(pi / mi) if pi else 0 for pi, mi in zip(p, m)], \
-            [(1 - b) * mpmath.log(qi / mi) if qi else 0 for qi, mi in zip(q, m)]
+        log_pm, log_qm = _log_ratios(p, m), _log_ratios(q, m)
+        value = b * _kl(p, log_pm) + (1 - b) * _kl(q, log_qm)
+        return value, [b * li for li in log_pm], [(1 - b) * li for li in log_qm]
     if name == "skew_kl":  # KL(P || M), M = beta P + (1 - beta) Q
         b = exact(beta)
         m = _mixture(beta, p, q)
-        f = [mpmath.log(pi / mi) - b * pi / mi if pi else 0 for pi, mi in zip(p, m)]
-        return _kl(p, m), f, [-(1 - b) * _ratio(pi, mi) for pi, mi in zip(p, m)]
+        log_pm = _log_ratios(p, m)
+        f = [li - b * pi / mi if pi else 0 for pi, mi, li in zip(p, m, log_pm)]
+        return _kl(p, log_pm), f, [-(1 - b) * _ratio(pi, mi) for pi, mi in zip(p, m)]
     if name == "skew_reverse_kl":  # KL(Q || M), M = beta Q + (1 - beta) P
         b = exact(beta)
         m = _mixture(beta, q, p)
-        g = [mpmath.log(qi / mi) - b * qi / mi if qi else 0 for qi, mi in zip(q, m)]
-        return _kl(q, m), [-(1 - b) * _ratio(qi, mi) for qi, mi in zip(q, m)], g
+        log_qm = _log_ratios(q, m)
+        g = [li - b * qi / mi if qi else 0 for qi, mi, li in zip(q, m, log_qm)]
+        return _kl(q, log_qm), [-(1 - b) * _ratio(qi, mi) for qi, mi in zip(q, m)], g
     if name == "tvd":
         half_sign = [mpmath.sign(qi - pi) / 2 for pi, qi in zip(p, q)]
         return mpmath.fsum(abs(pi - qi) for pi, qi in zip(p, q)) / 2, [-h for h in half_sign], half_sign
