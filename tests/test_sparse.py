@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import KERNEL_TARGETS
+from conftest import DTYPE_ROWS, KERNEL_TARGETS
 from sparse_exact_reference import exact_sparse_grad, exact_sparse_kl
 
 import kdloss
@@ -303,6 +303,33 @@ def test_validation_errors_name_the_row():
         kdloss.reference.sparse_kd_loss(student, bad, values)
 
 
+@pytest.mark.parametrize("tail", TAILS)
+def test_logprobs_that_sum_above_one_name_the_row(tail):
+    """values="logprobs" are log-probabilities: a row whose exps sum beyond rounding (above
+    1 + 2^-4) is a ValueError naming it (raw logits, most likely); values="logits" takes the same
+    numbers. Rounding-size excess is accepted ("bucket" takes its rest as 0), and rows of NaN or
+    +inf stay the kernel's NaN rows."""
+    student, ids, logprobs = problem(rows=4, classes=20, k=5, seed=37)
+    logits = logprobs.copy()
+    logits[2] += 3.0  # row 2 sums to e^3 times its mass
+    with pytest.raises(ValueError, match=r"log-probabilities .* row \(2,\) sums to .*values='logits'"):
+        kdloss.sparse_kd_loss(student, ids, logits, tail=tail)
+    with pytest.raises(ValueError, match=r"row \(2,\) sums to"):
+        kdloss.reference.sparse_kd_loss(student, ids, logits, tail=tail)
+    if tail != "bucket":
+        kdloss.sparse_kd_loss(student, ids, logits, values="logits", tail=tail)
+    full = logprobs - np.log(np.sum(np.exp(logprobs), axis=-1, keepdims=True))  # the whole mass
+    for excess in (2.0**-6, 2.0**-4 * 0.99):
+        got = kdloss.sparse_kd_loss(student, ids, full + np.log1p(excess), tail=tail, reduction="none")
+        assert np.all(np.isfinite(got))
+    special = logits.copy()
+    special[2, 0] = np.nan
+    special[3, 1] = np.inf
+    special[3, 0] = 50.0
+    got = kdloss.sparse_kd_loss(student, ids, special, tail=tail, reduction="none")
+    assert np.isnan(got[2:]).all() and np.isfinite(got[:2]).all()
+
+
 def test_infinite_by_construction_comes_from_the_registry():
     """Every divergence whose form is infinite where the teacher rules out a class refuses tail="zero"."""
     student, ids, logprobs = problem(rows=2)
@@ -329,18 +356,27 @@ def test_thread_invariance(dtype, tail):
         np.testing.assert_array_equal(grad, results[0][1])
 
 
-def test_layouts_and_two_byte_students():
+@pytest.mark.parametrize("tail", TAILS)
+def test_layouts_and_two_byte_students(tail):
+    """A Fortran-ordered student and int32 ids give the C-order bits; a 2-byte student (every one
+    of the dtype table whose package is installed) gives the bits of its float32 widening, the
+    gradient included ("renormalize" reads the 2-byte student at the ids alone)."""
     student, ids, logprobs = problem(rows=5, classes=50, seed=19, dtype=np.float32)
-    want, want_grad = kdloss.sparse_kd_loss_and_grad(student, ids, logprobs, reduction="none")
+    want, want_grad = kdloss.sparse_kd_loss_and_grad(student, ids, logprobs, tail=tail, reduction="none")
     fortran = np.asfortranarray(student)
-    got, grad = kdloss.sparse_kd_loss_and_grad(fortran, ids.astype(np.int32), logprobs, reduction="none")
+    got, grad = kdloss.sparse_kd_loss_and_grad(fortran, ids.astype(np.int32), logprobs, tail=tail, reduction="none")
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(grad, want_grad)
-    half = student.astype(np.float16)
-    got16, grad16 = kdloss.sparse_kd_loss_and_grad(half, ids, logprobs, reduction="none")
-    want16, _ = kdloss.sparse_kd_loss_and_grad(half.astype(np.float32), ids, logprobs, reduction="none")
-    assert got16.dtype == np.float32 and grad16.dtype == np.float32
-    np.testing.assert_array_equal(got16, want16)
+    for row in DTYPE_ROWS:
+        if np.dtype(row.numpy_dtype).itemsize != 2:
+            continue
+        narrow = student.astype(row.numpy_dtype)
+        got, grad = kdloss.sparse_kd_loss_and_grad(narrow, ids, logprobs, tail=tail, reduction="none")
+        want, want_grad = kdloss.sparse_kd_loss_and_grad(narrow.astype(np.float32), ids, logprobs, tail=tail,
+                                                         reduction="none")
+        assert got.dtype == np.float32 and grad.dtype == np.float32, row.name
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(grad, want_grad)
 
 
 def test_long_rows_blocks_and_odd_lengths():
@@ -414,6 +450,12 @@ def test_score_sparse_teacher_errors(tmp_path, capsys):
     assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "teacher.npz"), "--teacher-values",
                  "logits"]) == 2
     assert "needs values='logprobs'" in capsys.readouterr().err
+    np.savez(tmp_path / "logits.npz", indices=ids, values=logprobs + 2.0)
+    assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "logits.npz"), "--out", str(out),
+                 "--chunk-rows", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rows 0:4" in err and "row (0,) sums to" in err and "values='logits'" in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
     np.save(tmp_path / "dense.npy", student)
     assert main(["score", str(tmp_path / "student.npy"), str(tmp_path / "dense.npy"), "--tail", "zero"]) == 2
     assert "apply to a sparse teacher" in capsys.readouterr().err

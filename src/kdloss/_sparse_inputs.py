@@ -17,6 +17,10 @@ from ._validation import _reject_autograd_tensor, logits_row, plain
 
 TAILS = ("renormalize", "zero", "bucket")
 VALUE_KINDS = ("logprobs", "logits")
+# values="logprobs" whose exps sum above this in a row are not log-probabilities (raw logits,
+# most likely). The slack is far beyond rounding: bfloat16 log-probabilities of a top-k holding the
+# whole mass sum to within 2^-9 log V (0.023 at V = 128256) of 1.
+LOGPROB_SUM_LIMIT = 1.0 + 2.0**-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +66,12 @@ def _row_name(rows_shape, flat_row):
     return tuple(int(i) for i in np.unravel_index(flat_row, rows_shape)) if rows_shape else ()
 
 
-def check_sparse_teacher(teacher_indices, teacher_values, student_shape, name="teacher"):
+def check_sparse_teacher(teacher_indices, teacher_values, student_shape, values_kind, name="teacher"):
     """The sparse teacher as a :class:`SparseTeacher` for a student of ``student_shape``
-    (``(..., V)``). TypeError for a non-integer index or non-real value dtype; ValueError, naming
-    the row, for shapes that do not match, an index outside ``[0, V)`` or an id twice in a row
-    (padding slots excepted)."""
+    (``(..., V)``), its values of ``values_kind`` (checked by :func:`check_tail`). TypeError for a
+    non-integer index or non-real value dtype; ValueError, naming the row, for shapes that do not
+    match, an index outside ``[0, V)``, an id twice in a row (padding slots excepted) or, for
+    ``"logprobs"``, probabilities that sum above ``LOGPROB_SUM_LIMIT``."""
     _reject_autograd_tensor(teacher_indices, f"{name}_indices")
     indices = np.asarray(teacher_indices)
     if indices.dtype.kind not in "iu":
@@ -101,6 +106,8 @@ def check_sparse_teacher(teacher_indices, teacher_values, student_shape, name="t
     with np.errstate(over="ignore"):
         vals = values.reshape(-1, k).astype(np.float64)
     padding = vals == -math.inf
+    if values_kind == "logprobs":
+        _check_probability_sums(vals, rows_shape, name)
     # Sorted by id, padding last (as ids n_classes + slot: beyond every real id, and distinct).
     key = np.where(padding, n_classes + np.arange(k, dtype=np.int64), ids)
     order = np.argsort(key, axis=-1, kind="stable")
@@ -118,6 +125,22 @@ def check_sparse_teacher(teacher_indices, teacher_values, student_shape, name="t
         counts=np.ascontiguousarray(k - padding.sum(axis=-1, dtype=np.int64)),
         rows_shape=rows_shape,
     )
+
+
+def _check_probability_sums(vals, rows_shape, name):
+    """ValueError naming the first row whose exps sum above ``LOGPROB_SUM_LIMIT``. Rows holding NaN
+    or +inf are left to the kernel (NaN rows, README "Sparse teachers")."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.max(vals, axis=-1)
+        shift = np.where(np.isfinite(top), top, 0.0)
+        sums = np.exp(shift) * np.sum(np.exp(vals - shift[:, None]), axis=-1)
+    bad = (sums > LOGPROB_SUM_LIMIT) & np.isfinite(top)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{name}_values are log-probabilities (values='logprobs'), whose exps sum to at most 1; row "
+            f"{_row_name(rows_shape, row)} sums to {sums[row]:.6g}: pass values='logits' for the teacher's logits"
+        )
 
 
 def teacher_rest_log(values, counts, n_classes):

@@ -764,9 +764,9 @@ def sparse_rows(student: ArrayLike, teacher_indices: ArrayLike, teacher_values: 
     from ._sparse_inputs import check_sparse_divergence, check_sparse_teacher, check_tail, teacher_rest_log
 
     student = as_logits(student, "student_logits")
-    teacher = check_sparse_teacher(teacher_indices, teacher_values, student.shape)
+    tail, values = check_tail(tail, values)
+    teacher = check_sparse_teacher(teacher_indices, teacher_values, student.shape, values)
     temperature = check_temperature(temperature)
-    tail, _ = check_tail(tail, values)
     row, parameters = check_sparse_divergence(divergence, beta, tail)
     s = np.reshape(student, (-1, student.shape[-1])).astype(np.float64)
     n_rows, n_classes = s.shape
