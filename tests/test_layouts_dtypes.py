@@ -111,6 +111,8 @@ PROMOTIONS = [
     (np.float32, np.uint8, np.float64),
     (np.bool_, np.bool_, np.float64),
     (np.bool_, np.float32, np.float64),
+    (np.longdouble, np.longdouble, np.float64),  # rounded once on the way in (README "dtypes")
+    (np.longdouble, np.float32, np.float64),
 ]
 
 
@@ -137,7 +139,7 @@ def test_kd_loss_dtype_promotion(student_dtype, teacher_dtype, compute_dtype, mo
 @pytest.mark.parametrize(
     "dtype, compute_dtype",
     [(np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64),
-     (np.int16, np.float64), (np.uint32, np.float64), (np.bool_, np.float64)],
+     (np.int16, np.float64), (np.uint32, np.float64), (np.bool_, np.float64), (np.longdouble, np.float64)],
 )
 def test_softmax_dtype_promotion(dtype, compute_dtype, name, module):
     logits = np.array([[0, 1, 1, 0, 1]], dtype=dtype)
