@@ -135,3 +135,16 @@ def test_softmax_matches_reference(pair, temperature, name):
 )
 def test_softmax_matches_reference_on_arbitrary_floats(pair, temperature, name):
     assert_softmax_matches_reference(pair[1], temperature, name)
+
+
+def test_oracle_takes_temperatures_whose_square_overflows():
+    """T^2 D is formed as T (T D): at T > 1.3e154 the oracle returns a finite number, as the kernel
+    does, where T**2 of a Python float raised OverflowError."""
+    student, teacher = [[0.0, 1.0, 3.0]], [[1.0, 0.0, -2.0]]
+    for divergence in kdloss._divergences.DIVERGENCES:
+        for temperature in (1e155, 1e300):
+            with np.errstate(all="raise"):
+                got = reference.kd_loss(student, teacher, temperature, reduction="none", divergence=divergence)
+            assert np.all(np.isfinite(got) & (got >= 0)), (divergence, temperature, got)
+    got = reference.sparse_kd_loss(student, [[0, 2]], np.log([[0.5, 0.3]]), 1e200)
+    assert math.isfinite(got) and got >= 0

@@ -83,7 +83,8 @@ def _kd_rows(student, teacher, temperature):
     with np.errstate(invalid="ignore"):
         terms = np.where(masked | vanishing, 0.0, np.exp(log_p) * (log_p - log_q))
     kl = np.sum(terms, axis=-1)
-    losses = np.maximum(temperature**2 * kl, 0.0)  # KL >= 0
+    with np.errstate(over="ignore"):  # T (T KL): T^2 alone overflows for T > 1.3e154
+        losses = np.maximum(temperature * (temperature * kl), 0.0)  # KL >= 0
 
     # A student -inf on a class the teacher allows: that class has probability 0 under Q.
     student_gap = np.any((student == -np.inf) & ~masked, axis=-1)
@@ -135,7 +136,7 @@ def _divergence_rows(student, teacher, temperature, form, value):
     log_p = _log_softmax64(teacher, temperature)
     log_q = _log_softmax64(student, temperature)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        values = np.maximum(temperature**2 * value(log_p, log_q), 0.0)
+        values = np.maximum(temperature * (temperature * value(log_p, log_q)), 0.0)  # T^2 overflows past 1.3e154
     return _settled(values, student, teacher, form)
 
 
@@ -794,7 +795,8 @@ def sparse_rows(student: ArrayLike, teacher_indices: ArrayLike, teacher_values: 
         else:
             log_r = teacher_rest_log(v, teacher.counts, n_classes)
         log_p = _log_softmax64(np.concatenate([v, log_r[:, None]], axis=-1), temperature)
-    losses = temperature**2 * row.oracle(log_q, log_p, 1.0, **parameters)
+    with np.errstate(over="ignore"):
+        losses = temperature * (temperature * row.oracle(log_q, log_p, 1.0, **parameters))
     return losses.reshape(teacher.rows_shape)
 
 
