@@ -224,7 +224,7 @@ BAD_VALUES = [
     (np.array([1.0, 1.0, np.nan, 1.0]), r"weights must be finite and >= 0.*nan.*\(2,\)"),
     (np.array([np.inf, 1.0, 1.0, 1.0]), r"weights must be finite and >= 0.*inf.*\(0,\)"),
     (-1, r"weights must be finite and >= 0.*-1\.0"),
-    (np.ones(3), r"weights must have shape \(4,\).*got \(3,\)"),
+    (np.ones(3), r"weights must have shape \(4,\) .* or one that broadcasts to it .*got \(3,\)"),
     (np.ones((4, 3)), r"weights must have shape \(4,\).*got \(4, 3\)"),
     (np.ones((2, 4)), r"weights must have shape \(4,\).*got \(2, 4\)"),
 ]

@@ -202,8 +202,8 @@ def check_weights(weights, rows_shape):
         array = np.broadcast_to(array, rows_shape)
     except ValueError:
         raise ValueError(
-            f"weights must have shape {rows_shape} (the logits' shape without the class axis), "
-            f"got {array.shape}"
+            f"weights must have shape {rows_shape} (the logits' shape without the class axis) or one that "
+            f"broadcasts to it (a scalar, or 1 on any axis), got {array.shape}"
         ) from None
     array = np.array(array, dtype=np.float64, order="C")
     bad = ~(np.isfinite(array) & (array >= 0.0))
