@@ -114,6 +114,18 @@ def test_scalar_logits(module, scalar):
             call()
 
 
+@MODULES
+def test_ragged_logits_name_the_argument(module):
+    ragged, rows = [[1.0, 2.0], [3.0]], [[1.0, 2.0], [3.0, 4.0]]
+    for call, name in (
+        (lambda: module.kd_loss(ragged, rows), "student_logits"),
+        (lambda: module.kd_loss(rows, ragged), "teacher_logits"),
+        (lambda: module.softmax(ragged), "logits"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name} must be a rectangular array"):
+            call()
+
+
 @pytest.mark.parametrize(
     "student, teacher, pattern",
     [

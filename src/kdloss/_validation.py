@@ -99,6 +99,8 @@ def _as_array(logits, name):
                 "CPU tensors in place"
             ) from None
         raise
+    except ValueError as error:  # a ragged list
+        raise ValueError(f"{name} must be a rectangular array (every row the same length): {error}") from None
     return array, logits_row(array.dtype, name)
 
 
