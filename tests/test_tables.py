@@ -90,7 +90,11 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     """(student, teacher) of ``shape`` in the input dtype of ``row``: "independent", "close"
     (student = teacher + 1e-2 noise), "near_zero" (+ 1e-6 noise: values ~1e-12), "masked"
     (independent; the sides in ``masks`` set to -inf on every fourth class, the teacher from
-    class 1, the student from class 3: never a whole row) or "top_apart" (a flat teacher, and the
+    class 1, the student from class 3: never a whole row), "same_mask" (both sides -inf on every
+    fourth class from class 1), "same_mask_but_one" (the same, but the last of those classes is
+    masked on one side alone: in rows of more than 256 classes, a block, the kernel's same-mask mode
+    meets it after a block it has summed) or
+    "top_apart" (a flat teacher, and the
     student the teacher minus 0.01 on every class but the teacher's top one: d is one constant
     over most of P's mass, where the finish's terms cancel and the kernel recentres the row); with
     "top_apart_masked" both sides also mask every eleventh class from class 3 (the masked modes)."""
@@ -106,6 +110,11 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
         if kind == "top_apart_masked":
             teacher[..., 3::11] = student[..., 3::11] = -inf
         return student, teacher
+    if kind in ("same_mask", "same_mask_but_one"):
+        teacher[..., 1::4] = student[..., 1::4] = -inf
+        if kind == "same_mask_but_one":  # the side in ``masks`` keeps it: a finite value for every case
+            unmasked = student if "teacher" in masks else teacher
+            unmasked[..., 1::4][..., -1] = noise[..., 1::4][..., -1]
     if kind == "masked":
         if "teacher" in masks:
             teacher[..., 1::4] = -inf
@@ -168,9 +177,9 @@ def test_softmax_every_layout_gives_the_contiguous_bits(layout, dtype_row, layou
         assert bits(view) == bits(logits)
 
 
-# Each uses every thread count: many ordinary rows; many short rows (one per vector lane); two
+# Each uses every thread count: many ordinary rows; many short rows (one per vector lane); four
 # rows longer than the chunk (their chunks are shared among the threads).
-THREAD_SHAPES = ((120, 1000), (3000, 40), (2, 40000))
+THREAD_SHAPES = ((120, 1000), (3000, 40), (4, 40000))
 
 
 def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
@@ -188,6 +197,7 @@ def test_loss_alone_gives_each_rows_bits(row_case, dtype_row):
     student[12, 2] = -inf  # the student rules out a class the teacher allows
     teacher[15] = -inf  # a teacher row all -inf
     student[18] = (widened(teacher[18]) * (1 + 1e-3)).astype(teacher.dtype)  # near zero
+    student[16], teacher[16] = logits_pair((1, 100), dtype_row, kind="same_mask")  # both mask the same classes
     student[19:], teacher[19:] = logits_pair((2, 100), dtype_row, kind="top_apart")  # recentred
     weights = rng_for(teacher.shape, "weights").uniform(0, 2, 21)
     weights[4] = 0.0
@@ -221,6 +231,8 @@ def test_every_thread_count_gives_the_same_bits(shape, row_case, kernel_target):
         student[::2] = teacher[::2]  # rows at KL = 0 and, below, near it
         student[1::4] = (widened(teacher[1::4]) * (1 + 1e-3)).astype(teacher.dtype)
         student[-1], teacher[-1] = logits_pair((1, shape[-1]), dtype_row, kind="top_apart")  # recentred
+        for row, kind in ((-2, "same_mask"), (-3, "same_mask_but_one")):  # the same-mask mode, and its way out
+            student[row], teacher[row] = logits_pair((1, shape[-1]), dtype_row, kind=kind, masks=case.masks)
         student = np.asfortranarray(student)  # one side strided: per-thread row copies
         # "sum" and "mean" add up the kernel's per-row losses (blockwise, in C order): the
         # per-row losses and the weighted mean's reduction below stand for them.
@@ -279,7 +291,7 @@ def oracle_atol(temperature, student, teacher):
 ORACLE_TEMPERATURES = (0.5, 1.0, 4.0)
 
 
-@pytest.mark.parametrize("kind", ("independent", "close", "masked"))
+@pytest.mark.parametrize("kind", ("independent", "close", "masked", "same_mask", "same_mask_but_one"))
 def test_oracle_agrees(kind, case, dtype_row, kernel_target):
     """At one temperature per (target, dtype) (conftest.rotated): every case meets every one."""
     temperature = rotated(ORACLE_TEMPERATURES, kernel_target, dtype_row)

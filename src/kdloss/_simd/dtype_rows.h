@@ -98,8 +98,10 @@ static void KD_CAT(finish_rows, KD_DIV_SUFFIX)(const kd_row_sums *sums, int coun
             memcpy(&lanes[k], values, sizeof values);
         }
         const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes, weights);
-        for (int lane = 0; lane < KD_LANES && first + lane < count; lane++)
+        for (int lane = 0; lane < KD_LANES && first + lane < count; lane++) {
             KD_DIV(finish_store)(&finished, lane, &out[first + lane]);
+            out[first + lane].same_mask_fits = sums[first + lane].same_mask == 1;
+        }
     }
 }
 

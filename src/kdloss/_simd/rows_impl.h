@@ -91,15 +91,32 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
     *out = r;
 }
 
+/* The terms of KD_LANES classes in a mode; KD_SAME_MASK's are the moderate terms of the stand-ins
+ * (kd_same_mask_stand_in), where the classes both sides mask get weight 0 and keep 0. */
+KD_INLINE KD_DIV(terms) KD_FN(terms_in_mode)(kd_vd t, kd_vd s, const KD_DIV(row) *row, const int mode,
+                                             double t_max, double s_max, double inv_T, kd_vi *out_of_range)
+{
+    if (mode != KD_SAME_MASK)
+        return KD_DIV(class_terms)(t, s, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
+    const kd_vi kept = ~kd_same_mask_stand_in(&t, &s, t_max, s_max, inv_T, out_of_range);
+    KD_DIV(terms) x = KD_DIV(class_terms)(t, s, row, KD_MODERATE, KD_EXP_FOR_DOUBLE, out_of_range);
+    for (int k = 0; k < KD_DIV_SUMS; k++)
+        x.weight[k] = kd_keep(kept, x.weight[k]);
+    x.kept_a = kd_keep(kept, x.kept_a);
+    x.kept_w = kd_keep(kept, x.kept_w);
+    return x;
+}
+
 /* Adds the terms of KD_STEP = 2 * KD_LANES classes to the block's lane sums, pairwise; t0, s0 the
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
  * classes are stored at keep_a and keep_w. */
 KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_DIV(row) *row,
-                               const int mode, kd_block_sums *block, const int keeping,
-                               double *keep_a, double *keep_w, kd_vi *out_of_range)
+                               const int mode, double t_max, double s_max, double inv_T,
+                               kd_block_sums *block, const int keeping, double *keep_a, double *keep_w,
+                               kd_vi *out_of_range)
 {
-    KD_DIV(terms) x = KD_DIV(class_terms)(t0, s0, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
-    KD_DIV(terms) y = KD_DIV(class_terms)(t1, s1, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
+    KD_DIV(terms) x = KD_FN(terms_in_mode)(t0, s0, row, mode, t_max, s_max, inv_T, out_of_range);
+    KD_DIV(terms) y = KD_FN(terms_in_mode)(t1, s1, row, mode, t_max, s_max, inv_T, out_of_range);
     for (int k = 0; k < KD_DIV_SUMS; k++)
         block->sum[k] = kd_fma(x.weight[k], x.value[k], kd_fma(y.weight[k], y.value[k], block->sum[k]));
     if (keeping) {
@@ -111,7 +128,9 @@ KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_
 }
 
 /* Returns nonzero when a masked chunk (KD_MASKED, KD_MASKED_TEACHER) met finite logits outside
- * the cheap range (its sums are then to be redone in KD_GENERAL mode). */
+ * the cheap range (its sums are then to be redone in KD_GENERAL mode), or a KD_SAME_MASK chunk
+ * met a class one side masks alone or such logits (to be redone in KD_MASKED mode; it stops at the
+ * first block that does). */
 KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
                                double s_max, double inv_T, const int mode, kd_row_sums *out,
                                const int keeping, double *keep_a, double *keep_w,
@@ -134,8 +153,8 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                 }
             }
             KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
-                            KD_LOAD(bs + i + KD_LANES), &row, mode, &block, keeping,
-                            keep_a + start + i, keep_w + start + i, &out_of_range);
+                            KD_LOAD(bs + i + KD_LANES), &row, mode, t_max, s_max, inv_T, &block,
+                            keeping, keep_a + start + i, keep_w + start + i, &out_of_range);
         }
         if (i < len) {
             /* The last few classes, padded with -inf in both rows: a class both mask, which adds
@@ -146,8 +165,16 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                             KD_LOAD_PARTIAL(bs + i, count0, -INFINITY),
                             KD_LOAD_PARTIAL(bt + i + count0, count - count0, -INFINITY),
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
-                            &row, KD_GENERAL, &block, keeping, keep_a + start + i, keep_w + start + i,
-                            &out_of_range);
+                            &row, mode == KD_SAME_MASK ? KD_SAME_MASK : KD_GENERAL, t_max, s_max, inv_T,
+                            &block, keeping, keep_a + start + i,
+                            keep_w + start + i, &out_of_range);
+        }
+        if (mode == KD_SAME_MASK) { /* a misfit: the chunk is redone in another mode */
+            int any = 0;
+            for (int lane = 0; lane < KD_LANES; lane++)
+                any |= out_of_range[lane] != 0;
+            if (any)
+                return 1;
         }
         kd_add_block(out, &block, KD_DIV_SUMS);
     }
@@ -170,6 +197,9 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
+    const kd_vs t_top = kd_splat_single((float)t_max), s_top = kd_splat_single((float)s_max);
+    const kd_vs inv_T_single = kd_splat_single((float)inv_T);
+    const int term_mode = mode == KD_SAME_MASK ? KD_MODERATE : mode;
     kd_vsi lane_index, out_of_range = {0};
     for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
         lane_index[lane] = lane;
@@ -192,18 +222,24 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                     }
                 }
                 const int count = run_end - i < KD_SINGLE_LANES ? (int)(run_end - i) : KD_SINGLE_LANES;
-                KD_DIV(single_terms_of) x;
+                kd_vs tv, sv;
+                kd_vsi live = ~(kd_vsi){0};
                 if (count == KD_SINGLE_LANES) {
-                    x = KD_DIV(single_terms)(KD_LOAD_SINGLE(bt + i), KD_LOAD_SINGLE(bs + i), &row, mode,
-                                             &out_of_range);
+                    tv = KD_LOAD_SINGLE(bt + i);
+                    sv = KD_LOAD_SINGLE(bs + i);
                 } else {
-                    x = KD_DIV(single_terms)(KD_LOAD_PARTIAL_SINGLE(bt + i, count, (float)t_max),
-                                             KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max), &row,
-                                             mode, &out_of_range);
-                    const kd_vsi live = lane_index < count;
+                    tv = KD_LOAD_PARTIAL_SINGLE(bt + i, count, (float)t_max);
+                    sv = KD_LOAD_PARTIAL_SINGLE(bs + i, count, (float)s_max);
+                    live = lane_index < count;
+                }
+                if (mode == KD_SAME_MASK) /* classes both sides mask: stand-ins of weight 0 */
+                    live &= ~kd_same_mask_stand_in_single(&tv, &sv, t_top, s_top, inv_T_single, &out_of_range);
+                KD_DIV(single_terms_of) x = KD_DIV(single_terms)(tv, sv, &row, term_mode, &out_of_range);
+                if (mode == KD_SAME_MASK || count < KD_SINGLE_LANES) {
                     for (int k = 0; k < KD_DIV_SUMS; k++)
-                        x.weight[k] = (kd_vs)(live & (kd_vsi)x.weight[k]);
-                    x.kept_a = (kd_vs)(live & (kd_vsi)x.kept_a);
+                        x.weight[k] = kd_keep_single(live, x.weight[k]);
+                    x.kept_a = kd_keep_single(live, x.kept_a);
+                    x.kept_w = kd_keep_single(live, x.kept_w);
                 }
                 for (int k = 0; k < KD_DIV_SUMS; k++)
                     lane_sum[k] = kd_fma_single(x.weight[k], x.value[k], lane_sum[k]);
@@ -221,6 +257,8 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 block.sum[k] += low + high;
             }
         }
+        if (mode == KD_SAME_MASK && kd_any((kd_vi)out_of_range))
+            return 1;
         kd_add_block(out, &block, KD_DIV_SUMS);
     }
     int any = 0;
@@ -235,13 +273,16 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
  * (room for n + KD_MAX_STEP values each: the tail's padding is stored too).
  * ahead_t, ahead_s: unless 0, bytes from this row to the next, which is prefetched a step at a
  * time, so that its first pass finds it in cache rather than waiting for memory. */
-static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
-                            const kd_row_range *range, double inv_T, kd_row_sums *out,
-                            double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t n,
+                                  const kd_row_range *range, double inv_T, kd_row_sums *out,
+                                  double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s,
+                                  int *same_mask)
 {
     const KD_REAL *t = t_in, *s = s_in;
     memset(out, 0, sizeof *out);
-    const int mode = kd_row_mode(range, inv_T), keeping = kept_a != NULL;
+    const int keeping = kept_a != NULL;
+    int mode = kd_row_mode(range, inv_T);
+    *same_mask = mode == KD_SAME_MASK;
     const double t_max = range->t_max, s_max = kd_student_reference(range);
     /* Each mode and keeping flag is a constant in its own copy of the loop. */
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
@@ -253,7 +294,15 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
             keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
             return;
         }
-        /* masked: float32 first; out of its range (or a NaN), double's modes */
+        /* masked: float32 first; out of its range (or a NaN), double's modes; a chunk whose masks
+         * differ on the two sides, the masked modes */
+        if (mode == KD_SAME_MASK) {
+            if (!(keeping ? KD_SINGLE_CHUNK(KD_SAME_MASK, 1) : KD_SINGLE_CHUNK(KD_SAME_MASK, 0)))
+                return;
+            memset(out, 0, sizeof *out);
+            mode = KD_MASKED;
+            *same_mask = 2;
+        }
         if (mode == KD_MASKED_TEACHER && kd_student_within(range, inv_T, -80.0)) {
             if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
                 return;
@@ -266,6 +315,13 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
     }
 #undef KD_SINGLE_CHUNK
 #endif
+    if (mode == KD_SAME_MASK) {
+        if (!(keeping ? KD_CHUNK_IN(KD_SAME_MASK, 1) : KD_CHUNK_IN(KD_SAME_MASK, 0)))
+            return;
+        memset(out, 0, sizeof *out);
+        mode = KD_MASKED;
+        *same_mask = 2;
+    }
     if (mode == KD_MODERATE)
         keeping ? KD_CHUNK_IN(KD_MODERATE, 1) : KD_CHUNK_IN(KD_MODERATE, 0);
     else if (mode == KD_MASKED)
@@ -277,6 +333,15 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
         keeping ? KD_CHUNK_IN(KD_GENERAL, 1) : KD_CHUNK_IN(KD_GENERAL, 0);
     }
 #undef KD_CHUNK_IN
+}
+
+static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
+                            const kd_row_range *range, double inv_T, kd_row_sums *out,
+                            double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
+{
+    int same_mask;
+    KD_FN(row_sums_in)(t_in, s_in, n, range, inv_T, out, kept_a, kept_w, ahead_t, ahead_s, &same_mask);
+    out->same_mask = same_mask;
 }
 
 /* Stores `count` lanes of x as KD_OUT, each rounded once (float32: to nearest, or with
@@ -403,7 +468,7 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
 /* The gradient of KD_LANES classes: d_s = kl_coef (Q - P) + ce_coef R and d_t = kl_coef P (d - m),
  * where a class the teacher masks (P = 0) gets exactly 0 in d_t. The flags are constants, so each
  * combination compiles to its own loop. */
-KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
+KD_INLINE void KD_FN(gradient_lanes_in)(kd_vd t, kd_vd s, const kd_grad_row *row,
                                      const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
                                      const int mode, kd_vd *d_s, kd_vd *d_t)
@@ -423,6 +488,28 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
     else if (ce_mode == KD_CE_OWN_EXP)
         grad += kd_exp_wide(bs, KD_EXP_FOR_DOUBLE) * (row->inv_z1 * row->ce_coef);
     *d_s = grad;
+}
+
+/* The same in any mode: the same-mask modes take the moderate gradient (kd_same_mask_lanes) and 0
+ * where both sides mask, or, for the KD_LANES classes where that does not apply, the general one
+ * (the sums' pass took such classes in the masked or the general mode; every mode gives the
+ * classes the stand-ins admit the same kept values). */
+KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
+                                     const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
+                                     ptrdiff_t i, const int with_kl, const int ce_mode,
+                                     const int mode, kd_vd *d_s, kd_vd *d_t)
+{
+    if (mode != KD_SAME_MASK && mode != KD_SAME_MASK_FITS) {
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, mode, d_s, d_t);
+        return;
+    }
+    kd_vi kept;
+    if (kd_same_mask_lanes(&t, &s, kd_load_f64(row->kept_a + i), row, mode, &kept) == KD_MODERATE)
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_MODERATE, d_s, d_t);
+    else
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_GENERAL, d_s, d_t);
+    *d_s = kd_keep(kept, *d_s);
+    *d_t = kd_keep(kept, *d_t);
 }
 
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
@@ -468,9 +555,28 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
         return;
     }
     /* the divergence's gradient mode: KD_MODERATE, KD_MASKED_TEACHER (the plain loss only: a
-     * cheaper test of near classes) or KD_GENERAL */
+     * cheaper test of near classes), KD_SAME_MASK or KD_GENERAL */
     const int mode = kd_row_mode(&row->range, row->inv_T);
     const int moderate = mode == KD_MODERATE;
+#define KD_SAME_MASK_LOOPS(m)                                                                      \
+    do {                                                                                           \
+        if (row->ce_mode == KD_CE_NONE && d_t == NULL)                                             \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, m, 0);                    \
+        else if (row->ce_mode == KD_CE_NONE)                                                       \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, m, 1);                     \
+        else if (row->ce_mode == KD_CE_FROM_Q)                                                     \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, m, 1);                   \
+        else                                                                                       \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, m, 1);                  \
+    } while (0)
+    if (mode == KD_SAME_MASK) {
+        if (row->finish.same_mask_fits)
+            KD_SAME_MASK_LOOPS(KD_SAME_MASK_FITS);
+        else
+            KD_SAME_MASK_LOOPS(KD_SAME_MASK);
+        return;
+    }
+#undef KD_SAME_MASK_LOOPS
     if (row->ce_mode == KD_CE_NONE && mode == KD_MASKED_TEACHER) {
         d_t ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MASKED_TEACHER, 1)
             : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MASKED_TEACHER, 0);
@@ -492,6 +598,28 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
 }
 
 #if KD_DIV_SECOND_SUMS
+/* Adds the second pass's terms of KD_LANES classes to sum, in a mode; the same-mask modes as the
+ * gradient's (gradient_lanes): the moderate terms (kd_same_mask_lanes), 0 where both sides mask. */
+KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_grad_row *row,
+                                           const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
+                                           const int mode, const int value_only, kd_vd *sum)
+{
+    if (mode != KD_SAME_MASK && mode != KD_SAME_MASK_FITS) {
+        KD_DIV(second_terms)(t, s, ea, w, constants, finish, mode, KD_EXP_FOR_DOUBLE, value_only, sum);
+        return;
+    }
+    kd_vd part[KD_DIV_SECOND_SUMS];
+    for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+        part[k] = kd_splat(0.0);
+    kd_vi kept;
+    if (kd_same_mask_lanes(&t, &s, ea, row, mode, &kept) == KD_MODERATE)
+        KD_DIV(second_terms)(t, s, ea, w, constants, finish, KD_MODERATE, KD_EXP_FOR_DOUBLE, value_only, part);
+    else
+        KD_DIV(second_terms)(t, s, ea, w, constants, finish, KD_GENERAL, KD_EXP_FOR_DOUBLE, value_only, part);
+    for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+        sum[k] += kd_keep(kept, part[k]);
+}
+
 /* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
 KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
@@ -538,8 +666,8 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             const kd_vd tv = count == KD_LANES ? KD_LOAD(t + i) : KD_LOAD_PARTIAL(t + i, count, -INFINITY);
             const kd_vd sv = count == KD_LANES ? KD_LOAD(s + i) : KD_LOAD_PARTIAL(s + i, count, -INFINITY);
             /* the kept values cover the padding of the sums' pass, which adds 0 (e^a = 0) */
-            KD_DIV(second_terms)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
-                                 constants, finish, mode, KD_EXP_FOR_DOUBLE, value_only, block.sum);
+            KD_FN(second_terms_in_mode)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
+                                        row, constants, finish, mode, value_only, block.sum);
         }
         kd_add_block(out, &block, KD_DIV_SECOND_SUMS);
     }
@@ -554,13 +682,17 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
     /* each mode and value_only a constant in its own copy of the loop */
-    const int moderate = kd_is_moderate(&row->range, row->inv_T);
-    if (row->value_only)
-        moderate ? KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, 1, out)
-                 : KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, 1, out);
+    const int mode = kd_row_mode(&row->range, row->inv_T);
+#define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, m, v, out)
+    if (mode == KD_MODERATE)
+        row->value_only ? KD_SECOND_IN(KD_MODERATE, 1) : KD_SECOND_IN(KD_MODERATE, 0);
+    else if (mode == KD_SAME_MASK && row->finish.same_mask_fits)
+        row->value_only ? KD_SECOND_IN(KD_SAME_MASK_FITS, 1) : KD_SECOND_IN(KD_SAME_MASK_FITS, 0);
+    else if (mode == KD_SAME_MASK)
+        row->value_only ? KD_SECOND_IN(KD_SAME_MASK, 1) : KD_SECOND_IN(KD_SAME_MASK, 0);
     else
-        moderate ? KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_MODERATE, 0, out)
-                 : KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, KD_GENERAL, 0, out);
+        row->value_only ? KD_SECOND_IN(KD_GENERAL, 1) : KD_SECOND_IN(KD_GENERAL, 0);
+#undef KD_SECOND_IN
 }
 #endif
 

@@ -107,17 +107,89 @@ static inline int kd_single_resolves(const kd_row_range *range, double inv_T)
 
 /* The mode of the sums' pass for a row with these extrema: moderate; masked (some -inf logits, both
  * maxima finite: tried first, and a chunk whose finite logits leave the cheap range is redone in
- * the general mode), of the teacher only where the student's logits are all in the cheap range;
- * or general. */
+ * the general mode), of the teacher only where the student's logits are all in the cheap range,
+ * or of both sides at the same classes where both hold -inf (tried first: a chunk where the masks
+ * differ is redone in the masked mode); or general. */
 static inline int kd_row_mode(const kd_row_range *range, double inv_T)
 {
     if (kd_is_moderate(range, inv_T))
         return KD_MODERATE;
     if ((range->t_min == -INFINITY || range->s_min == -INFINITY) && isfinite(range->t_max)
-        && isfinite(range->s_max))
+        && isfinite(range->s_max)) {
+        if (range->t_min == -INFINITY && range->s_min == -INFINITY)
+            return KD_SAME_MASK;
         return kd_student_within(range, inv_T, -700.0) ? KD_MASKED_TEACHER : KD_MASKED;
+    }
     return KD_GENERAL;
 }
+
+/* KD_SAME_MASK's lower bound on a finite class's a and b in double lanes: within the moderate
+ * terms' range, and where a recentred student reference (up to 4 T above s_max) leaves
+ * d = a - b >= -700, so that every class it admits is near in every mode, and the kept values
+ * mean the same whichever mode a chunk took. */
+#define KD_SAME_MASK_LOW (-696.0)
+/* ... and in float32 lanes (the float32 terms' range is [-80, 0]; a rough a suffices here) */
+#define KD_SAME_MASK_LOW_SINGLE (-79.0f)
+
+/* KD_SAME_MASK: the classes of a vector as the moderate terms take them. A class both sides mask
+ * stands in as a class at both maxima, whose terms are finite (the caller gives them weight 0);
+ * returns those lanes. The lanes where one side masks alone, or a finite a or b is below
+ * KD_SAME_MASK_LOW (or NaN), join *misfit: the caller then takes them in a mode that handles them. */
+KD_INLINE kd_vi kd_same_mask_stand_in(kd_vd *t, kd_vd *s, double t_max, double s_max, double inv_T,
+                                          kd_vi *misfit)
+{
+    kd_vi masked = *t == -INFINITY;
+    *misfit |= masked ^ (*s == -INFINITY);
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX__)
+    /* (GCC 12 stops with an internal error on the selects below in the portable target's double
+     * lanes, two SSE registers each, unless the mask is opaque to it) */
+    __asm__("" : "+m"(masked));
+#endif
+    *t = kd_select(masked, kd_splat(t_max), *t);
+    *s = kd_select(masked, kd_splat(s_max), *s);
+    *misfit |= ~(((*t - t_max) * inv_T >= KD_SAME_MASK_LOW) & ((*s - s_max) * inv_T >= KD_SAME_MASK_LOW));
+    return masked;
+}
+
+/* How the passes after the sums' (gradient, second sums) take a vector of a KD_SAME_MASK row, whose
+ * logits are *t, *s and e^a ea: returns the mode of its arithmetic (KD_MODERATE, or KD_GENERAL
+ * where a class does not fit the same-mask mode), with *t, *s the logits to take it at and *kept
+ * the lanes whose results count. KD_SAME_MASK_FITS (the sums' pass fitted every class): the
+ * logits as they are, and e^a > 0 marks the classes both sides allow. */
+KD_INLINE int kd_same_mask_lanes(kd_vd *t, kd_vd *s, kd_vd ea, const kd_grad_row *row, const int mode,
+                                     kd_vi *kept)
+{
+    if (mode == KD_SAME_MASK_FITS) {
+        *kept = ea != 0.0;
+        return KD_MODERATE;
+    }
+    kd_vd t_in = *t, s_in = *s;
+    kd_vi misfit = (kd_vi)kd_splat(0.0);
+    *kept = ~kd_same_mask_stand_in(&t_in, &s_in, row->range.t_max, kd_student_reference(&row->range),
+                                   row->inv_T, &misfit);
+    if (kd_any(misfit)) {
+        *kept = ~(kd_vi)kd_splat(0.0);
+        return KD_GENERAL;
+    }
+    *t = t_in;
+    *s = s_in;
+    return KD_MODERATE;
+}
+
+#if !KD_LIBM
+/* The same in float32 lanes, from the maxima and 1 / T rounded to float. */
+KD_INLINE kd_vsi kd_same_mask_stand_in_single(kd_vs *t, kd_vs *s, kd_vs t_max, kd_vs s_max, kd_vs inv_T,
+                                                  kd_vsi *misfit)
+{
+    const kd_vsi masked = *t == -INFINITY;
+    *misfit |= masked ^ (*s == -INFINITY);
+    *t = kd_select_single(masked, t_max, *t);
+    *s = kd_select_single(masked, s_max, *s);
+    *misfit |= ~(((*t - t_max) * inv_T >= KD_SAME_MASK_LOW_SINGLE)
+                 & ((*s - s_max) * inv_T >= KD_SAME_MASK_LOW_SINGLE));
+    return masked;
+}
+#endif
 
 /* A compensated sum's value; an inf or NaN total makes the error NaN, and the total is the answer. */
 static inline double kd_sum_value(double total, double error)
