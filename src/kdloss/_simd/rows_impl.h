@@ -169,13 +169,8 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                             &block, keeping, keep_a + start + i,
                             keep_w + start + i, &out_of_range);
         }
-        if (mode == KD_SAME_MASK) { /* a misfit: the chunk is redone in another mode */
-            int any = 0;
-            for (int lane = 0; lane < KD_LANES; lane++)
-                any |= out_of_range[lane] != 0;
-            if (any)
-                return 1;
-        }
+        if (mode == KD_SAME_MASK && kd_any(out_of_range)) /* a misfit: redone in another mode */
+            return 1;
         kd_add_block(out, &block, KD_DIV_SUMS);
     }
     int any = 0;
