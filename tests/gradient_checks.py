@@ -44,14 +44,16 @@ def kd_error_scales(student, teacher, temperature):
         b = (s - np.max(s, axis=-1, keepdims=True)) / T
         p = np.exp(a) / np.sum(np.exp(a), axis=-1, keepdims=True)
         q = np.exp(b) / np.sum(np.exp(b), axis=-1, keepdims=True)
-        a = np.where(p > 0, a, 0.0)  # 0 * inf: a class of probability 0 adds no error
-        b = np.where(q > 0, b, 0.0)
+        # 0 * inf: a masked class adds no error (a finite b where q underflows still counts: P (d - m)
+        # carries it)
+        a = np.where(np.isfinite(a), a, 0.0)
+        b = np.where(np.isfinite(b), b, 0.0)
         gap = np.where(p > 0, a - b, 0.0)
         mean_gap = np.sum(p * gap, axis=-1, keepdims=True)
-    log_c = 1.0 + math.log(n_classes)
-    scale_s = T * (p * (log_c + np.abs(a)) + q * (log_c + np.abs(b)))
-    spread = log_c + np.abs(a) + np.abs(b) + np.abs(mean_gap)
-    scale_t = T * p * (spread + (log_c + np.abs(a)) * np.abs(gap - mean_gap))
+        log_c = 1.0 + math.log(n_classes)
+        scale_s = T * (p * (log_c + np.abs(a)) + q * (log_c + np.abs(b)))
+        spread = log_c + np.abs(a) + np.abs(b) + np.abs(mean_gap)
+        scale_t = T * p * (spread + (log_c + np.abs(a)) * np.abs(gap - mean_gap))
     # Rows that are NaN (or have no error to speak of) are compared for NaN elsewhere.
     return np.nan_to_num(scale_s), np.nan_to_num(scale_t)
 

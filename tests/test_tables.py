@@ -93,7 +93,9 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     class 1, the student from class 3: never a whole row), "same_mask" (both sides -inf on every
     fourth class from class 1), "same_mask_but_one" (the same, but the last of those classes is
     masked on one side alone: in rows of more than 256 classes, a block, the kernel's same-mask mode
-    meets it after a block it has summed) or
+    meets it after a block it has summed), "same_mask_far" (the same as "same_mask", with the
+    teacher's class 0 and the student's class 2 at -3000: finite logits too far below their maxima
+    for that mode) or
     "top_apart" (a flat teacher, and the
     student the teacher minus 0.01 on every class but the teacher's top one: d is one constant
     over most of P's mass, where the finish's terms cancel and the kernel recentres the row); with
@@ -110,8 +112,10 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
         if kind == "top_apart_masked":
             teacher[..., 3::11] = student[..., 3::11] = -inf
         return student, teacher
-    if kind in ("same_mask", "same_mask_but_one"):
+    if kind in ("same_mask", "same_mask_but_one", "same_mask_far"):
         teacher[..., 1::4] = student[..., 1::4] = -inf
+        if kind == "same_mask_far":
+            teacher[..., 0], student[..., 2:3] = -3000.0, -3000.0
         if kind == "same_mask_but_one":  # the side in ``masks`` keeps it: a finite value for every case
             unmasked = student if "teacher" in masks else teacher
             unmasked[..., 1::4][..., -1] = noise[..., 1::4][..., -1]
@@ -291,7 +295,8 @@ def oracle_atol(temperature, student, teacher):
 ORACLE_TEMPERATURES = (0.5, 1.0, 4.0)
 
 
-@pytest.mark.parametrize("kind", ("independent", "close", "masked", "same_mask", "same_mask_but_one"))
+@pytest.mark.parametrize("kind", ("independent", "close", "masked", "same_mask", "same_mask_but_one",
+                                  "same_mask_far"))
 def test_oracle_agrees(kind, case, dtype_row, kernel_target):
     """At one temperature per (target, dtype) (conftest.rotated): every case meets every one."""
     temperature = rotated(ORACLE_TEMPERATURES, kernel_target, dtype_row)

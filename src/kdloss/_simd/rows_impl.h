@@ -94,11 +94,11 @@ static void KD_FN(row_range)(const void *t_in, const void *s_in, ptrdiff_t n, kd
 /* The terms of KD_LANES classes in a mode; KD_SAME_MASK's are the moderate terms of the stand-ins
  * (kd_same_mask_stand_in), where the classes both sides mask get weight 0 and keep 0. */
 KD_INLINE KD_DIV(terms) KD_FN(terms_in_mode)(kd_vd t, kd_vd s, const KD_DIV(row) *row, const int mode,
-                                             double t_max, double s_max, double inv_T, kd_vi *out_of_range)
+                                             const kd_same_mask_row *same, kd_vi *out_of_range)
 {
     if (mode != KD_SAME_MASK)
         return KD_DIV(class_terms)(t, s, row, mode, KD_EXP_FOR_DOUBLE, out_of_range);
-    const kd_vi kept = ~kd_same_mask_stand_in(&t, &s, t_max, s_max, inv_T, out_of_range);
+    const kd_vi kept = ~kd_same_mask_stand_in(&t, &s, same, out_of_range);
     KD_DIV(terms) x = KD_DIV(class_terms)(t, s, row, KD_MODERATE, KD_EXP_FOR_DOUBLE, out_of_range);
     for (int k = 0; k < KD_DIV_SUMS; k++)
         x.weight[k] = kd_keep(kept, x.weight[k]);
@@ -111,12 +111,11 @@ KD_INLINE KD_DIV(terms) KD_FN(terms_in_mode)(kd_vd t, kd_vd s, const KD_DIV(row)
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
  * classes are stored at keep_a and keep_w. */
 KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_DIV(row) *row,
-                               const int mode, double t_max, double s_max, double inv_T,
-                               kd_block_sums *block, const int keeping, double *keep_a, double *keep_w,
+                               const int mode, const kd_same_mask_row *same, kd_block_sums *block, const int keeping, double *keep_a, double *keep_w,
                                kd_vi *out_of_range)
 {
-    KD_DIV(terms) x = KD_FN(terms_in_mode)(t0, s0, row, mode, t_max, s_max, inv_T, out_of_range);
-    KD_DIV(terms) y = KD_FN(terms_in_mode)(t1, s1, row, mode, t_max, s_max, inv_T, out_of_range);
+    KD_DIV(terms) x = KD_FN(terms_in_mode)(t0, s0, row, mode, same, out_of_range);
+    KD_DIV(terms) y = KD_FN(terms_in_mode)(t1, s1, row, mode, same, out_of_range);
     for (int k = 0; k < KD_DIV_SUMS; k++)
         block->sum[k] = kd_fma(x.weight[k], x.value[k], kd_fma(y.weight[k], y.value[k], block->sum[k]));
     if (keeping) {
@@ -138,6 +137,7 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
 {
     kd_vi out_of_range = (kd_vi)kd_splat(0.0);
     const KD_DIV(row) row = KD_DIV(row_constants)(t_max, s_max, inv_T);
+    const kd_same_mask_row same = kd_same_mask_row_of(t_max, s_max, inv_T);
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
         const KD_REAL *bt = t + start, *bs = s + start;
@@ -153,7 +153,7 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                 }
             }
             KD_FN(add_step)(KD_LOAD(bt + i), KD_LOAD(bs + i), KD_LOAD(bt + i + KD_LANES),
-                            KD_LOAD(bs + i + KD_LANES), &row, mode, t_max, s_max, inv_T, &block,
+                            KD_LOAD(bs + i + KD_LANES), &row, mode, &same, &block,
                             keeping, keep_a + start + i, keep_w + start + i, &out_of_range);
         }
         if (i < len) {
@@ -165,8 +165,7 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                             KD_LOAD_PARTIAL(bs + i, count0, -INFINITY),
                             KD_LOAD_PARTIAL(bt + i + count0, count - count0, -INFINITY),
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
-                            &row, mode == KD_SAME_MASK ? KD_SAME_MASK : KD_GENERAL, t_max, s_max, inv_T,
-                            &block, keeping, keep_a + start + i,
+                            &row, mode == KD_SAME_MASK ? KD_SAME_MASK : KD_GENERAL, &same, &block, keeping, keep_a + start + i,
                             keep_w + start + i, &out_of_range);
         }
         if (mode == KD_SAME_MASK && kd_any(out_of_range)) /* a misfit: redone in another mode */
@@ -192,8 +191,7 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
-    const kd_vs t_top = kd_splat_single((float)t_max), s_top = kd_splat_single((float)s_max);
-    const kd_vs inv_T_single = kd_splat_single((float)inv_T);
+    const kd_same_mask_single_row same = kd_same_mask_single_row_of(t_max, s_max, inv_T);
     const int term_mode = mode == KD_SAME_MASK ? KD_MODERATE : mode;
     kd_vsi lane_index, out_of_range = {0};
     for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
@@ -228,7 +226,7 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                     live = lane_index < count;
                 }
                 if (mode == KD_SAME_MASK) /* classes both sides mask: stand-ins of weight 0 */
-                    live &= ~kd_same_mask_stand_in_single(&tv, &sv, t_top, s_top, inv_T_single, &out_of_range);
+                    live &= ~kd_same_mask_stand_in_single(&tv, &sv, &same, &out_of_range);
                 KD_DIV(single_terms_of) x = KD_DIV(single_terms)(tv, sv, &row, term_mode, &out_of_range);
                 if (mode == KD_SAME_MASK || count < KD_SINGLE_LANES) {
                     for (int k = 0; k < KD_DIV_SUMS; k++)
@@ -492,14 +490,14 @@ KD_INLINE void KD_FN(gradient_lanes_in)(kd_vd t, kd_vd s, const kd_grad_row *row
 KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
                                      const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
-                                     const int mode, kd_vd *d_s, kd_vd *d_t)
+                                     const int mode, const kd_same_mask_row *same, kd_vd *d_s, kd_vd *d_t)
 {
     if (mode != KD_SAME_MASK && mode != KD_SAME_MASK_FITS) {
         KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, mode, d_s, d_t);
         return;
     }
     kd_vi kept;
-    if (kd_same_mask_lanes(&t, &s, kd_load_f64(row->kept_a + i), row, mode, &kept) == KD_MODERATE)
+    if (kd_same_mask_lanes(&t, &s, kd_load_f64(row->kept_a + i), same, mode, &kept) == KD_MODERATE)
         KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_MODERATE, d_s, d_t);
     else
         KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_GENERAL, d_s, d_t);
@@ -515,12 +513,14 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
+    const kd_same_mask_row same = kd_same_mask_row_of(row->range.t_max, kd_student_reference(&row->range),
+                                                      row->inv_T);
     kd_vd grad_s, grad_t = kd_splat(0.0);
     ptrdiff_t i = 0;
     for (; i + KD_LANES <= n; i += KD_LANES) {
         kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
-                              mode, &grad_s, &grad_t);
+                              mode, &same, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, KD_LANES, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, KD_LANES, row->round_to_odd);
@@ -529,7 +529,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         const int count = (int)(n - i);
         kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
-                              &finish, i, with_kl, ce_mode, mode, &grad_s, &grad_t);
+                              &finish, i, with_kl, ce_mode, mode, &same, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, count, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, count, row->round_to_odd);
@@ -595,8 +595,8 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
 #if KD_DIV_SECOND_SUMS
 /* Adds the second pass's terms of KD_LANES classes to sum, in a mode; the same-mask modes as the
  * gradient's (gradient_lanes): the moderate terms (kd_same_mask_lanes), 0 where both sides mask. */
-KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_grad_row *row,
-                                           const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
+KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const KD_DIV(row) *constants,
+                                           const KD_DIV(finished) *finish, const kd_same_mask_row *same,
                                            const int mode, const int value_only, kd_vd *sum)
 {
     if (mode != KD_SAME_MASK && mode != KD_SAME_MASK_FITS) {
@@ -607,7 +607,7 @@ KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
     for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
         part[k] = kd_splat(0.0);
     kd_vi kept;
-    if (kd_same_mask_lanes(&t, &s, ea, row, mode, &kept) == KD_MODERATE)
+    if (kd_same_mask_lanes(&t, &s, ea, same, mode, &kept) == KD_MODERATE)
         KD_DIV(second_terms)(t, s, ea, w, constants, finish, KD_MODERATE, KD_EXP_FOR_DOUBLE, value_only, part);
     else
         KD_DIV(second_terms)(t, s, ea, w, constants, finish, KD_GENERAL, KD_EXP_FOR_DOUBLE, value_only, part);
@@ -618,7 +618,8 @@ KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
 /* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
 KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
-                                   const int mode, const int value_only, kd_row_sums *out)
+                                   const kd_same_mask_row *same, const int mode, const int value_only,
+                                   kd_row_sums *out)
 {
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
     const KD_DIV(single_second) single = KD_DIV(single_second_row)(finish); /* the row's, once */
@@ -662,7 +663,7 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             const kd_vd sv = count == KD_LANES ? KD_LOAD(s + i) : KD_LOAD_PARTIAL(s + i, count, -INFINITY);
             /* the kept values cover the padding of the sums' pass, which adds 0 (e^a = 0) */
             KD_FN(second_terms_in_mode)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
-                                        row, constants, finish, mode, value_only, block.sum);
+                                        constants, finish, same, mode, value_only, block.sum);
         }
         kd_add_block(out, &block, KD_DIV_SECOND_SUMS);
     }
@@ -676,9 +677,11 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
+    const kd_same_mask_row same = kd_same_mask_row_of(row->range.t_max, kd_student_reference(&row->range),
+                                                      row->inv_T);
     /* each mode and value_only a constant in its own copy of the loop */
     const int mode = kd_row_mode(&row->range, row->inv_T);
-#define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, m, v, out)
+#define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, &same, m, v, out)
     if (mode == KD_MODERATE)
         row->value_only ? KD_SECOND_IN(KD_MODERATE, 1) : KD_SECOND_IN(KD_MODERATE, 0);
     else if (mode == KD_SAME_MASK && row->finish.same_mask_fits)

@@ -128,26 +128,48 @@ static inline int kd_row_mode(const kd_row_range *range, double inv_T)
  * d = a - b >= -700, so that every class it admits is near in every mode, and the kept values
  * mean the same whichever mode a chunk took. */
 #define KD_SAME_MASK_LOW (-696.0)
-/* ... and in float32 lanes (the float32 terms' range is [-80, 0]; a rough a suffices here) */
-#define KD_SAME_MASK_LOW_SINGLE (-79.0f)
+/* ... and in float32 lanes (the float32 terms' range is [-80, 0]) */
+#define KD_SAME_MASK_LOW_SINGLE (-79.0)
+
+/* A KD_SAME_MASK row's constants: the logits its stand-ins take (the teacher's maximum and the
+ * student's reference), and on each side the least logit x with (x - x_max) / T >= the mode's
+ * bound, so that the range test of a class is one comparison per side. */
+typedef struct {
+    double t_max, s_ref, t_low, s_low;
+} kd_same_mask_row;
+
+/* The least logit whose a (or b) from x_max is at least low, rounded up (a class below the bound is
+ * never admitted); +inf where it overflows, so that every finite class takes another mode. */
+static inline double kd_same_mask_low(double x_max, double inv_T, double low)
+{
+    const double bound = nextafter(x_max + low / inv_T, INFINITY);
+    return bound > -INFINITY ? bound : INFINITY;
+}
+
+static inline kd_same_mask_row kd_same_mask_row_of(double t_max, double s_ref, double inv_T)
+{
+    const kd_same_mask_row row = {t_max, s_ref, kd_same_mask_low(t_max, inv_T, KD_SAME_MASK_LOW),
+                                  kd_same_mask_low(s_ref, inv_T, KD_SAME_MASK_LOW)};
+    return row;
+}
 
 /* KD_SAME_MASK: the classes of a vector as the moderate terms take them. A class both sides mask
  * stands in as a class at both maxima, whose terms are finite (the caller gives them weight 0);
- * returns those lanes. The lanes where one side masks alone, or a finite a or b is below
- * KD_SAME_MASK_LOW (or NaN), join *misfit: the caller then takes them in a mode that handles them. */
-KD_INLINE kd_vi kd_same_mask_stand_in(kd_vd *t, kd_vd *s, double t_max, double s_max, double inv_T,
-                                          kd_vi *misfit)
+ * returns those lanes. The lanes where one side masks alone, or a finite logit is below its bound
+ * (or NaN: it fails every comparison), join *misfit: the caller then takes them in a mode that
+ * handles them. */
+KD_INLINE kd_vi kd_same_mask_stand_in(kd_vd *t, kd_vd *s, const kd_same_mask_row *row, kd_vi *misfit)
 {
     kd_vi masked = *t == -INFINITY;
-    *misfit |= masked ^ (*s == -INFINITY);
+    const kd_vi both_masked = masked & (*s == -INFINITY);
+    *misfit |= ~(both_masked | ((*t >= row->t_low) & (*s >= row->s_low)));
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX__)
     /* (GCC 12 stops with an internal error on the selects below in the portable target's double
      * lanes, two SSE registers each, unless the mask is opaque to it) */
     __asm__("" : "+m"(masked));
 #endif
-    *t = kd_select(masked, kd_splat(t_max), *t);
-    *s = kd_select(masked, kd_splat(s_max), *s);
-    *misfit |= ~(((*t - t_max) * inv_T >= KD_SAME_MASK_LOW) & ((*s - s_max) * inv_T >= KD_SAME_MASK_LOW));
+    *t = kd_select(masked, kd_splat(row->t_max), *t);
+    *s = kd_select(masked, kd_splat(row->s_ref), *s);
     return masked;
 }
 
@@ -156,8 +178,8 @@ KD_INLINE kd_vi kd_same_mask_stand_in(kd_vd *t, kd_vd *s, double t_max, double s
  * where a class does not fit the same-mask mode), with *t, *s the logits to take it at and *kept
  * the lanes whose results count. KD_SAME_MASK_FITS (the sums' pass fitted every class): the
  * logits as they are, and e^a > 0 marks the classes both sides allow. */
-KD_INLINE int kd_same_mask_lanes(kd_vd *t, kd_vd *s, kd_vd ea, const kd_grad_row *row, const int mode,
-                                     kd_vi *kept)
+KD_INLINE int kd_same_mask_lanes(kd_vd *t, kd_vd *s, kd_vd ea, const kd_same_mask_row *row, const int mode,
+                                 kd_vi *kept)
 {
     if (mode == KD_SAME_MASK_FITS) {
         *kept = ea != 0.0;
@@ -165,8 +187,7 @@ KD_INLINE int kd_same_mask_lanes(kd_vd *t, kd_vd *s, kd_vd ea, const kd_grad_row
     }
     kd_vd t_in = *t, s_in = *s;
     kd_vi misfit = (kd_vi)kd_splat(0.0);
-    *kept = ~kd_same_mask_stand_in(&t_in, &s_in, row->range.t_max, kd_student_reference(&row->range),
-                                   row->inv_T, &misfit);
+    *kept = ~kd_same_mask_stand_in(&t_in, &s_in, row, &misfit);
     if (kd_any(misfit)) {
         *kept = ~(kd_vi)kd_splat(0.0);
         return KD_GENERAL;
@@ -177,16 +198,38 @@ KD_INLINE int kd_same_mask_lanes(kd_vd *t, kd_vd *s, kd_vd ea, const kd_grad_row
 }
 
 #if !KD_LIBM
-/* The same in float32 lanes, from the maxima and 1 / T rounded to float. */
-KD_INLINE kd_vsi kd_same_mask_stand_in_single(kd_vs *t, kd_vs *s, kd_vs t_max, kd_vs s_max, kd_vs inv_T,
-                                                  kd_vsi *misfit)
+/* The same in float32 lanes. */
+typedef struct {
+    kd_vs t_max, s_ref, t_low, s_low;
+} kd_same_mask_single_row;
+
+/* kd_same_mask_low for a float32 logit: rounded up to a float, so that x >= it is x >= the bound */
+static inline float kd_same_mask_low_single(float x_max, double inv_T)
+{
+    const double bound = (double)x_max + KD_SAME_MASK_LOW_SINGLE / inv_T;
+    float rounded = (float)bound;
+    if ((double)rounded < bound)
+        rounded = nextafterf(rounded, INFINITY);
+    return rounded > -INFINITY ? rounded : INFINITY;
+}
+
+static inline kd_same_mask_single_row kd_same_mask_single_row_of(double t_max, double s_ref, double inv_T)
+{
+    const float t_top = (float)t_max, s_top = (float)s_ref; /* exact: the row's own values */
+    const kd_same_mask_single_row row = {kd_splat_single(t_top), kd_splat_single(s_top),
+                                         kd_splat_single(kd_same_mask_low_single(t_top, inv_T)),
+                                         kd_splat_single(kd_same_mask_low_single(s_top, inv_T))};
+    return row;
+}
+
+KD_INLINE kd_vsi kd_same_mask_stand_in_single(kd_vs *t, kd_vs *s, const kd_same_mask_single_row *row,
+                                              kd_vsi *misfit)
 {
     const kd_vsi masked = *t == -INFINITY;
-    *misfit |= masked ^ (*s == -INFINITY);
-    *t = kd_select_single(masked, t_max, *t);
-    *s = kd_select_single(masked, s_max, *s);
-    *misfit |= ~(((*t - t_max) * inv_T >= KD_SAME_MASK_LOW_SINGLE)
-                 & ((*s - s_max) * inv_T >= KD_SAME_MASK_LOW_SINGLE));
+    const kd_vsi both_masked = masked & (*s == -INFINITY);
+    *misfit |= ~(both_masked | ((*t >= row->t_low) & (*s >= row->s_low)));
+    *t = kd_select_single(masked, row->t_max, *t);
+    *s = kd_select_single(masked, row->s_ref, *s);
     return masked;
 }
 #endif
