@@ -15,7 +15,7 @@ import threading
 from collections import namedtuple
 
 from .._divergences import DIVERGENCES, resolve_divergence
-from .._sparse_inputs import check_sparse_divergence, check_tail
+from .._sparse_inputs import TAILS, VALUE_KINDS, check_sparse_divergence, check_tail
 from .._threads import resolve_num_threads
 from .._validation import (
     check_num_threads,
@@ -334,19 +334,35 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
+# The library's errors spell a choice as its keyword argument; the command line's, as its flag.
+_FLAG_SPELLINGS = {
+    f"{keyword}={choice!r}": f"{flag} {choice}"
+    for keyword, flag, choices in (("tail", "--tail", TAILS), ("values", "--teacher-values", VALUE_KINDS))
+    for choice in choices
+}
+
+
+def _in_flags(error):
+    """``error``'s message with the library's keyword arguments spelt as this command's flags."""
+    message = str(error)
+    for keyword, flag in _FLAG_SPELLINGS.items():
+        message = message.replace(keyword, flag)
+    return message
+
+
 def run(args):
     """``kdloss score``: validate, score, print the summary; the exit status."""
     prefix = "kdloss score: error:"
     try:
         job = validate(args)
     except (ValueError, TypeError) as error:  # InputError and kdloss's own argument errors
-        print(f"{prefix} {error}", file=sys.stderr)
+        print(f"{prefix} {_in_flags(error)}", file=sys.stderr)
         return 2
     try:
         with _sigterm_unwinds():
             summary = score(job)
-    except InputError as error:  # e.g. an unreachable Dask scheduler
-        print(f"{prefix} {error}", file=sys.stderr)
+    except InputError as error:  # e.g. an unreachable Dask scheduler, a teacher's bad row
+        print(f"{prefix} {_in_flags(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdloss score: interrupted; no output written", file=sys.stderr)
