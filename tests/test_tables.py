@@ -420,9 +420,12 @@ def test_accurate_against_mpmath(kind, n_classes, case, dtype_row, kernel_target
 # square to stay in float32's range (T = 1e22: such rows take the double terms throughout), and
 # where the value is carried by classes 53 to 60 T below the maxima ("far_below": integer
 # logits, a few student classes moved by 1e-3; each class's e^a must be accurate to ~1 ulp
-# there, which (t - t_max) / T rounded to float32 is not: measured 6.6e-6 off before the fix).
+# there, which (t - t_max) / T rounded to float32 is not: measured 6.6e-6 off before the fix);
+# and rows where both sides mask every fourth class (the same-mask mode, whose second pass takes
+# float32 lanes too), with the student far from or close to the teacher.
 LONG_ROW_KINDS = {"close": ("close", 1.0), "near_zero": ("near_zero", 4.0), "far_classes": ("close", 1.0),
-                  "huge_T": ("close", 1e22), "far_below": ("close", 0.3), "top_apart": ("top_apart", 1.0)}
+                  "huge_T": ("close", 1e22), "far_below": ("close", 0.3), "top_apart": ("top_apart", 1.0),
+                  "same_mask": ("same_mask", 4.0), "same_mask_close": ("close", 1.0)}
 
 
 @functools.cache
@@ -432,6 +435,8 @@ def exact_long_rows(case, kind):
     student, teacher = logits_pair((2, 1000), row, pair_kind, seed=5)
     if kind == "far_classes":
         student[:, ::50] += np.float32(4.0)
+    if kind == "same_mask_close":
+        student[:, 1::4] = teacher[:, 1::4] = -np.inf
     if kind == "far_below":
         teacher = np.random.default_rng(6).integers(-23, 1, (2, 1000)).astype(np.float32)
         teacher[:, :3] = 0.0

@@ -377,14 +377,19 @@ KD_INLINE kd_vs kd_mix_phi_factor_single(kd_vs x, kd_vs z)
 
 /* Adds the terms of the KD_SINGLE_LANES classes whose kept e^a and w are ea0, w0 (the first
  * KD_LANES) and ea1, w1: the value's to the float32 lane sums, the gradient's to the double block
- * sums; returns 0, adding nothing, where the step must take the double terms. */
+ * sums; returns 0, adding nothing, where the step must take the double terms. With zero_mass, a
+ * class whose kept e^a is 0 (one both sides mask, in a same-mask row) takes rho = 0 and adds 0. */
 KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w1, const kd_mix_finished *row,
                                          const kd_mix_single_second *single, const int value_only,
-                                         kd_vs *sum, kd_vd *block_sum)
+                                         const int zero_mass, kd_vs *sum, kd_vd *block_sum)
 {
     const double kappa = kd_mix_kappa(row);
     const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && row->lam != 1.0;
-    const kd_vd rho0 = (w0 - single->y) * single->inv_one_plus_y, rho1 = (w1 - single->y) * single->inv_one_plus_y;
+    kd_vd rho0 = (w0 - single->y) * single->inv_one_plus_y, rho1 = (w1 - single->y) * single->inv_one_plus_y;
+    if (zero_mass) {
+        rho0 = kd_keep(ea0 != 0.0, rho0);
+        rho1 = kd_keep(ea1 != 0.0, rho1);
+    }
     const kd_vs rho = kd_narrow_halves(rho0, rho1);
     const kd_vs p = kd_narrow_halves(ea0 * single->p_scale, ea1 * single->p_scale);
     const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high)

@@ -14,7 +14,8 @@
  * student masks a class or reaches below 80 T) extends it to the masked mode of both sides.
  * KD_DIV_SINGLE_SECOND (1: the row gives KD_DIV(single_second_terms), which takes a step of the
  * second pass in float32 lanes or declines it) gives float-precision inputs' moderate rows a
- * float32 second pass; a step it declines takes the double terms. */
+ * float32 second pass, and same-mask rows whose every chunk fitted that mode (its zero_mass: the
+ * classes both sides mask add 0); a step it declines takes the double terms. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -632,8 +633,9 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
         ptrdiff_t i = start;
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
         /* float32 lanes a step at a time, their sums widened every KD_SINGLE_RUN steps; a step they
-         * cannot take exactly takes the double terms */
-        if (mode == KD_MODERATE) {
+         * cannot take exactly takes the double terms (in a same-mask row every chunk of which fitted,
+         * the classes both sides mask have kept e^a = 0, and add 0) */
+        if (mode == KD_MODERATE || mode == KD_SAME_MASK_FITS) {
             while (i + KD_STEP <= start + len) {
                 kd_vs lane_sum[KD_DIV_SECOND_SUMS];
                 for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
@@ -641,12 +643,13 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
                 for (int step = 0; step < KD_SINGLE_RUN && i + KD_STEP <= start + len; step++, i += KD_STEP) {
                     const kd_vd ea0 = kd_load_f64(row->kept_a + i), ea1 = kd_load_f64(row->kept_a + i + KD_LANES);
                     const kd_vd w0 = kd_load_f64(row->kept_w + i), w1 = kd_load_f64(row->kept_w + i + KD_LANES);
-                    if (KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, &single, value_only, lane_sum, block.sum))
+                    if (KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, &single, value_only,
+                                                    mode == KD_SAME_MASK_FITS, lane_sum, block.sum))
                         continue;
-                    KD_DIV(second_terms)(KD_LOAD(t + i), KD_LOAD(s + i), ea0, w0, constants, finish, mode,
-                                         KD_EXP_FOR_DOUBLE, value_only, block.sum);
-                    KD_DIV(second_terms)(KD_LOAD(t + i + KD_LANES), KD_LOAD(s + i + KD_LANES), ea1, w1,
-                                         constants, finish, mode, KD_EXP_FOR_DOUBLE, value_only, block.sum);
+                    KD_FN(second_terms_in_mode)(KD_LOAD(t + i), KD_LOAD(s + i), ea0, w0, constants, finish, same,
+                                                mode, value_only, block.sum);
+                    KD_FN(second_terms_in_mode)(KD_LOAD(t + i + KD_LANES), KD_LOAD(s + i + KD_LANES), ea1, w1,
+                                                constants, finish, same, mode, value_only, block.sum);
                 }
                 for (int k = 0; k < KD_DIV_SECOND_SUMS; k++) {
                     kd_vd low, high;
