@@ -95,7 +95,8 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     masked on one side alone: in rows of more than 256 classes, a block, the kernel's same-mask mode
     meets it after a block it has summed), "same_mask_far" (the same as "same_mask", with the
     teacher's class 0 and the student's class 2 at -3000: finite logits too far below their maxima
-    for that mode) or
+    for that mode), "masked_far" ("masked" with the teacher's class 0 at -3000: the masked modes'
+    way out to the general one) or
     "top_apart" (a flat teacher, and the
     student the teacher minus 0.01 on every class but the teacher's top one: d is one constant
     over most of P's mass, where the finish's terms cancel and the kernel recentres the row); with
@@ -116,10 +117,12 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
         teacher[..., 1::4] = student[..., 1::4] = -inf
         if kind == "same_mask_far":
             teacher[..., 0], student[..., 2:3] = -3000.0, -3000.0
+    if kind == "masked_far":
+        teacher[..., 0] = -3000.0
         if kind == "same_mask_but_one":  # the side in ``masks`` keeps it: a finite value for every case
             unmasked = student if "teacher" in masks else teacher
             unmasked[..., 1::4][..., -1] = noise[..., 1::4][..., -1]
-    if kind == "masked":
+    if kind in ("masked", "masked_far"):
         if "teacher" in masks:
             teacher[..., 1::4] = -inf
         if "student" in masks:
@@ -295,8 +298,8 @@ def oracle_atol(temperature, student, teacher):
 ORACLE_TEMPERATURES = (0.5, 1.0, 4.0)
 
 
-@pytest.mark.parametrize("kind", ("independent", "close", "masked", "same_mask", "same_mask_but_one",
-                                  "same_mask_far"))
+@pytest.mark.parametrize("kind", ("independent", "close", "masked", "masked_far", "same_mask",
+                                  "same_mask_but_one", "same_mask_far"))
 def test_oracle_agrees(kind, case, dtype_row, kernel_target):
     """At one temperature per (target, dtype) (conftest.rotated): every case meets every one."""
     temperature = rotated(ORACLE_TEMPERATURES, kernel_target, dtype_row)
