@@ -66,7 +66,7 @@ cdef extern from "simd.h" nogil:
     ctypedef struct kd_row_sums:
         double sum[4]
         double err[4]
-        int mode_held
+        int same_mask
     ctypedef struct kd_row_finish:
         double value
         double constant[14]
@@ -315,7 +315,7 @@ cdef inline void merge_sums(kd_row_sums* row, const kd_row_sums* chunk) noexcept
         add_to(&acc, chunk.sum[k])
         row.sum[k] = acc.total
         row.err[k] = acc.error + chunk.err[k]
-    row.mode_held = max(row.mode_held, chunk.mode_held)  # 2 (a chunk left the row's mode) wins
+    row.same_mask = max(row.same_mask, chunk.same_mask)  # 2 (a chunk left the same-mask mode) wins
 
 
 cdef inline Py_ssize_t chunk_length(Py_ssize_t start, Py_ssize_t n) noexcept nogil:

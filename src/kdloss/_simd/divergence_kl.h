@@ -367,15 +367,12 @@ KD_INLINE void kd_kl_gradient_lanes(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const k
 {
     const double inv_T = constants->inv_T;
     /* (with the student finite, d is NaN only where the teacher masks, and P = 0 there) */
-    const kd_vd d = kd_kl_gap(t, s, constants, for_double,
-                              mode == KD_MODERATE || mode == KD_MASKED_TEACHER || mode == KD_MASKED_TEACHER_FITS);
+    const kd_vd d = kd_kl_gap(t, s, constants, for_double, mode == KD_MODERATE || mode == KD_MASKED_TEACHER);
     const kd_vd at = t - constants->t_max;
     const kd_vd p = ea * row->inv_zp;
     const kd_vd near_value = p * ((w - row->y) * row->inv_one_plus_y);
     if (mode == KD_MODERATE)
         *q_minus_p = near_value;
-    else if (mode == KD_MASKED_TEACHER_FITS) /* every chunk held the mode: e^a > 0 where t is finite */
-        *q_minus_p = kd_select(ea != 0.0, near_value, w * row->inv_zq - p);
     else if (mode == KD_MASKED_TEACHER) /* every b >= -700: near where a >= -700 (not where t masks) */
         *q_minus_p = kd_select(at * inv_T >= -700.0, near_value, w * row->inv_zq - p);
     else

@@ -100,7 +100,7 @@ static void KD_CAT(finish_rows, KD_DIV_SUFFIX)(const kd_row_sums *sums, int coun
         const KD_DIV(finished) finished = KD_DIV(finish_lanes)(lanes, weights);
         for (int lane = 0; lane < KD_LANES && first + lane < count; lane++) {
             KD_DIV(finish_store)(&finished, lane, &out[first + lane]);
-            out[first + lane].mode_held = sums[first + lane].mode_held == 1;
+            out[first + lane].same_mask_fits = sums[first + lane].same_mask == 1;
         }
     }
 }

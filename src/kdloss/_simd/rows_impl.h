@@ -270,13 +270,13 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
 KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t n,
                                   const kd_row_range *range, double inv_T, kd_row_sums *out,
                                   double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s,
-                                  int *mode_held)
+                                  int *same_mask)
 {
     const KD_REAL *t = t_in, *s = s_in;
     memset(out, 0, sizeof *out);
     const int keeping = kept_a != NULL;
     int mode = kd_row_mode(range, inv_T);
-    *mode_held = mode == KD_SAME_MASK || mode == KD_MASKED_TEACHER;
+    *same_mask = mode == KD_SAME_MASK;
     const double t_max = range->t_max, s_max = kd_student_reference(range);
     /* Each mode and keeping flag is a constant in its own copy of the loop. */
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
@@ -295,7 +295,7 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
                 return;
             memset(out, 0, sizeof *out);
             mode = KD_MASKED;
-            *mode_held = 2;
+            *same_mask = 2;
         }
         if (mode == KD_MASKED_TEACHER && kd_student_within(range, inv_T, -80.0)) {
             if (!(keeping ? KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 1) : KD_SINGLE_CHUNK(KD_MASKED_TEACHER, 0)))
@@ -314,7 +314,7 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
             return;
         memset(out, 0, sizeof *out);
         mode = KD_MASKED;
-        *mode_held = 2;
+        *same_mask = 2;
     }
     if (mode == KD_MODERATE)
         keeping ? KD_CHUNK_IN(KD_MODERATE, 1) : KD_CHUNK_IN(KD_MODERATE, 0);
@@ -323,8 +323,6 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
     else if (mode == KD_MASKED_TEACHER)
         redo = keeping ? KD_CHUNK_IN(KD_MASKED_TEACHER, 1) : KD_CHUNK_IN(KD_MASKED_TEACHER, 0);
     if (mode == KD_GENERAL || redo) {
-        if (redo)
-            *mode_held = 2;
         memset(out, 0, sizeof *out);
         keeping ? KD_CHUNK_IN(KD_GENERAL, 1) : KD_CHUNK_IN(KD_GENERAL, 0);
     }
@@ -335,9 +333,9 @@ static void KD_FN(row_sums)(const void *t_in, const void *s_in, ptrdiff_t n,
                             const kd_row_range *range, double inv_T, kd_row_sums *out,
                             double *kept_a, double *kept_w, ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
-    int mode_held;
-    KD_FN(row_sums_in)(t_in, s_in, n, range, inv_T, out, kept_a, kept_w, ahead_t, ahead_s, &mode_held);
-    out->mode_held = mode_held;
+    int same_mask;
+    KD_FN(row_sums_in)(t_in, s_in, n, range, inv_T, out, kept_a, kept_w, ahead_t, ahead_s, &same_mask);
+    out->same_mask = same_mask;
 }
 
 /* Stores `count` lanes of x as KD_OUT, each rounded once (float32: to nearest, or with
@@ -568,18 +566,13 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
             KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, m, 1);                  \
     } while (0)
     if (mode == KD_SAME_MASK) {
-        if (row->finish.mode_held)
+        if (row->finish.same_mask_fits)
             KD_SAME_MASK_LOOPS(KD_SAME_MASK_FITS);
         else
             KD_SAME_MASK_LOOPS(KD_SAME_MASK);
         return;
     }
 #undef KD_SAME_MASK_LOOPS
-    if (row->ce_mode == KD_CE_NONE && mode == KD_MASKED_TEACHER && row->finish.mode_held) {
-        d_t ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MASKED_TEACHER_FITS, 1)
-            : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MASKED_TEACHER_FITS, 0);
-        return;
-    }
     if (row->ce_mode == KD_CE_NONE && mode == KD_MASKED_TEACHER) {
         d_t ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MASKED_TEACHER, 1)
             : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MASKED_TEACHER, 0);
@@ -694,7 +687,7 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
 #define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, &same, m, v, out)
     if (mode == KD_MODERATE)
         row->value_only ? KD_SECOND_IN(KD_MODERATE, 1) : KD_SECOND_IN(KD_MODERATE, 0);
-    else if (mode == KD_SAME_MASK && row->finish.mode_held)
+    else if (mode == KD_SAME_MASK && row->finish.same_mask_fits)
         row->value_only ? KD_SECOND_IN(KD_SAME_MASK_FITS, 1) : KD_SECOND_IN(KD_SAME_MASK_FITS, 0);
     else if (mode == KD_SAME_MASK)
         row->value_only ? KD_SECOND_IN(KD_SAME_MASK, 1) : KD_SECOND_IN(KD_SAME_MASK, 0);

@@ -109,12 +109,10 @@ enum { KD_KL = 0, KD_MIXTURE = 1, KD_TVD = 2, KD_DIVERGENCE_COUNT = 3 };
  * -inf on both sides at the same classes (a vocabulary both models mask: the moderate terms, with
  * stand-ins of weight 0 for those classes); anything (the general mode). */
 enum { KD_GENERAL = 0, KD_MODERATE = 1, KD_MASKED = 2, KD_MASKED_TEACHER = 3, KD_SAME_MASK = 4 };
-/* The later passes' modes for a row whose sums' pass held its mode in every chunk
- * (kd_row_finish.mode_held): every class the teacher allows is then near, and its kept e^a > 0
- * marks it. KD_SAME_MASK_FITS: the classes both sides allow take the moderate arithmetic from the
- * logits as they are. KD_MASKED_TEACHER_FITS (the gradient pass): the kept values alone tell a
- * class the teacher masks from a near one, and the logits are not read. */
-enum { KD_SAME_MASK_FITS = 5, KD_MASKED_TEACHER_FITS = 6 };
+/* The later passes' mode for a KD_SAME_MASK row whose sums' pass took every chunk in that mode
+ * (kd_row_finish.same_mask_fits): every class both sides allow is then near, and e^a > 0 marks
+ * exactly those classes, so they take the moderate arithmetic from the logits as they are. */
+enum { KD_SAME_MASK_FITS = 5 };
 
 /* The most sums a divergence keeps per row, and constants its finish hands the gradient pass. */
 #define KD_MAX_SUMS 4
@@ -133,9 +131,9 @@ typedef struct {
  * what rounding took from sum[i]. What each sum is belongs to the divergence (divergence_kl.h). */
 typedef struct {
     double sum[KD_MAX_SUMS], err[KD_MAX_SUMS];
-    /* KD_SAME_MASK and KD_MASKED_TEACHER rows: 1 where the chunk held that mode (in either lane
-     * width), 2 where it left it (a row's chunks merge into the larger); 0 for rows of other modes */
-    int mode_held;
+    /* KD_SAME_MASK rows: 1 where the chunk took that mode, 2 where it left it (a row's chunks
+     * merge into the larger); 0 for rows of other modes */
+    int same_mask;
 } kd_row_sums;
 
 /* A finished row: its divergence's value (NaN where the formulas cannot settle the row: special
@@ -148,7 +146,7 @@ typedef struct {
     double value;
     double constant[KD_MAX_CONSTANTS];
     double cancellation, recentre;
-    int mode_held; /* the sums' mode_held was 1: the later passes take the _FITS modes */
+    int same_mask_fits; /* the sums' same_mask was 1: the later passes take KD_SAME_MASK_FITS */
 } kd_row_finish;
 
 /* How the gradient pass scales a row: d_s = kl_coef dD/ds + ce_coef R (R = softmax(s) at T = 1,
