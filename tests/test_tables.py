@@ -116,12 +116,12 @@ def logits_pair(shape, row, kind="masked", seed=0, masks=("teacher",)):
     if kind in ("same_mask", "same_mask_but_one", "same_mask_far"):
         teacher[..., 1::4] = student[..., 1::4] = -inf
         if kind == "same_mask_far":
-            teacher[..., 0], student[..., 2:3] = -3000.0, -3000.0
-    if kind == "masked_far":
-        teacher[..., 0] = -3000.0
+            teacher[..., 0] = student[..., 2] = -3000.0
         if kind == "same_mask_but_one":  # the side in ``masks`` keeps it: a finite value for every case
             unmasked = student if "teacher" in masks else teacher
             unmasked[..., 1::4][..., -1] = noise[..., 1::4][..., -1]
+    if kind == "masked_far":
+        teacher[..., 0] = -3000.0
     if kind in ("masked", "masked_far"):
         if "teacher" in masks:
             teacher[..., 1::4] = -inf

@@ -112,8 +112,8 @@ KD_INLINE KD_DIV(terms) KD_FN(terms_in_mode)(kd_vd t, kd_vd s, const KD_DIV(row)
  * first KD_LANES classes, t1, s1 the next. With `keeping`, e^a and the gradient's w of these
  * classes are stored at keep_a and keep_w. */
 KD_INLINE void KD_FN(add_step)(kd_vd t0, kd_vd s0, kd_vd t1, kd_vd s1, const KD_DIV(row) *row,
-                               const int mode, const kd_same_mask_row *same, kd_block_sums *block, const int keeping, double *keep_a, double *keep_w,
-                               kd_vi *out_of_range)
+                               const int mode, const kd_same_mask_row *same, kd_block_sums *block,
+                               const int keeping, double *keep_a, double *keep_w, kd_vi *out_of_range)
 {
     KD_DIV(terms) x = KD_FN(terms_in_mode)(t0, s0, row, mode, same, out_of_range);
     KD_DIV(terms) y = KD_FN(terms_in_mode)(t1, s1, row, mode, same, out_of_range);
@@ -138,7 +138,7 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
 {
     kd_vi out_of_range = (kd_vi)kd_splat(0.0);
     const KD_DIV(row) row = KD_DIV(row_constants)(t_max, s_max, inv_T);
-    const kd_same_mask_row same = kd_same_mask_row_of(t_max, s_max, inv_T);
+    const kd_same_mask_row same = kd_same_mask_row_of(mode, t_max, s_max, inv_T);
     for (ptrdiff_t start = 0; start < n; start += KD_BLOCK) {
         const ptrdiff_t len = n - start < KD_BLOCK ? n - start : KD_BLOCK;
         const KD_REAL *bt = t + start, *bs = s + start;
@@ -166,8 +166,8 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
                             KD_LOAD_PARTIAL(bs + i, count0, -INFINITY),
                             KD_LOAD_PARTIAL(bt + i + count0, count - count0, -INFINITY),
                             KD_LOAD_PARTIAL(bs + i + count0, count - count0, -INFINITY),
-                            &row, mode == KD_SAME_MASK ? KD_SAME_MASK : KD_GENERAL, &same, &block, keeping, keep_a + start + i,
-                            keep_w + start + i, &out_of_range);
+                            &row, mode == KD_SAME_MASK ? KD_SAME_MASK : KD_GENERAL, &same, &block,
+                            keeping, keep_a + start + i, keep_w + start + i, &out_of_range);
         }
         if (mode == KD_SAME_MASK && kd_any(out_of_range)) /* a misfit: redone in another mode */
             return 1;
@@ -192,7 +192,7 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
-    const kd_same_mask_single_row same = kd_same_mask_single_row_of(t_max, s_max, inv_T);
+    const kd_same_mask_single_row same = kd_same_mask_single_row_of(mode, t_max, s_max, inv_T);
     const int term_mode = mode == KD_SAME_MASK ? KD_MODERATE : mode;
     kd_vsi lane_index, out_of_range = {0};
     for (int lane = 0; lane < KD_SINGLE_LANES; lane++)
@@ -514,7 +514,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
-    const kd_same_mask_row same = kd_same_mask_row_of(row->range.t_max, kd_student_reference(&row->range),
+    const kd_same_mask_row same = kd_same_mask_row_of(mode, row->range.t_max, kd_student_reference(&row->range),
                                                       row->inv_T);
     kd_vd grad_s, grad_t = kd_splat(0.0);
     ptrdiff_t i = 0;
@@ -680,10 +680,10 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
-    const kd_same_mask_row same = kd_same_mask_row_of(row->range.t_max, kd_student_reference(&row->range),
-                                                      row->inv_T);
     /* each mode and value_only a constant in its own copy of the loop */
     const int mode = kd_row_mode(&row->range, row->inv_T);
+    const kd_same_mask_row same = kd_same_mask_row_of(mode, row->range.t_max, kd_student_reference(&row->range),
+                                                      row->inv_T);
 #define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, &same, m, v, out)
     if (mode == KD_MODERATE)
         row->value_only ? KD_SECOND_IN(KD_MODERATE, 1) : KD_SECOND_IN(KD_MODERATE, 0);

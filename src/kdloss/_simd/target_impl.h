@@ -4,6 +4,7 @@
  * Included by target_<name>.c after it sets KD_LANES (doubles per vector), KD_TARGET_ID (a C
  * identifier) and KD_TARGET_LABEL (its name in show_config); KD_LIBM (scalar target): exp and log
  * from libm, one lane. */
+#include <float.h>
 #include <math.h>
 
 #include "simd.h"
@@ -138,19 +139,21 @@ typedef struct {
     double t_max, s_ref, t_low, s_low;
 } kd_same_mask_row;
 
-/* The least logit whose a (or b) from x_max is at least low, rounded up (a class below the bound is
- * never admitted); +inf where it overflows, so that every finite class takes another mode. */
-static inline double kd_same_mask_low(double x_max, double inv_T, double low)
+/* The least logit whose a (or b) from x_max is at least KD_SAME_MASK_LOW, rounded up (a class
+ * below the bound is never admitted); +inf where it overflows, so that every finite class takes
+ * another mode. */
+static inline double kd_same_mask_low(double x_max, double inv_T)
 {
-    const double bound = nextafter(x_max + low / inv_T, INFINITY);
-    return bound > -INFINITY ? bound : INFINITY;
+    const double bound = x_max + KD_SAME_MASK_LOW / inv_T;
+    return bound > -INFINITY ? nextafter(bound, INFINITY) : INFINITY;
 }
 
-static inline kd_same_mask_row kd_same_mask_row_of(double t_max, double s_ref, double inv_T)
+/* The constants of a row in a mode: zeros unless KD_SAME_MASK, the only mode that reads them. */
+static inline kd_same_mask_row kd_same_mask_row_of(int mode, double t_max, double s_ref, double inv_T)
 {
-    const kd_same_mask_row row = {t_max, s_ref, kd_same_mask_low(t_max, inv_T, KD_SAME_MASK_LOW),
-                                  kd_same_mask_low(s_ref, inv_T, KD_SAME_MASK_LOW)};
-    return row;
+    const kd_same_mask_row none = {0}, row = {t_max, s_ref, kd_same_mask_low(t_max, inv_T),
+                                              kd_same_mask_low(s_ref, inv_T)};
+    return mode == KD_SAME_MASK ? row : none;
 }
 
 /* KD_SAME_MASK: the classes of a vector as the moderate terms take them. A class both sides mask
@@ -203,19 +206,26 @@ typedef struct {
     kd_vs t_max, s_ref, t_low, s_low;
 } kd_same_mask_single_row;
 
-/* kd_same_mask_low for a float32 logit: rounded up to a float, so that x >= it is x >= the bound */
+/* kd_same_mask_low for a float32 logit, with KD_SAME_MASK_LOW_SINGLE: rounded up to a float, so
+ * that x >= it is x >= the bound; +inf where it leaves float's range */
 static inline float kd_same_mask_low_single(float x_max, double inv_T)
 {
     const double bound = (double)x_max + KD_SAME_MASK_LOW_SINGLE / inv_T;
+    if (!(bound >= -FLT_MAX))
+        return INFINITY;
     float rounded = (float)bound;
     if ((double)rounded < bound)
         rounded = nextafterf(rounded, INFINITY);
-    return rounded > -INFINITY ? rounded : INFINITY;
+    return rounded;
 }
 
-static inline kd_same_mask_single_row kd_same_mask_single_row_of(double t_max, double s_ref, double inv_T)
+static inline kd_same_mask_single_row kd_same_mask_single_row_of(int mode, double t_max, double s_ref,
+                                                                 double inv_T)
 {
     const float t_top = (float)t_max, s_top = (float)s_ref; /* exact: the row's own values */
+    const kd_same_mask_single_row none = {{0}};
+    if (mode != KD_SAME_MASK)
+        return none;
     const kd_same_mask_single_row row = {kd_splat_single(t_top), kd_splat_single(s_top),
                                          kd_splat_single(kd_same_mask_low_single(t_top, inv_T)),
                                          kd_splat_single(kd_same_mask_low_single(s_top, inv_T))};
