@@ -113,3 +113,35 @@ def test_kdloss_debug_keeps_debug_info(setup_module):
 
 def test_msvc_gets_only_its_own_flags(setup_module):
     assert setup_module.release_flags(Compiler("msvc"), environ={}) == (["/O2"], [])
+
+
+class CompilerThatRecords:
+    """A compiler that records the sources it is asked for, one object per source."""
+
+    compiler_type = "unix"
+
+    def __init__(self):
+        self.compiled = []
+
+    def compile(self, sources, *args, **kwargs):
+        self.compiled.extend(sources)
+        return [source.replace(".c", ".o") for source in sources]
+
+
+KERNEL_SOURCES = [f"src/kdloss/{name}.c" for name in (
+    "_kernel", "_simd/dispatch", "_simd/target_scalar", "_simd/target_baseline",
+    "_simd/target_avx2", "_simd/target_avx512")]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_a_parallel_compile_returns_the_objects_in_the_sources_order(setup_module, jobs):
+    compiler = CompilerThatRecords()
+    setup_module.compile_in_parallel(compiler, jobs)
+    assert compiler.compile(KERNEL_SOURCES) == [s.replace(".c", ".o") for s in KERNEL_SOURCES]
+    assert sorted(compiler.compiled) == sorted(KERNEL_SOURCES)
+
+
+def test_the_slowest_files_are_compiled_first(setup_module):
+    names = [Path(s).stem for s in sorted(KERNEL_SOURCES, key=setup_module.compile_rank)]
+    assert names == ["target_avx512", "target_baseline", "target_avx2", "target_scalar", "_kernel",
+                     "dispatch"]
