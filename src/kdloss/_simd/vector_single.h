@@ -86,22 +86,41 @@ KD_INLINE kd_vd kd_widen_single(kd_vf x)
 #endif
 }
 
-/* The lower and upper halves of a float32 vector, as doubles. */
+/* The lower and upper halves of a float32 vector, as doubles. The x86 targets split and join
+ * halves in registers: through memory, GCC 12 stores two halves and loads them as one vector, a
+ * load that store forwarding cannot serve (the float32 mixture pass's hottest instructions). */
 KD_INLINE void kd_widen_halves(kd_vs x, kd_vd *low, kd_vd *high)
 {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    *low = (kd_vd)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)x));
+    *high = (kd_vd)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd((__m512d)x, 1)));
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX__) && KD_LANES == 4
+    *low = (kd_vd)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)x));
+    *high = (kd_vd)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)x, 1));
+#else
     kd_vf half[2];
     memcpy(half, &x, sizeof half);
     *low = kd_widen_single(half[0]);
     *high = kd_widen_single(half[1]);
+#endif
 }
 
 /* Two vectors of doubles as one float32 vector (rounded to nearest), low lanes first. */
 KD_INLINE kd_vs kd_narrow_halves(kd_vd low, kd_vd high)
 {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && KD_LANES == 8
+    const __m512 first = _mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)low));
+    const __m256 second = _mm512_cvtpd_ps((__m512d)high);
+    return (kd_vs)_mm512_insertf64x4((__m512d)first, _mm256_castps_pd(second), 1);
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX__) && KD_LANES == 4
+    const __m256 first = _mm256_castps128_ps256(_mm256_cvtpd_ps((__m256d)low));
+    return (kd_vs)_mm256_insertf128_ps(first, _mm256_cvtpd_ps((__m256d)high), 1);
+#else
     const kd_vf half[2] = {__builtin_convertvector(low, kd_vf), __builtin_convertvector(high, kd_vf)};
     kd_vs out;
     memcpy(&out, half, sizeof out);
     return out;
+#endif
 }
 
 /* KD_SINGLE_LANES stored elements as float32 (exact), per input dtype. */
