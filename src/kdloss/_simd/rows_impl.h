@@ -237,12 +237,14 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 }
                 for (int k = 0; k < KD_DIV_SUMS; k++)
                     lane_sum[k] = kd_fma_single(x.weight[k], x.value[k], lane_sum[k]);
-                if (keeping) {
-                    kd_vd halves[2];
-                    kd_widen_halves(x.kept_a, &halves[0], &halves[1]);
-                    memcpy(keep_a + start + i, halves, sizeof halves);
-                    kd_widen_halves(x.kept_w, &halves[0], &halves[1]);
-                    memcpy(keep_w + start + i, halves, sizeof halves);
+                if (keeping) { /* each half stored whole (through an array, GCC copied it in 16 bytes) */
+                    kd_vd low, high;
+                    kd_widen_halves(x.kept_a, &low, &high);
+                    memcpy(keep_a + start + i, &low, sizeof low);
+                    memcpy(keep_a + start + i + KD_LANES, &high, sizeof high);
+                    kd_widen_halves(x.kept_w, &low, &high);
+                    memcpy(keep_w + start + i, &low, sizeof low);
+                    memcpy(keep_w + start + i + KD_LANES, &high, sizeof high);
                 }
             }
             for (int k = 0; k < KD_DIV_SUMS; k++) {
