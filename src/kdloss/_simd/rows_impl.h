@@ -237,14 +237,9 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 }
                 for (int k = 0; k < KD_DIV_SUMS; k++)
                     lane_sum[k] = kd_fma_single(x.weight[k], x.value[k], lane_sum[k]);
-                if (keeping) { /* each half stored whole (through an array, GCC copied it in 16 bytes) */
-                    kd_vd low, high;
-                    kd_widen_halves(x.kept_a, &low, &high);
-                    memcpy(keep_a + start + i, &low, sizeof low);
-                    memcpy(keep_a + start + i + KD_LANES, &high, sizeof high);
-                    kd_widen_halves(x.kept_w, &low, &high);
-                    memcpy(keep_w + start + i, &low, sizeof low);
-                    memcpy(keep_w + start + i + KD_LANES, &high, sizeof high);
+                if (keeping) {
+                    kd_store_widened(keep_a + start + i, x.kept_a);
+                    kd_store_widened(keep_w + start + i, x.kept_w);
                 }
             }
             for (int k = 0; k < KD_DIV_SUMS; k++) {

@@ -105,6 +105,16 @@ KD_INLINE void kd_widen_halves(kd_vs x, kd_vd *low, kd_vd *high)
 #endif
 }
 
+/* A float32 vector stored at p as KD_SINGLE_LANES doubles, each half one whole store (through an
+ * array of halves, GCC copied it 16 bytes at a time). */
+KD_INLINE void kd_store_widened(double *p, kd_vs x)
+{
+    kd_vd low, high;
+    kd_widen_halves(x, &low, &high);
+    memcpy(p, &low, sizeof low);
+    memcpy(p + KD_LANES, &high, sizeof high);
+}
+
 /* Two vectors of doubles as one float32 vector (rounded to nearest), low lanes first. */
 KD_INLINE kd_vs kd_narrow_halves(kd_vd low, kd_vd high)
 {
