@@ -331,14 +331,38 @@ static const float KD_MIX_LOG_FIT_FLOAT[] = {
     0x1.0ae3f2p-2f, 0x1.aeb814p-3f, 0x1.254b62p-2f, 0x1.9995d2p-2f, 0x1.555556p-1f,
 };
 
+/* The shapes of the weights the float32 second pass is compiled for, one copy of its loop each
+ * (rows_impl.h, second_chunk): with the weights' tests constant, a step keeps its sums and
+ * constants in registers and computes only the sides it uses. Both sides without c: JSD; one side
+ * with c and P / M: skew KL (P) and skew reverse KL (Q), beta < 1; any: every other weight. */
+enum { KD_MIX_ANY_WEIGHTS, KD_MIX_BOTH_SIDES, KD_MIX_P_SIDE, KD_MIX_Q_SIDE, KD_MIX_SINGLE_SECOND_VARIANTS };
+
 /* A row's constants for the float32 second pass: the range of rho where every class is central
- * on the sides the weights use (and Q / P keeps its bits, w >= -0.875), and the least P rho^2
+ * on the sides the weights use (and Q / P keeps its bits, w >= -0.875), the least P rho^2
  * (P scaled) for which P x^2 >= 2^-100 on every used side (x = mu rho, or lam rho to within the
- * central range's factor). */
+ * central range's factor), and the shape of the weights. */
 typedef struct {
     double y, inv_one_plus_y, p_scale;
     kd_vs rho_low, rho_high, tiny, lam, mu, one_plus_mu;
+    int variant;
 } kd_mix_single_second;
+
+/* Which sides a step computes: the weights' own tests (KD_MIX_ANY_WEIGHTS), else constants. */
+typedef struct {
+    int a, b, r, c; /* KL(P || M)'s terms, KL(Q || M)'s, P / M, c (kappa != 0) */
+} kd_mix_sides;
+
+KD_INLINE kd_mix_sides kd_mix_sides_of(const kd_mix_finished *row, const int variant)
+{
+    const double kappa = kd_mix_kappa(row);
+    kd_mix_sides out = {row->c_p != 0.0, row->c_q != 0.0, kappa != 0.0 && row->lam != 1.0, kappa != 0.0};
+    if (variant != KD_MIX_ANY_WEIGHTS) {
+        out.a = variant != KD_MIX_Q_SIDE;
+        out.b = variant != KD_MIX_P_SIDE;
+        out.r = out.c = variant != KD_MIX_BOTH_SIDES;
+    }
+    return out;
+}
 
 KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *row)
 {
@@ -357,10 +381,19 @@ KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *r
         weight = fmin(weight, lam);
     }
     const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
+    const kd_mix_sides sides = kd_mix_sides_of(row, KD_MIX_ANY_WEIGHTS);
+    int variant = KD_MIX_ANY_WEIGHTS;
+    if (sides.a && sides.b && !sides.r && !sides.c)
+        variant = KD_MIX_BOTH_SIDES;
+    else if (sides.a && !sides.b && sides.r && sides.c)
+        variant = KD_MIX_P_SIDE;
+    else if (!sides.a && sides.b && sides.r && sides.c)
+        variant = KD_MIX_Q_SIDE;
     const kd_mix_single_second out = {
         y, inv_one_plus_y, row->kl.inv_zp[0] * ldexp(1.0, KD_MIX_SINGLE_SCALE),
         kd_splat_single((float)low), kd_splat_single((float)fmin(high, 0x1p100)), kd_splat_single((float)tiny),
         kd_splat_single((float)lam), kd_splat_single((float)mu), kd_splat_single((float)(1.0 + mu)),
+        variant,
     };
     return out;
 }
@@ -378,13 +411,15 @@ KD_INLINE kd_vs kd_mix_phi_factor_single(kd_vs x, kd_vs z)
 /* Adds the terms of the KD_SINGLE_LANES classes whose kept e^a and w are ea0, w0 (the first
  * KD_LANES) and ea1, w1: the value's to the float32 lane sums, the gradient's to the double block
  * sums; returns 0, adding nothing, where the step must take the double terms. With zero_mass, a
- * class whose kept e^a is 0 (one both sides mask, in a same-mask row) takes rho = 0 and adds 0. */
+ * class whose kept e^a is 0 (one both sides mask, in a same-mask row) takes rho = 0 and adds 0.
+ * variant: the row's single->variant, or KD_MIX_ANY_WEIGHTS. */
 KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w1, const kd_mix_finished *row,
                                          const kd_mix_single_second *single, const int value_only,
-                                         const int zero_mass, kd_vs *sum, kd_vd *block_sum)
+                                         const int zero_mass, const int variant, kd_vs *sum, kd_vd *block_sum)
 {
     const double kappa = kd_mix_kappa(row);
-    const int need_a = row->c_p != 0.0, need_b = row->c_q != 0.0, need_r = kappa != 0.0 && row->lam != 1.0;
+    const kd_mix_sides sides = kd_mix_sides_of(row, variant);
+    const int need_a = sides.a, need_b = sides.b, need_r = sides.r;
     kd_vd rho0 = (w0 - single->y) * single->inv_one_plus_y, rho1 = (w1 - single->y) * single->inv_one_plus_y;
     if (zero_mass) {
         rho0 = kd_keep(ea0 != 0.0, rho0);
@@ -408,7 +443,7 @@ KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w
         sum[KD_MIX_A] += p * (z_a * kd_mix_phi_factor_single(x_a, z_a));
     if (need_b)
         sum[KD_MIX_B] += z_b * (-lam_rho * p + q * kd_mix_phi_factor_single(zero, z_b));
-    if (!value_only && kappa != 0.0) {
+    if (!value_only && sides.c) {
         /* sum Q c and sum P c, c = kappa rho P / M: terms of both signs whose total is second
          * order in rho, in double, as the double terms take them; P / M = 1 / (1 + mu rho) from
          * float32's by one Newton step */

@@ -13,7 +13,8 @@
  * float32 sums' pass on the vector targets; KD_DIV_SINGLE_STUDENT_MASKED (1: also rows where the
  * student masks a class or reaches below 80 T) extends it to the masked mode of both sides.
  * KD_DIV_SINGLE_SECOND (1: the row gives KD_DIV(single_second_terms), which takes a step of the
- * second pass in float32 lanes or declines it) gives float-precision inputs' moderate rows a
+ * second pass in float32 lanes or declines it, compiled for each of KD_DIV_SINGLE_SECOND_VARIANTS
+ * shapes of the row's parameters, 0 the one for any) gives float-precision inputs' moderate rows a
  * float32 second pass, and same-mask rows whose every chunk fitted that mode (its zero_mass: the
  * classes both sides mask add 0); a step it declines takes the double terms. */
 
@@ -613,6 +614,53 @@ KD_INLINE void KD_FN(second_terms_in_mode)(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         sum[k] += kd_keep(kept, part[k]);
 }
 
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
+/* One step (KD_STEP classes from i) of the second pass in double, for the steps the float32 lanes
+ * decline: out of line, so that the float32 loop keeps its sums and constants in registers. */
+static __attribute__((noinline)) void KD_FN(second_step_in_double)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t i,
+                                                                 const kd_grad_row *row, const KD_DIV(row) *constants,
+                                                                 const KD_DIV(finished) *finish,
+                                                                 const kd_same_mask_row *same, const int mode,
+                                                                 const int value_only, kd_vd *sum)
+{
+    for (int half = 0; half < KD_STEP; half += KD_LANES)
+        KD_FN(second_terms_in_mode)(KD_LOAD(t + i + half), KD_LOAD(s + i + half), kd_load_f64(row->kept_a + i + half),
+                                    kd_load_f64(row->kept_w + i + half), constants, finish, same, mode, value_only,
+                                    sum);
+}
+
+/* The whole steps of the second pass's classes [*i, end) in float32 lanes, their sums widened into
+ * the block's every KD_SINGLE_RUN steps; a step they cannot take exactly takes the double terms
+ * (in a same-mask row every chunk of which fitted, the classes both sides mask have kept e^a = 0,
+ * and add 0). variant: the row's shape of weights (KD_DIV(single_second).variant), a constant. */
+KD_INLINE void KD_FN(single_second_steps)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t *i, ptrdiff_t end,
+                                          const kd_grad_row *row, const KD_DIV(row) *constants,
+                                          const KD_DIV(finished) *finish, const kd_same_mask_row *same,
+                                          const KD_DIV(single_second) *single, const int mode,
+                                          const int value_only, const int variant, kd_block_sums *block)
+{
+    ptrdiff_t j = *i;
+    while (j + KD_STEP <= end) {
+        kd_vs lane_sum[KD_DIV_SECOND_SUMS];
+        for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
+            lane_sum[k] = kd_splat_single(0.0f);
+        for (int step = 0; step < KD_SINGLE_RUN && j + KD_STEP <= end; step++, j += KD_STEP) {
+            const kd_vd ea0 = kd_load_f64(row->kept_a + j), ea1 = kd_load_f64(row->kept_a + j + KD_LANES);
+            const kd_vd w0 = kd_load_f64(row->kept_w + j), w1 = kd_load_f64(row->kept_w + j + KD_LANES);
+            if (!KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, single, value_only,
+                                             mode == KD_SAME_MASK_FITS, variant, lane_sum, block->sum))
+                KD_FN(second_step_in_double)(t, s, j, row, constants, finish, same, mode, value_only, block->sum);
+        }
+        for (int k = 0; k < KD_DIV_SECOND_SUMS; k++) {
+            kd_vd low, high;
+            kd_widen_halves(lane_sum[k], &low, &high);
+            block->sum[k] += (low + high) * KD_DIV(single_second_unscale);
+        }
+    }
+    *i = j;
+}
+#endif
+
 /* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
 KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
@@ -629,31 +677,19 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             block.sum[k] = kd_splat(0.0);
         ptrdiff_t i = start;
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
-        /* float32 lanes a step at a time, their sums widened every KD_SINGLE_RUN steps; a step they
-         * cannot take exactly takes the double terms (in a same-mask row every chunk of which fitted,
-         * the classes both sides mask have kept e^a = 0, and add 0) */
         if (mode == KD_MODERATE || mode == KD_SAME_MASK_FITS) {
-            while (i + KD_STEP <= start + len) {
-                kd_vs lane_sum[KD_DIV_SECOND_SUMS];
-                for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
-                    lane_sum[k] = kd_splat_single(0.0f);
-                for (int step = 0; step < KD_SINGLE_RUN && i + KD_STEP <= start + len; step++, i += KD_STEP) {
-                    const kd_vd ea0 = kd_load_f64(row->kept_a + i), ea1 = kd_load_f64(row->kept_a + i + KD_LANES);
-                    const kd_vd w0 = kd_load_f64(row->kept_w + i), w1 = kd_load_f64(row->kept_w + i + KD_LANES);
-                    if (KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, &single, value_only,
-                                                    mode == KD_SAME_MASK_FITS, lane_sum, block.sum))
-                        continue;
-                    KD_FN(second_terms_in_mode)(KD_LOAD(t + i), KD_LOAD(s + i), ea0, w0, constants, finish, same,
-                                                mode, value_only, block.sum);
-                    KD_FN(second_terms_in_mode)(KD_LOAD(t + i + KD_LANES), KD_LOAD(s + i + KD_LANES), ea1, w1,
-                                                constants, finish, same, mode, value_only, block.sum);
-                }
-                for (int k = 0; k < KD_DIV_SECOND_SUMS; k++) {
-                    kd_vd low, high;
-                    kd_widen_halves(lane_sum[k], &low, &high);
-                    block.sum[k] += (low + high) * KD_DIV(single_second_unscale);
-                }
-            }
+            /* one copy of the loop per shape of the weights the row declares (at most four) */
+#define KD_SINGLE_STEPS(v) KD_FN(single_second_steps)(t, s, &i, start + len, row, constants, finish, same, &single, mode, value_only, v, &block)
+            _Static_assert(KD_DIV_SINGLE_SECOND_VARIANTS <= 4, "second_chunk compiles four variants at most");
+            if (KD_DIV_SINGLE_SECOND_VARIANTS > 1 && single.variant == 1)
+                KD_SINGLE_STEPS(1);
+            else if (KD_DIV_SINGLE_SECOND_VARIANTS > 2 && single.variant == 2)
+                KD_SINGLE_STEPS(2);
+            else if (KD_DIV_SINGLE_SECOND_VARIANTS > 3 && single.variant == 3)
+                KD_SINGLE_STEPS(3);
+            else
+                KD_SINGLE_STEPS(0);
+#undef KD_SINGLE_STEPS
         }
 #endif
         for (; i < start + len; i += KD_LANES) {

@@ -286,6 +286,7 @@ static inline double kd_sum_value(double total, double error)
 #define KD_DIV_SINGLE_STUDENT_MASKED 0
 /* its second pass's central classes in float32 lanes, from the double first pass's rho */
 #define KD_DIV_SINGLE_SECOND 1
+#define KD_DIV_SINGLE_SECOND_VARIANTS KD_MIX_SINGLE_SECOND_VARIANTS
 _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #include "dtype_rows.h"
 #undef KD_DIV_SUFFIX
@@ -295,6 +296,7 @@ _Static_assert(KD_DIV_SECOND_SUMS == KD_MIX_SUMS, "KD_DIV_SECOND_SUMS");
 #undef KD_DIV_SINGLE
 #undef KD_DIV_SINGLE_STUDENT_MASKED
 #undef KD_DIV_SINGLE_SECOND
+#undef KD_DIV_SINGLE_SECOND_VARIANTS
 
 #define KD_DIV_SUFFIX tvd
 #define KD_DIV(name) kd_tvd_##name
