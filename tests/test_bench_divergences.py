@@ -98,7 +98,10 @@ def test_a_formulation_that_disagrees_is_not_timed(monkeypatch):
 @pytest.mark.parametrize(
     "argv, words",
     [(["--divergence", "js"], ["--divergence", "'js'", "choose from"]),
-     (["--divergence", "jsd", "--plot", "x.png"], ["--plot", "--divergence"])],
+     (["--divergence", "jsd", "--plot", "x.png"], ["--plot", "--divergence"]),
+     (["--divergence", "jsd", "--load"], ["--load", "--divergence"]),
+     (["--divergence", "tvd", "--load", "1"], ["--load", "--divergence"]),
+     (["--divergence", "all", "--job", "training"], ["--job", "--divergence"])],
 )
 def test_bad_divergence_options_are_one_line_errors(capsys, argv, words):
     assert main(["bench", "--shapes", "4x3", "--repeat", "1", *argv]) == 2

@@ -109,6 +109,9 @@ def run_divergences(args, settings):
     divergences = divergence_compare.parse_divergences(args.divergence)
     if args.plot:
         raise ValueError("--plot draws the KL comparison; it cannot be used with --divergence")
+    for option, given in (("--job", args.job), ("--load", args.load)):
+        if given is not None:  # not silently skipped: the jobs time KL alone
+            raise ValueError(f"{option} runs jobs of the KL comparison; it cannot be used with --divergence")
     cases = divergence_compare.run(
         settings, divergences, lambda text: print(f"kdloss bench: {text}", file=sys.stderr, flush=True))
     described = machine.describe()
