@@ -364,6 +364,18 @@ KD_INLINE kd_mix_sides kd_mix_sides_of(const kd_mix_finished *row, const int var
     return out;
 }
 
+/* The row's variant: the one whose constant sides are the row's own, else KD_MIX_ANY_WEIGHTS. */
+KD_INLINE int kd_mix_variant(const kd_mix_finished *row)
+{
+    const kd_mix_sides own = kd_mix_sides_of(row, KD_MIX_ANY_WEIGHTS);
+    for (int variant = KD_MIX_ANY_WEIGHTS + 1; variant < KD_MIX_SINGLE_SECOND_VARIANTS; variant++) {
+        const kd_mix_sides fixed = kd_mix_sides_of(row, variant);
+        if (fixed.a == own.a && fixed.b == own.b && fixed.r == own.r && fixed.c == own.c)
+            return variant;
+    }
+    return KD_MIX_ANY_WEIGHTS;
+}
+
 KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *row)
 {
     const double lam = row->lam, mu = 1.0 - lam, c = KD_MIX_SINGLE_CENTRAL_Z;
@@ -381,19 +393,11 @@ KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *r
         weight = fmin(weight, lam);
     }
     const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
-    const kd_mix_sides sides = kd_mix_sides_of(row, KD_MIX_ANY_WEIGHTS);
-    int variant = KD_MIX_ANY_WEIGHTS;
-    if (sides.a && sides.b && !sides.r && !sides.c)
-        variant = KD_MIX_BOTH_SIDES;
-    else if (sides.a && !sides.b && sides.r && sides.c)
-        variant = KD_MIX_P_SIDE;
-    else if (!sides.a && sides.b && sides.r && sides.c)
-        variant = KD_MIX_Q_SIDE;
     const kd_mix_single_second out = {
         y, inv_one_plus_y, row->kl.inv_zp[0] * ldexp(1.0, KD_MIX_SINGLE_SCALE),
         kd_splat_single((float)low), kd_splat_single((float)fmin(high, 0x1p100)), kd_splat_single((float)tiny),
         kd_splat_single((float)lam), kd_splat_single((float)mu), kd_splat_single((float)(1.0 + mu)),
-        variant,
+        kd_mix_variant(row),
     };
     return out;
 }
@@ -412,7 +416,7 @@ KD_INLINE kd_vs kd_mix_phi_factor_single(kd_vs x, kd_vs z)
  * KD_LANES) and ea1, w1: the value's to the float32 lane sums, the gradient's to the double block
  * sums; returns 0, adding nothing, where the step must take the double terms. With zero_mass, a
  * class whose kept e^a is 0 (one both sides mask, in a same-mask row) takes rho = 0 and adds 0.
- * variant: the row's single->variant, or KD_MIX_ANY_WEIGHTS. */
+ * variant: the row's (kd_mix_variant), or KD_MIX_ANY_WEIGHTS. */
 KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w1, const kd_mix_finished *row,
                                          const kd_mix_single_second *single, const int value_only,
                                          const int zero_mass, const int variant, kd_vs *sum, kd_vd *block_sum)

@@ -14,9 +14,10 @@
  * student masks a class or reaches below 80 T) extends it to the masked mode of both sides.
  * KD_DIV_SINGLE_SECOND (1: the row gives KD_DIV(single_second_terms), which takes a step of the
  * second pass in float32 lanes or declines it, compiled for each of KD_DIV_SINGLE_SECOND_VARIANTS
- * shapes of the row's parameters, 0 the one for any) gives float-precision inputs' moderate rows a
- * float32 second pass, and same-mask rows whose every chunk fitted that mode (its zero_mass: the
- * classes both sides mask add 0); a step it declines takes the double terms. */
+ * shapes of the row's parameters: KD_DIV(single_second).variant the row's, 0 the one for any)
+ * gives float-precision inputs' moderate rows a float32 second pass, and same-mask rows whose
+ * every chunk fitted that mode (its zero_mass: the classes both sides mask add 0); a step it
+ * declines takes the double terms. */
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -679,7 +680,9 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
         if (mode == KD_MODERATE || mode == KD_SAME_MASK_FITS) {
             /* one copy of the loop per shape of the weights the row declares (at most four) */
-#define KD_SINGLE_STEPS(v) KD_FN(single_second_steps)(t, s, &i, start + len, row, constants, finish, same, &single, mode, value_only, v, &block)
+#define KD_SINGLE_STEPS(v)                                                                         \
+    KD_FN(single_second_steps)(t, s, &i, start + len, row, constants, finish, same, &single, mode, value_only, v, \
+                               &block)
             _Static_assert(KD_DIV_SINGLE_SECOND_VARIANTS <= 4, "second_chunk compiles four variants at most");
             if (KD_DIV_SINGLE_SECOND_VARIANTS > 1 && single.variant == 1)
                 KD_SINGLE_STEPS(1);
