@@ -148,6 +148,29 @@ def test_loss_is_exactly_hinton_loss(shape, dtype, alpha, temperature):
             assert np.asarray(plain).tobytes() == np.asarray(loss).tobytes(), (reduction, plain, loss)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_labels_in_later_chunks_of_a_long_row(dtype, kernel_target):
+    """The driver recomputes the label's entry from the values the sums' pass kept, which each
+    chunk of a long row keeps from its own start (float32 ones in half the bytes): a label in the
+    second or third chunk must read its own. Labels the teacher favours, so that a wrong read
+    would move the entry by about alpha T P_y."""
+    chunk = kdloss._kernel.CHUNK_CLASSES
+    shape = (3, 2 * chunk + 100)
+    student, teacher, _ = hinton_case(shape, np.float64, seed=4, masked=False)
+    labels = np.array([chunk + 7, 2 * chunk + 50, 5])
+    teacher[np.arange(3), labels] += 8.0
+    student, teacher = student.astype(dtype), teacher.astype(dtype)
+    factors = factors_of("sum", kept_rows(labels), None)
+    for temperature in TEMPERATURES:
+        _, d_s, d_t = kdloss.hinton_loss_and_grad(student, teacher, labels, temperature, 0.3, reduction="sum",
+                                                  teacher_grad=True)
+        want = reference.hinton_loss_and_grad(student, teacher, labels, temperature, 0.3, reduction="sum",
+                                              teacher_grad=True)
+        atol_s, atol_t = hinton_atol(student, teacher, labels, temperature, 0.3, factors)
+        assert_grad_close(d_s, want[1].astype(np.float64), atol_s, dtype, f"d_student, T = {temperature}")
+        assert_grad_close(d_t, want[2].astype(np.float64), atol_t, dtype, f"d_teacher, T = {temperature}")
+
+
 # ---------------------------------------------------------------------------------------------
 # PyTorch
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ cdef extern from "simd.h" nogil:
         double sum[4]
         double err[4]
         int same_mask
+        int kept_single
     ctypedef struct kd_row_finish:
         double value
         double constant[14]
@@ -80,6 +81,7 @@ cdef extern from "simd.h" nogil:
         double inv_T, kl_coef, ce_coef, inv_z1
         const double* kept_a
         const double* kept_w
+        int kept_single
         int ce_mode
         int round_to_odd
         int value_only
@@ -341,9 +343,11 @@ cdef void row_sums(
     ptrdiff_t ahead_t, ptrdiff_t ahead_s,
 ) noexcept nogil:
     """The sums of a row whose extrema are known, chunk by chunk, merged in order. Unless NULL,
-    kept_a and kept_w (indexed like the row) keep each class's values for the gradient pass."""
+    kept_a and kept_w (indexed like the row) keep each class's values for the gradient pass:
+    doubles, or float32 from each chunk's start where sums.kept_single (kept_value)."""
     cdef Py_ssize_t c, start
     cdef kd_row_sums chunk
+    cdef int kept_single = 1
     memset(sums, 0, sizeof(kd_row_sums))
     for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
         start = c * KD_CHUNK
@@ -351,6 +355,8 @@ cdef void row_sums(
                kept_a + start if kept_a != NULL else NULL,
                kept_w + start if kept_w != NULL else NULL, ahead_t, ahead_s)
         merge_sums(sums, &chunk)
+        kept_single &= chunk.kept_single  # the same in every chunk: a row's mode decides it
+    sums.kept_single = kept_single
 
 
 cdef void second_row_sums(
@@ -438,13 +444,37 @@ cdef bint recentre_row(
     return True
 
 
+cdef inline double kept_value(const double* kept, Py_ssize_t y, bint single) noexcept nogil:
+    """Class y's kept value: a double, or float32 at its chunk's start (kd_grad_row.kept_single)."""
+    if not single:
+        return kept[y]
+    return (<const float*> (kept + (y // KD_CHUNK) * KD_CHUNK))[y % KD_CHUNK]
+
+
 cdef double label_divergence_part(
     const kd_input* t_row, const kd_input* s_row, Py_ssize_t y, const LossTerms* terms,
     const kd_grad_row* row,
 ) noexcept nogil:
     """dD/ds at class y (Q_y - P_y for KL) from its kept values, as the gradient pass computes it."""
     return kd_active_target.divergence[terms.divergence].class_gradient(
-        row, value_at(t_row, y, terms.dtype), value_at(s_row, y, terms.dtype), row.kept_a[y], row.kept_w[y])
+        row, value_at(t_row, y, terms.dtype), value_at(s_row, y, terms.dtype),
+        kept_value(row.kept_a, y, row.kept_single), kept_value(row.kept_w, y, row.kept_single))
+
+
+cdef void row_gradient(
+    const kd_input* t, const kd_input* s, Py_ssize_t n, const kd_dtype_passes* p,
+    const kd_grad_row* row, char* d_s, char* d_t, size_t out_size,
+) noexcept nogil:
+    """The gradient pass over a row, chunk by chunk (each chunk's kept values at its own start)."""
+    cdef Py_ssize_t c, start
+    cdef kd_grad_row chunk_row = row[0]
+    for c in range((n + KD_CHUNK - 1) // KD_CHUNK):
+        start = c * KD_CHUNK
+        if row.kept_a != NULL:
+            chunk_row.kept_a = row.kept_a + start
+            chunk_row.kept_w = row.kept_w + start
+        p.gradient(t + start, s + start, chunk_length(start, n), &chunk_row, d_s + start * out_size,
+                   d_t + start * out_size if d_t != NULL else NULL)
 
 
 cdef double row_loss_and_grad(
@@ -488,6 +518,7 @@ cdef double row_loss_and_grad(
             kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
             if not recentre_row(&row.range, &row.finish, n, terms):
                 break
+        row.kept_single = keeping and sums.kept_single
         if terms.two_pass and row.finish.value == row.finish.value:
             second_row_sums(t, s, n, p, &row, &sums)
             kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
@@ -522,7 +553,7 @@ cdef double row_loss_and_grad(
         if d_t != NULL:
             fill_row(d_t, n, NAN, out_size)
         return loss
-    p.gradient(t, s, n, &row, d_s, d_t if with_kl else NULL)
+    row_gradient(t, s, n, p, &row, <char*> d_s, <char*> d_t if with_kl else NULL, out_size)
     if with_ce:
         # R_y - 1 would cancel in the pass's rounding; (e^(s_y - s_max) - Z1) / Z1 is exact
         # where s_y is the maximum.
@@ -792,8 +823,10 @@ cdef bint long_rows(
                        kept + start if kept != NULL else NULL,
                        kept + n + KD_MAX_STEP + start if kept != NULL else NULL, 0, 0)
             memset(&sums, 0, sizeof(sums))
+            row.kept_single = kept != NULL  # as row_sums: the same in every chunk
             for c in range(n_chunks):
                 merge_sums(&sums, &chunks[c])
+                row.kept_single &= chunks[c].kept_single
             kd_active_target.divergence[job.terms.divergence].finish(&sums, 1, job.terms.weights, &row.finish)
             if not recentre_row(&row.range, &row.finish, n, &job.terms):
                 break

@@ -11,13 +11,22 @@
  * (1: the row's first pass may run in float32 lanes, vector_single.h) with KD_LOAD_SINGLE /
  * KD_LOAD_PARTIAL_SINGLE (a vector of floats per dtype) gives float-precision inputs their
  * float32 sums' pass on the vector targets; KD_DIV_SINGLE_STUDENT_MASKED (1: also rows where the
- * student masks a class or reaches below 80 T) extends it to the masked mode of both sides.
+ * student masks a class or reaches below 80 T) extends it to the masked mode of both sides. Its
+ * moderate rows keep their values as float32, exact in half the bytes (kd_grad_row.kept_single),
+ * and the later passes have a loop for them (KD_KEPT_SINGLE); the masked modes keep doubles.
  * KD_DIV_SINGLE_SECOND (1: the row gives KD_DIV(single_second_terms), which takes a step of the
  * second pass in float32 lanes or declines it, compiled for each of KD_DIV_SINGLE_SECOND_VARIANTS
  * shapes of the row's parameters: KD_DIV(single_second).variant the row's, 0 the one for any)
  * gives float-precision inputs' moderate rows a float32 second pass, and same-mask rows whose
  * every chunk fitted that mode (its zero_mass: the classes both sides mask add 0); a step it
  * declines takes the double terms. */
+
+/* 1: this dtype's rows of this divergence may keep float32 values (kd_grad_row.kept_single). */
+#if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
+#define KD_KEPT_SINGLE 1
+#else
+#define KD_KEPT_SINGLE 0
+#endif
 
 #if KD_NATIVE_RANGE
 typedef KD_REAL KD_FN(vr) __attribute__((vector_size(8 * KD_LANES))); /* native lanes of KD_REAL */
@@ -239,7 +248,10 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 }
                 for (int k = 0; k < KD_DIV_SUMS; k++)
                     lane_sum[k] = kd_fma_single(x.weight[k], x.value[k], lane_sum[k]);
-                if (keeping) {
+                if (keeping && mode == KD_MODERATE) { /* as float32: half the bytes (kept_single) */
+                    memcpy((float *)keep_a + start + i, &x.kept_a, sizeof x.kept_a);
+                    memcpy((float *)keep_w + start + i, &x.kept_w, sizeof x.kept_w);
+                } else if (keeping) {
                     kd_store_widened(keep_a + start + i, x.kept_a);
                     kd_store_widened(keep_w + start + i, x.kept_w);
                 }
@@ -285,6 +297,7 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
     if (kd_single_resolves(range, inv_T)) {
         if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
             keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
+            out->kept_single = keeping;
             return;
         }
         /* masked: float32 first; out of its range (or a NaN), double's modes; a chunk whose masks
@@ -464,12 +477,12 @@ static void KD_FN(short_rows)(const char *t_base, const char *s_base, ptrdiff_t 
 KD_INLINE void KD_FN(gradient_lanes_in)(kd_vd t, kd_vd s, const kd_grad_row *row,
                                      const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
-                                     const int mode, kd_vd *d_s, kd_vd *d_t)
+                                     const int mode, const int kept_single, kd_vd *d_s, kd_vd *d_t)
 {
     kd_vd grad = kd_splat(0.0), q = grad;
     const kd_vd bs = s - row->range.s_max;
     if (with_kl) {
-        const kd_vd ea = kd_load_f64(row->kept_a + i), w = kd_load_f64(row->kept_w + i);
+        const kd_vd ea = kd_load_kept(row->kept_a, i, kept_single), w = kd_load_kept(row->kept_w, i, kept_single);
         kd_vd q_minus_p, teacher_direction;
         KD_DIV(gradient_lanes)(t, s, ea, w, constants, finish, mode, KD_EXP_FOR_DOUBLE,
                              &q_minus_p, &teacher_direction, &q);
@@ -486,21 +499,23 @@ KD_INLINE void KD_FN(gradient_lanes_in)(kd_vd t, kd_vd s, const kd_grad_row *row
 /* The same in any mode: the same-mask modes take the moderate gradient (kd_same_mask_lanes) and 0
  * where both sides mask, or, for the KD_LANES classes where that does not apply, the general one
  * (the sums' pass took such classes in the masked or the general mode; every mode gives the
- * classes the stand-ins admit the same kept values). */
+ * classes the stand-ins admit the same kept values, in double: only the moderate mode keeps
+ * float32, kept_single). */
 KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
                                      const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                      ptrdiff_t i, const int with_kl, const int ce_mode,
-                                     const int mode, const kd_same_mask_row *same, kd_vd *d_s, kd_vd *d_t)
+                                     const int mode, const int kept_single, const kd_same_mask_row *same,
+                                     kd_vd *d_s, kd_vd *d_t)
 {
     if (mode != KD_SAME_MASK && mode != KD_SAME_MASK_FITS) {
-        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, mode, d_s, d_t);
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, mode, kept_single, d_s, d_t);
         return;
     }
     kd_vi kept;
     if (kd_same_mask_lanes(&t, &s, kd_load_f64(row->kept_a + i), same, mode, &kept) == KD_MODERATE)
-        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_MODERATE, d_s, d_t);
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_MODERATE, 0, d_s, d_t);
     else
-        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_GENERAL, d_s, d_t);
+        KD_FN(gradient_lanes_in)(t, s, row, constants, finish, i, with_kl, ce_mode, KD_GENERAL, 0, d_s, d_t);
     *d_s = kd_keep(kept, *d_s);
     *d_t = kd_keep(kept, *d_t);
 }
@@ -508,7 +523,7 @@ KD_INLINE void KD_FN(gradient_lanes)(kd_vd t, kd_vd s, const kd_grad_row *row,
 KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n,
                                     const kd_grad_row *row, KD_OUT *d_s, KD_OUT *d_t,
                                     const int with_kl, const int ce_mode, const int mode,
-                                    const int with_teacher)
+                                    const int with_teacher, const int kept_single)
 {
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
@@ -520,7 +535,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
     for (; i + KD_LANES <= n; i += KD_LANES) {
         kd_vd tv = with_kl ? KD_LOAD(t + i) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD(s + i), row, &constants, &finish, i, with_kl, ce_mode,
-                              mode, &same, &grad_s, &grad_t);
+                              mode, kept_single, &same, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, KD_LANES, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, KD_LANES, row->round_to_odd);
@@ -529,7 +544,7 @@ KD_INLINE void KD_FN(gradient_loop)(const KD_REAL *t, const KD_REAL *s, ptrdiff_
         const int count = (int)(n - i);
         kd_vd tv = with_kl ? KD_LOAD_PARTIAL(t + i, count, row->range.t_max) : grad_t;
         KD_FN(gradient_lanes)(tv, KD_LOAD_PARTIAL(s + i, count, row->range.s_max), row, &constants,
-                              &finish, i, with_kl, ce_mode, mode, &same, &grad_s, &grad_t);
+                              &finish, i, with_kl, ce_mode, mode, kept_single, &same, &grad_s, &grad_t);
         KD_FN(store)(d_s + i, grad_s, count, row->round_to_odd);
         if (with_teacher && d_t)
             KD_FN(store)(d_t + i, grad_t, count, row->round_to_odd);
@@ -546,23 +561,28 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
     const KD_REAL *t = t_in, *s = s_in;
     KD_OUT *d_s = d_s_out, *d_t = d_t_out;
     if (row->kept_a == NULL) {
-        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0, 0);
+        KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 0, KD_CE_OWN_EXP, 0, 0, 0);
         return;
     }
     /* the divergence's gradient mode: KD_MODERATE, KD_MASKED_TEACHER (the plain loss only: a
-     * cheaper test of near classes), KD_SAME_MASK or KD_GENERAL */
+     * cheaper test of near classes), KD_SAME_MASK or KD_GENERAL; a moderate row's kept values
+     * float32 or double (kept_single), a loop each */
     const int mode = kd_row_mode(&row->range, row->inv_T);
-    const int moderate = mode == KD_MODERATE;
+    const int moderate = mode == KD_MODERATE, kept_single = KD_KEPT_SINGLE && row->kept_single;
+#define KD_LOOP(d_t_, ce, m, with_teacher)                                                         \
+    ((m) == KD_MODERATE && kept_single                                                             \
+         ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t_, 1, ce, m, with_teacher, 1)                \
+         : KD_FN(gradient_loop)(t, s, n, row, d_s, d_t_, 1, ce, m, with_teacher, 0))
 #define KD_SAME_MASK_LOOPS(m)                                                                      \
     do {                                                                                           \
         if (row->ce_mode == KD_CE_NONE && d_t == NULL)                                             \
-            KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, m, 0);                    \
+            KD_LOOP(NULL, KD_CE_NONE, m, 0);                                                       \
         else if (row->ce_mode == KD_CE_NONE)                                                       \
-            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, m, 1);                     \
+            KD_LOOP(d_t, KD_CE_NONE, m, 1);                                                        \
         else if (row->ce_mode == KD_CE_FROM_Q)                                                     \
-            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, m, 1);                   \
+            KD_LOOP(d_t, KD_CE_FROM_Q, m, 1);                                                      \
         else                                                                                       \
-            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, m, 1);                  \
+            KD_LOOP(d_t, KD_CE_OWN_EXP, m, 1);                                                     \
     } while (0)
     if (mode == KD_SAME_MASK) {
         if (row->finish.same_mask_fits)
@@ -573,23 +593,22 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
     }
 #undef KD_SAME_MASK_LOOPS
     if (row->ce_mode == KD_CE_NONE && mode == KD_MASKED_TEACHER) {
-        d_t ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MASKED_TEACHER, 1)
-            : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MASKED_TEACHER, 0);
+        d_t ? KD_LOOP(d_t, KD_CE_NONE, KD_MASKED_TEACHER, 1) : KD_LOOP(NULL, KD_CE_NONE, KD_MASKED_TEACHER, 0);
         return;
     }
     if (row->ce_mode == KD_CE_NONE && d_t == NULL) {
-        moderate ? KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_MODERATE, 0)
-                 : KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, KD_GENERAL, 0);
+        moderate ? KD_LOOP(NULL, KD_CE_NONE, KD_MODERATE, 0) : KD_LOOP(NULL, KD_CE_NONE, KD_GENERAL, 0);
         return;
     }
     switch (row->ce_mode * 2 + moderate) {
-    case 0: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_GENERAL, 1); break;
-    case 1: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, KD_MODERATE, 1); break;
-    case 2: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, KD_GENERAL, 1); break;
-    case 3: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, KD_MODERATE, 1); break;
-    case 4: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, KD_GENERAL, 1); break;
-    default: KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, KD_MODERATE, 1); break;
+    case 0: KD_LOOP(d_t, KD_CE_NONE, KD_GENERAL, 1); break;
+    case 1: KD_LOOP(d_t, KD_CE_NONE, KD_MODERATE, 1); break;
+    case 2: KD_LOOP(d_t, KD_CE_FROM_Q, KD_GENERAL, 1); break;
+    case 3: KD_LOOP(d_t, KD_CE_FROM_Q, KD_MODERATE, 1); break;
+    case 4: KD_LOOP(d_t, KD_CE_OWN_EXP, KD_GENERAL, 1); break;
+    default: KD_LOOP(d_t, KD_CE_OWN_EXP, KD_MODERATE, 1); break;
     }
+#undef KD_LOOP
 }
 
 #if KD_DIV_SECOND_SUMS
@@ -622,12 +641,14 @@ static __attribute__((noinline)) void KD_FN(second_step_in_double)(const KD_REAL
                                                                  const kd_grad_row *row, const KD_DIV(row) *constants,
                                                                  const KD_DIV(finished) *finish,
                                                                  const kd_same_mask_row *same, const int mode,
-                                                                 const int value_only, kd_vd *sum)
+                                                                 const int value_only, const int kept_single,
+                                                                 kd_vd *sum)
 {
     for (int half = 0; half < KD_STEP; half += KD_LANES)
-        KD_FN(second_terms_in_mode)(KD_LOAD(t + i + half), KD_LOAD(s + i + half), kd_load_f64(row->kept_a + i + half),
-                                    kd_load_f64(row->kept_w + i + half), constants, finish, same, mode, value_only,
-                                    sum);
+        KD_FN(second_terms_in_mode)(KD_LOAD(t + i + half), KD_LOAD(s + i + half),
+                                    kd_load_kept(row->kept_a, i + half, kept_single),
+                                    kd_load_kept(row->kept_w, i + half, kept_single), constants, finish, same, mode,
+                                    value_only, sum);
 }
 
 /* The whole steps of the second pass's classes [*i, end) in float32 lanes, their sums widened into
@@ -638,7 +659,8 @@ KD_INLINE void KD_FN(single_second_steps)(const KD_REAL *t, const KD_REAL *s, pt
                                           const kd_grad_row *row, const KD_DIV(row) *constants,
                                           const KD_DIV(finished) *finish, const kd_same_mask_row *same,
                                           const KD_DIV(single_second) *single, const int mode,
-                                          const int value_only, const int variant, kd_block_sums *block)
+                                          const int value_only, const int variant, const int kept_single,
+                                          kd_block_sums *block)
 {
     ptrdiff_t j = *i;
     while (j + KD_STEP <= end) {
@@ -646,11 +668,14 @@ KD_INLINE void KD_FN(single_second_steps)(const KD_REAL *t, const KD_REAL *s, pt
         for (int k = 0; k < KD_DIV_SECOND_SUMS; k++)
             lane_sum[k] = kd_splat_single(0.0f);
         for (int step = 0; step < KD_SINGLE_RUN && j + KD_STEP <= end; step++, j += KD_STEP) {
-            const kd_vd ea0 = kd_load_f64(row->kept_a + j), ea1 = kd_load_f64(row->kept_a + j + KD_LANES);
-            const kd_vd w0 = kd_load_f64(row->kept_w + j), w1 = kd_load_f64(row->kept_w + j + KD_LANES);
+            const kd_vd ea0 = kd_load_kept(row->kept_a, j, kept_single);
+            const kd_vd ea1 = kd_load_kept(row->kept_a, j + KD_LANES, kept_single);
+            const kd_vd w0 = kd_load_kept(row->kept_w, j, kept_single);
+            const kd_vd w1 = kd_load_kept(row->kept_w, j + KD_LANES, kept_single);
             if (!KD_DIV(single_second_terms)(ea0, ea1, w0, w1, finish, single, value_only,
                                              mode == KD_SAME_MASK_FITS, variant, lane_sum, block->sum))
-                KD_FN(second_step_in_double)(t, s, j, row, constants, finish, same, mode, value_only, block->sum);
+                KD_FN(second_step_in_double)(t, s, j, row, constants, finish, same, mode, value_only, kept_single,
+                                             block->sum);
         }
         for (int k = 0; k < KD_DIV_SECOND_SUMS; k++) {
             kd_vd low, high;
@@ -662,11 +687,12 @@ KD_INLINE void KD_FN(single_second_steps)(const KD_REAL *t, const KD_REAL *s, pt
 }
 #endif
 
-/* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range). */
+/* The second pass over n classes in one mode (KD_MODERATE: every logit in the cheap range), from
+ * kept values of the format kept_single says. */
 KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, const kd_grad_row *row,
                                    const KD_DIV(row) *constants, const KD_DIV(finished) *finish,
                                    const kd_same_mask_row *same, const int mode, const int value_only,
-                                   kd_row_sums *out)
+                                   const int kept_single, kd_row_sums *out)
 {
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE_SECOND
     const KD_DIV(single_second) single = KD_DIV(single_second_row)(finish); /* the row's, once */
@@ -682,7 +708,7 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             /* one copy of the loop per shape of the weights the row declares (at most four) */
 #define KD_SINGLE_STEPS(v)                                                                         \
     KD_FN(single_second_steps)(t, s, &i, start + len, row, constants, finish, same, &single, mode, value_only, v, \
-                               &block)
+                               kept_single, &block)
             _Static_assert(KD_DIV_SINGLE_SECOND_VARIANTS <= 4, "second_chunk compiles four variants at most");
             if (KD_DIV_SINGLE_SECOND_VARIANTS > 1 && single.variant == 1)
                 KD_SINGLE_STEPS(1);
@@ -701,8 +727,9 @@ KD_INLINE void KD_FN(second_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t
             const kd_vd tv = count == KD_LANES ? KD_LOAD(t + i) : KD_LOAD_PARTIAL(t + i, count, -INFINITY);
             const kd_vd sv = count == KD_LANES ? KD_LOAD(s + i) : KD_LOAD_PARTIAL(s + i, count, -INFINITY);
             /* the kept values cover the padding of the sums' pass, which adds 0 (e^a = 0) */
-            KD_FN(second_terms_in_mode)(tv, sv, kd_load_f64(row->kept_a + i), kd_load_f64(row->kept_w + i),
-                                        constants, finish, same, mode, value_only, block.sum);
+            KD_FN(second_terms_in_mode)(tv, sv, kd_load_kept(row->kept_a, i, kept_single),
+                                        kd_load_kept(row->kept_w, i, kept_single), constants, finish, same, mode,
+                                        value_only, block.sum);
         }
         kd_add_block(out, &block, KD_DIV_SECOND_SUMS);
     }
@@ -716,19 +743,22 @@ static void KD_FN(second_sums)(const void *t_in, const void *s_in, ptrdiff_t n, 
     const KD_DIV(finished) finish = KD_DIV(finish_splat)(&row->finish);
     const KD_DIV(row) constants = KD_DIV(row_constants)(row->range.t_max, kd_student_reference(&row->range),
                                                         row->inv_T);
-    /* each mode and value_only a constant in its own copy of the loop */
+    /* each mode, value_only and format of the kept values (float32 only in moderate rows) a
+     * constant in its own copy of the loop */
     const int mode = kd_row_mode(&row->range, row->inv_T);
     const kd_same_mask_row same = kd_same_mask_row_of(mode, row->range.t_max, kd_student_reference(&row->range),
                                                       row->inv_T);
-#define KD_SECOND_IN(m, v) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, &same, m, v, out)
-    if (mode == KD_MODERATE)
-        row->value_only ? KD_SECOND_IN(KD_MODERATE, 1) : KD_SECOND_IN(KD_MODERATE, 0);
+#define KD_SECOND_IN(m, v, k) KD_FN(second_chunk)(t_in, s_in, n, row, &constants, &finish, &same, m, v, k, out)
+    if (mode == KD_MODERATE && KD_KEPT_SINGLE && row->kept_single)
+        row->value_only ? KD_SECOND_IN(KD_MODERATE, 1, 1) : KD_SECOND_IN(KD_MODERATE, 0, 1);
+    else if (mode == KD_MODERATE)
+        row->value_only ? KD_SECOND_IN(KD_MODERATE, 1, 0) : KD_SECOND_IN(KD_MODERATE, 0, 0);
     else if (mode == KD_SAME_MASK && row->finish.same_mask_fits)
-        row->value_only ? KD_SECOND_IN(KD_SAME_MASK_FITS, 1) : KD_SECOND_IN(KD_SAME_MASK_FITS, 0);
+        row->value_only ? KD_SECOND_IN(KD_SAME_MASK_FITS, 1, 0) : KD_SECOND_IN(KD_SAME_MASK_FITS, 0, 0);
     else if (mode == KD_SAME_MASK)
-        row->value_only ? KD_SECOND_IN(KD_SAME_MASK, 1) : KD_SECOND_IN(KD_SAME_MASK, 0);
+        row->value_only ? KD_SECOND_IN(KD_SAME_MASK, 1, 0) : KD_SECOND_IN(KD_SAME_MASK, 0, 0);
     else
-        row->value_only ? KD_SECOND_IN(KD_GENERAL, 1) : KD_SECOND_IN(KD_GENERAL, 0);
+        row->value_only ? KD_SECOND_IN(KD_GENERAL, 1, 0) : KD_SECOND_IN(KD_GENERAL, 0, 0);
 #undef KD_SECOND_IN
 }
 #endif
@@ -762,3 +792,5 @@ static void KD_FN(student_normaliser)(const void *s_in, ptrdiff_t n, double s_ma
     *top = count;
     *rest = isfinite(total) ? total + error : total;
 }
+
+#undef KD_KEPT_SINGLE

@@ -134,6 +134,9 @@ typedef struct {
     /* KD_SAME_MASK rows: 1 where the chunk took that mode, 2 where it left it (a row's chunks
      * merge into the larger); 0 for rows of other modes */
     int same_mask;
+    /* 1 where the chunk kept its values as float32 (kd_grad_row.kept_single): the moderate mode's
+     * float32 lanes, which decide per row, so a row's chunks all agree */
+    int kept_single;
 } kd_row_sums;
 
 /* A finished row: its divergence's value (NaN where the formulas cannot settle the row: special
@@ -161,6 +164,8 @@ typedef struct {
     double inv_z1;         /* 1 / sum e^(s - s_max), for KD_CE_OWN_EXP */
     const double *kept_a;  /* the divergence's two per-class values, kept by the sums' pass */
     const double *kept_w;  /* (NULL: no divergence term, only the cross-entropy's) */
+    int kept_single;       /* they are float32, (const float *)kept_a[i]: the values of the float32
+                            * lanes, exact in half the bytes (a moderate row's; the sums' kept_single) */
     int ce_mode;           /* KD_CE_NONE; KD_CE_FROM_Q (T = 1, so R = Q); KD_CE_OWN_EXP */
     int round_to_odd;      /* float32 gradients rounded to odd (kd_float_rounded_to_odd) */
     int value_only;        /* second pass: the value's sums alone (no gradient pass follows) */
@@ -195,10 +200,12 @@ typedef void (*kd_normaliser_fn)(const void *s, ptrdiff_t n, double s_max, doubl
 /* The passes of one input dtype. range: the extrema of t and s over n classes (pass 1). sums: the
  * kd_row_sums of n <= KD_CHUNK classes of a row with extrema *range (pass 2), optionally keeping
  * e^a and e^-d - 1 of each class for the gradient pass (kept_a, kept_w: room for
- * n + KD_MAX_STEP values each), and prefetching the next row (ahead_t, ahead_s: bytes).
+ * n + KD_MAX_STEP doubles each; float32 from the start of it where out->kept_single), and
+ * prefetching the next row (ahead_t, ahead_s: bytes).
  * short_rows: both passes, the finish and (unless grad is NULL) the gradient for n_rows rows of
  * n <= KD_SHORT_ROW classes, one row per lane, any strides in bytes; NaN values for the rows the
- * caller must settle. gradient: the gradient of one row of any length (d_t may be NULL).
+ * caller must settle. gradient: the gradient of n <= KD_CHUNK classes of a row, a chunk whose
+ * kept values row's kept_a, kept_w point at (d_t may be NULL); of a whole row where it keeps none.
  * normaliser: sum_j e^(s_j - s_max) of one row, as top (classes at the maximum) + rest.
  * second_sums (two-pass divergences, else NULL): the second pass's sums over n <= KD_CHUNK classes,
  * from the logits and the kept values of row (its kept_a, kept_w point at these classes' values)

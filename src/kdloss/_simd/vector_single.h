@@ -105,6 +105,17 @@ KD_INLINE void kd_widen_halves(kd_vs x, kd_vd *low, kd_vd *high)
 #endif
 }
 
+/* KD_LANES kept values from i as doubles (exact): float32 where the sums' pass kept them so
+ * (single, a constant; kd_grad_row.kept_single), else double. */
+KD_INLINE kd_vd kd_load_kept(const double *kept, ptrdiff_t i, const int single)
+{
+    if (!single)
+        return kd_load_f64(kept + i);
+    kd_vf x;
+    memcpy(&x, (const float *)kept + i, sizeof x);
+    return kd_widen_single(x);
+}
+
 /* A float32 vector stored at p as KD_SINGLE_LANES doubles, each half one whole store (through an
  * array of halves, GCC copied it 16 bytes at a time). */
 KD_INLINE void kd_store_widened(double *p, kd_vs x)
