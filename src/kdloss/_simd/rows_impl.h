@@ -573,16 +573,16 @@ static void KD_FN(row_gradient)(const void *t_in, const void *s_in, ptrdiff_t n,
     ((m) == KD_MODERATE && kept_single                                                             \
          ? KD_FN(gradient_loop)(t, s, n, row, d_s, d_t_, 1, ce, m, with_teacher, 1)                \
          : KD_FN(gradient_loop)(t, s, n, row, d_s, d_t_, 1, ce, m, with_teacher, 0))
-#define KD_SAME_MASK_LOOPS(m)                                                                      \
+#define KD_SAME_MASK_LOOPS(m) /* their kept values are double */                                 \
     do {                                                                                           \
         if (row->ce_mode == KD_CE_NONE && d_t == NULL)                                             \
-            KD_LOOP(NULL, KD_CE_NONE, m, 0);                                                       \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, NULL, 1, KD_CE_NONE, m, 0, 0);                 \
         else if (row->ce_mode == KD_CE_NONE)                                                       \
-            KD_LOOP(d_t, KD_CE_NONE, m, 1);                                                        \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_NONE, m, 1, 0);                  \
         else if (row->ce_mode == KD_CE_FROM_Q)                                                     \
-            KD_LOOP(d_t, KD_CE_FROM_Q, m, 1);                                                      \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_FROM_Q, m, 1, 0);                \
         else                                                                                       \
-            KD_LOOP(d_t, KD_CE_OWN_EXP, m, 1);                                                     \
+            KD_FN(gradient_loop)(t, s, n, row, d_s, d_t, 1, KD_CE_OWN_EXP, m, 1, 0);               \
     } while (0)
     if (mode == KD_SAME_MASK) {
         if (row->finish.same_mask_fits)
