@@ -233,11 +233,18 @@ KD_INLINE kd_kl_single_row kd_kl_single_row_constants(double t_max, double s_max
  * exponential by up to 2e-7 |x - x_max| / T of itself (the difference, 1 / T and the product each
  * round), and a row's value inherits that where classes far below the maximum carry it:
  * measured, a KL of 6e-23 carried by one class 37 T below the teacher's maximum came out 3e-6
- * off, and a small TVD with masked classes (whose e^b is Q's alone) moved by 1.4e-6. */
-KD_INLINE kd_vs kd_kl_single_accurate(kd_vs x, kd_vs x_max, const kd_kl_single_row *row, kd_vs *lo_out)
+ * off, and a small TVD with masked classes (whose e^b is Q's alone) moved by 1.4e-6. unit_T (a
+ * constant: T = 1) skips the products, exact there: the same hi, and the same lo but for the sign
+ * of a zero, which e^(hi + lo) does not see. */
+KD_INLINE kd_vs kd_kl_single_accurate(kd_vs x, kd_vs x_max, const kd_kl_single_row *row, const int unit_T,
+                                      kd_vs *lo_out)
 {
     const kd_vs hi = x - x_max, x_part = hi - x;
     const kd_vs lo = (x - (hi - x_part)) + (-x_max - x_part);
+    if (unit_T) {
+        *lo_out = lo;
+        return hi;
+    }
     const kd_vs scaled = hi * row->inv_T;
     const kd_vs product_error = kd_product_error_single(hi, row->inv_T, scaled);
     *lo_out = kd_fma_single(hi, row->inv_T_lo, kd_fma_single(lo, row->inv_T, product_error));
@@ -250,15 +257,17 @@ typedef struct {
 } kd_kl_single_terms_of;
 
 KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl_single_row *row,
-                                                   const int mode, kd_vsi *out_of_range)
+                                                   const int mode, const int unit_T, kd_vsi *out_of_range)
 {
     const kd_vs one = kd_splat_single(1.0f);
     kd_vsi t_masked = {0}, s_masked = {0};
     kd_vs a_lo;
-    kd_vs a = kd_kl_single_accurate(t, row->t_max, row, &a_lo);
+    kd_vs a = kd_kl_single_accurate(t, row->t_max, row, unit_T, &a_lo);
     const kd_vs hi = t - s, s_part = hi - t;
     const kd_vs lo = (t - (hi - s_part)) + (-s - s_part);
-    kd_vs d = ((hi - row->shift_hi) + (lo - row->shift_lo)) * row->inv_T;
+    kd_vs d = (hi - row->shift_hi) + (lo - row->shift_lo);
+    if (!unit_T) /* times 1 is exact */
+        d *= row->inv_T;
     kd_vs x = -d; /* the argument of e^-d - 1 - (-d) and its parts */
     kd_vs b_lo = kd_splat_single(0.0f);
     if (mode != KD_MODERATE) {
@@ -269,7 +278,7 @@ KD_INLINE kd_kl_single_terms_of kd_kl_single_terms(kd_vs t, kd_vs s, const kd_kl
         t_masked = t == -INFINITY;
         if (mode == KD_MASKED)
             s_masked = s == -INFINITY;
-        const kd_vs b = kd_keep_single(~s_masked, kd_kl_single_accurate(s, row->s_max, row, &b_lo));
+        const kd_vs b = kd_keep_single(~s_masked, kd_kl_single_accurate(s, row->s_max, row, unit_T, &b_lo));
         b_lo = kd_keep_single(t_masked & ~s_masked, b_lo); /* 0 except where e^b is Q's alone */
         a = kd_keep_single(~t_masked, a);
         a_lo = kd_keep_single(~t_masked, a_lo);

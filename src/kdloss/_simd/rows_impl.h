@@ -198,8 +198,8 @@ KD_INLINE int KD_FN(add_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, 
  * adds exactly 0. Returns nonzero when a masked chunk met a finite logit outside that range (or a
  * NaN): its sums are then to be redone in double. */
 KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdiff_t n, double t_max,
-                                      double s_max, double inv_T, const int mode, kd_row_sums *out,
-                                      const int keeping, double *keep_a, double *keep_w,
+                                      double s_max, double inv_T, const int mode, const int unit_T,
+                                      kd_row_sums *out, const int keeping, double *keep_a, double *keep_w,
                                       ptrdiff_t ahead_t, ptrdiff_t ahead_s)
 {
     const KD_DIV(single_row) row = KD_DIV(single_row_constants)(t_max, s_max, inv_T);
@@ -239,7 +239,7 @@ KD_INLINE int KD_FN(add_single_chunk)(const KD_REAL *t, const KD_REAL *s, ptrdif
                 }
                 if (mode == KD_SAME_MASK) /* classes both sides mask: stand-ins of weight 0 */
                     live &= ~kd_same_mask_stand_in_single(&tv, &sv, &same, &out_of_range);
-                KD_DIV(single_terms_of) x = KD_DIV(single_terms)(tv, sv, &row, term_mode, &out_of_range);
+                KD_DIV(single_terms_of) x = KD_DIV(single_terms)(tv, sv, &row, term_mode, unit_T, &out_of_range);
                 if (mode == KD_SAME_MASK || count < KD_SINGLE_LANES) {
                     for (int k = 0; k < KD_DIV_SUMS; k++)
                         x.weight[k] = kd_keep_single(live, x.weight[k]);
@@ -293,10 +293,16 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
 #define KD_CHUNK_IN(m, k) KD_FN(add_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
     int redo = 0;
 #if !KD_LIBM && !KD_EXP_FOR_DOUBLE && KD_DIV_SINGLE
-#define KD_SINGLE_CHUNK(m, k) KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, m, out, k, kept_a, kept_w, ahead_t, ahead_s)
+#define KD_SINGLE_CHUNK_AT(m, u, k)                                                                \
+    KD_FN(add_single_chunk)(t, s, n, t_max, s_max, inv_T, m, u, out, k, kept_a, kept_w, ahead_t, ahead_s)
+#define KD_SINGLE_CHUNK(m, k) KD_SINGLE_CHUNK_AT(m, 0, k)
     if (kd_single_resolves(range, inv_T)) {
         if (mode == KD_MODERATE && kd_is_single_moderate(range, inv_T)) {
-            keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
+            /* T = 1 (LLM distillation's usual) in copies of its own, without the products by 1 / T */
+            if (inv_T == 1.0)
+                keeping ? KD_SINGLE_CHUNK_AT(KD_MODERATE, 1, 1) : KD_SINGLE_CHUNK_AT(KD_MODERATE, 1, 0);
+            else
+                keeping ? KD_SINGLE_CHUNK(KD_MODERATE, 1) : KD_SINGLE_CHUNK(KD_MODERATE, 0);
             out->kept_single = keeping;
             return;
         }
@@ -320,6 +326,7 @@ KD_INLINE void KD_FN(row_sums_in)(const void *t_in, const void *s_in, ptrdiff_t 
         }
     }
 #undef KD_SINGLE_CHUNK
+#undef KD_SINGLE_CHUNK_AT
 #endif
     if (mode == KD_SAME_MASK) {
         if (!(keeping ? KD_CHUNK_IN(KD_SAME_MASK, 1) : KD_CHUNK_IN(KD_SAME_MASK, 0)))
