@@ -330,6 +330,25 @@ KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd
 static const float KD_MIX_LOG_FIT_FLOAT[] = {
     0x1.0ae3f2p-2f, 0x1.aeb814p-3f, 0x1.254b62p-2f, 0x1.9995d2p-2f, 0x1.555556p-1f,
 };
+/* A step with a class outside that range, and every class within |z| <= KD_MIX_SINGLE_WIDE_Z,
+ * takes R(z) / z^2 from a polynomial of degree 10 in z^2 over that range (students far from their
+ * teachers at T = 1, whose classes would otherwise send nearly every step to the double terms):
+ * fitted as the one above, within 6.4e-8 of itself in float32 coefficients and 1.3e-7 evaluated
+ * in float32 (Horner, fused). Nothing in phi cancels there either: x and R(z) z^2 (at most 0.36
+ * of |x - R(z) z^2| for |z| <= 0.8) have opposite signs or the sign of the result. Such a step
+ * takes x, z and Q / P = 1 + rho from double, each rounded once (kd_mix_wide_z): z from the
+ * central terms' shared float32 division, up to 5 ulp off, left row values 3.3e-7 off at T = 1.
+ * The range reaches Q / P down to 0.01 (w >= KD_MIX_SINGLE_WIDE_W_FLOOR: the double first pass's
+ * e^-d is within about 5e-12 of itself, so 1 + w is within 5e-10 there), and rho up to
+ * KD_MIX_SINGLE_WIDE_RHO_CAP, so that |x_b| = lam |rho| / (1 + rho) is at least lam |rho| / 16
+ * and P x_b^2 stays >= 2^-100 with a tiny bound 2^8 times the central one. */
+#define KD_MIX_SINGLE_WIDE_Z 0.8
+#define KD_MIX_SINGLE_WIDE_W_FLOOR -0.99
+#define KD_MIX_SINGLE_WIDE_RHO_CAP 15.0
+static const float KD_MIX_LOG_FIT_FLOAT_WIDE[] = {
+    0x1.f7f60ap+2f, -0x1.39d9dap+4f, 0x1.629692p+4f, -0x1.ba0f10p+3f, 0x1.60cc38p+2f, -0x1.23f5f4p+0f,
+    0x1.7d118cp-2f, 0x1.a625a0p-3f, 0x1.25475cp-2f, 0x1.999698p-2f, 0x1.555556p-1f,
+};
 
 /* The shapes of the weights the float32 second pass is compiled for, one copy of its loop each
  * (rows_impl.h, second_chunk): with the weights' tests constant, a step keeps its sums and
@@ -344,6 +363,7 @@ enum { KD_MIX_ANY_WEIGHTS, KD_MIX_BOTH_SIDES, KD_MIX_P_SIDE, KD_MIX_Q_SIDE, KD_M
 typedef struct {
     double y, inv_one_plus_y, p_scale;
     kd_vs rho_low, rho_high, tiny, lam, mu, one_plus_mu;
+    kd_vs wide_low, wide_high, wide_tiny; /* the same for |z| <= KD_MIX_SINGLE_WIDE_Z */
     int variant;
 } kd_mix_single_second;
 
@@ -376,11 +396,14 @@ KD_INLINE int kd_mix_variant(const kd_mix_finished *row)
     return KD_MIX_ANY_WEIGHTS;
 }
 
-KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *row)
+/* The range of rho where every class is within |z| <= c on the sides the weights use and
+ * w >= w_floor, capped at rho_cap; *weight: the least of mu and lam on those sides. */
+KD_INLINE void kd_mix_single_range(const kd_mix_finished *row, double c, double w_floor, double rho_cap,
+                                   double *low_out, double *high_out, double *weight_out)
 {
-    const double lam = row->lam, mu = 1.0 - lam, c = KD_MIX_SINGLE_CENTRAL_Z;
+    const double lam = row->lam, mu = 1.0 - lam;
     const double y = row->kl.y[0], inv_one_plus_y = row->kl.inv_one_plus_y[0];
-    double low = (-0.875 - y) * inv_one_plus_y, high = INFINITY, weight = 1.0;
+    double low = (w_floor - y) * inv_one_plus_y, high = rho_cap, weight = 1.0;
     if (row->c_p != 0.0 && mu != 0.0) { /* |x / (2 + x)| <= c, x = mu rho */
         low = fmax(low, -2.0 * c / ((1.0 + c) * mu));
         high = fmin(high, 2.0 * c / ((1.0 - c) * mu));
@@ -392,14 +415,49 @@ KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *r
             high = fmin(high, 2.0 * c / (lam - c * (1.0 + mu)));
         weight = fmin(weight, lam);
     }
+    *low_out = low;
+    *high_out = fmin(high, 0x1p100);
+    *weight_out = weight;
+}
+
+KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *row)
+{
+    const double lam = row->lam, mu = 1.0 - lam;
+    double low, high, weight, wide_low, wide_high, wide_weight;
+    kd_mix_single_range(row, KD_MIX_SINGLE_CENTRAL_Z, -0.875, INFINITY, &low, &high, &weight);
+    kd_mix_single_range(row, KD_MIX_SINGLE_WIDE_Z, KD_MIX_SINGLE_WIDE_W_FLOOR, KD_MIX_SINGLE_WIDE_RHO_CAP,
+                        &wide_low, &wide_high, &wide_weight);
     const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
+    const double wide_tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 92) / (wide_weight * wide_weight), 0x1p100);
     const kd_mix_single_second out = {
-        y, inv_one_plus_y, row->kl.inv_zp[0] * ldexp(1.0, KD_MIX_SINGLE_SCALE),
-        kd_splat_single((float)low), kd_splat_single((float)fmin(high, 0x1p100)), kd_splat_single((float)tiny),
+        row->kl.y[0], row->kl.inv_one_plus_y[0], row->kl.inv_zp[0] * ldexp(1.0, KD_MIX_SINGLE_SCALE),
+        kd_splat_single((float)low), kd_splat_single((float)high), kd_splat_single((float)tiny),
         kd_splat_single((float)lam), kd_splat_single((float)mu), kd_splat_single((float)(1.0 + mu)),
+        kd_splat_single((float)wide_low), kd_splat_single((float)wide_high), kd_splat_single((float)wide_tiny),
         kd_mix_variant(row),
     };
     return out;
+}
+
+/* z_a = x_a / (2 + x_a), x_a = mu rho, and z_b = -lam rho / (2 + (1 + mu) rho) in double, one
+ * division for both. */
+KD_INLINE void kd_mix_wide_z(kd_vd rho, double lam, double mu, kd_vd *z_a, kd_vd *z_b)
+{
+    const kd_vd x_a = mu * rho, two_a = 2.0 + x_a, two_b = 2.0 + (1.0 + mu) * rho;
+    const kd_vd inv = 1.0 / (two_a * two_b);
+    *z_a = x_a * (two_b * inv);
+    *z_b = -lam * rho * (two_a * inv);
+}
+
+/* x - R(z) z^2 over the wide range (KD_MIX_LOG_FIT_FLOAT_WIDE). */
+KD_INLINE kd_vs kd_mix_phi_factor_single_wide(kd_vs x, kd_vs z)
+{
+    const kd_vs u = z * z;
+    kd_vs r = kd_splat_single(KD_MIX_LOG_FIT_FLOAT_WIDE[0]);
+#pragma GCC unroll 16
+    for (int i = 1; i < (int)KD_COUNT(KD_MIX_LOG_FIT_FLOAT_WIDE); i++)
+        r = kd_fma_single(r, u, kd_splat_single(KD_MIX_LOG_FIT_FLOAT_WIDE[i]));
+    return x - r * u;
 }
 
 /* x - R(z) z^2 (kd_mix_phi_factor in float32). */
@@ -431,10 +489,16 @@ KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w
     }
     const kd_vs rho = kd_narrow_halves(rho0, rho1);
     const kd_vs p = kd_narrow_halves(ea0 * single->p_scale, ea1 * single->p_scale);
-    const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high)
-                      & ((rho == 0.0f) | (p * (rho * rho) >= single->tiny));
-    if (kd_any((kd_vi)~fits))
-        return 0;
+    const kd_vs p_rho2 = p * (rho * rho);
+    const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high) & ((rho == 0.0f) | (p_rho2 >= single->tiny));
+    int wide = 0; /* some class beyond the central range: the wide one's polynomial for the step */
+    if (kd_any((kd_vi)~fits)) {
+        const kd_vsi fits_wide = (rho >= single->wide_low) & (rho <= single->wide_high)
+                               & ((rho == 0.0f) | (p_rho2 >= single->wide_tiny));
+        if (kd_any((kd_vi)~fits_wide))
+            return 0;
+        wide = 1;
+    }
 
     const kd_vs one = kd_splat_single(1.0f), zero = kd_splat_single(0.0f);
     const kd_vs x_a = single->mu * rho, den = one + x_a, lam_rho = single->lam * rho;
@@ -442,11 +506,30 @@ KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w
     const kd_vs inv = one / ((need_a ? two_a : one) * (need_b ? two_b : one) * (need_r ? den : one));
     const kd_vs z_a = need_a ? x_a * (inv * ((need_b ? two_b : one) * (need_r ? den : one))) : zero;
     const kd_vs z_b = need_b ? -lam_rho * (inv * ((need_a ? two_a : one) * (need_r ? den : one))) : zero;
-    const kd_vs q = kd_fma_single(p, rho, p);
-    if (need_a)
-        sum[KD_MIX_A] += p * (z_a * kd_mix_phi_factor_single(x_a, z_a));
-    if (need_b)
-        sum[KD_MIX_B] += z_b * (-lam_rho * p + q * kd_mix_phi_factor_single(zero, z_b));
+    if (!wide) {
+        const kd_vs q = kd_fma_single(p, rho, p);
+        if (need_a)
+            sum[KD_MIX_A] += p * (z_a * kd_mix_phi_factor_single(x_a, z_a));
+        if (need_b)
+            sum[KD_MIX_B] += z_b * (-lam_rho * p + q * kd_mix_phi_factor_single(zero, z_b));
+    } else {
+        /* x, z and Q / P = 1 + rho from double, each rounded once: a term inherits their errors,
+         * and in float32 1 + rho would cancel as Q / P falls towards 0.01 */
+        const double lam = row->lam, mu = 1.0 - lam;
+        kd_vd z_a0, z_a1, z_b0, z_b1;
+        kd_mix_wide_z(rho0, lam, mu, &z_a0, &z_b0);
+        kd_mix_wide_z(rho1, lam, mu, &z_a1, &z_b1);
+        const kd_vs q = p * kd_narrow_halves(1.0 + rho0, 1.0 + rho1);
+        const kd_vs lam_rho_d = kd_narrow_halves(lam * rho0, lam * rho1);
+        if (need_a) {
+            const kd_vs x = kd_narrow_halves(mu * rho0, mu * rho1), z = kd_narrow_halves(z_a0, z_a1);
+            sum[KD_MIX_A] += p * (z * kd_mix_phi_factor_single_wide(x, z));
+        }
+        if (need_b) {
+            const kd_vs z = kd_narrow_halves(z_b0, z_b1);
+            sum[KD_MIX_B] += z * (-lam_rho_d * p + q * kd_mix_phi_factor_single_wide(zero, z));
+        }
+    }
     if (!value_only && sides.c) {
         /* sum Q c and sum P c, c = kappa rho P / M: terms of both signs whose total is second
          * order in rho, in double, as the double terms take them; P / M = 1 / (1 + mu rho) from
