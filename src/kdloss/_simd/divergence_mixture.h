@@ -125,6 +125,28 @@ KD_INLINE kd_vd kd_mix_phi_factor(kd_vd x, kd_vd z, const int for_double)
     return x - r * z2;
 }
 
+/* For inputs of float precision or less, the classes beyond the central range and within
+ * |z| <= KD_MIX_WIDE_Z (kd_mix_class_values): R(z) / z^2 from a polynomial of degree 17 in z^2,
+ * fitted for relative error with numpy and checked with mpmath at 50 digits, within 1.9e-11 of
+ * itself (2^-35.6; the series above is within 2^-34); nothing in phi cancels there (see
+ * KD_MIX_SINGLE_WIDE_Z). Students far from their teachers at T = 1 put a quarter of their classes
+ * beyond the central range, where the logs cost several times the series. */
+#define KD_MIX_WIDE_Z 0.8
+#define KD_MIX_WIDE_W_FLOOR -0.99 /* Q / P >= 0.01: see KD_MIX_SINGLE_WIDE_Z */
+static const double KD_MIX_LOG_SERIES_WIDE[] = {
+    0x1.a8bbd5d9ec91bp+3, -0x1.ef0dfab2c0baap+4, 0x1.224ae453cf658p+4, 0x1.e1bdab49c2529p+3,
+    -0x1.48b41fbf8be8dp+4, -0x1.d3c67e5923d74p+1, 0x1.64da817a52ef4p+4, -0x1.45be2a41f7e06p+4,
+    0x1.52c3533bf57adp+3, -0x1.b261b458ce1e4p+1, 0x1.d2136f63bd725p-1, 0x1.5dae8c29980dap-7,
+    0x1.5523717090af1p-3, 0x1.72a089149236ep-3, 0x1.c72e11926d960p-3, 0x1.24921ac0bcccap-2,
+    0x1.999999f93ad58p-2, 0x1.5555555545173p-1,
+};
+
+KD_INLINE kd_vd kd_mix_phi_factor_wide(kd_vd x, kd_vd z)
+{
+    const kd_vd z2 = z * z;
+    return x - kd_horner(z2, KD_MIX_LOG_SERIES_WIDE, KD_COUNT(KD_MIX_LOG_SERIES_WIDE)) * z2;
+}
+
 /* One class's values, both passes' view of it. With rho = Q / P - 1, sigma = P / Q - 1,
  * M / P = 1 + mu rho and M / Q = 1 + lam sigma, its shares of KL(P || M) and KL(Q || M) are
  *     P log(P / M) - P + M = P phi(mu rho),    Q log(Q / M) - Q + M = Q phi(lam sigma),
@@ -217,6 +239,25 @@ KD_INLINE kd_mix_class kd_mix_other_values(kd_vd t, kd_vd s, kd_vd w, const kd_k
     return other;
 }
 
+/* A central-form class's shares of KL(P || M) and KL(Q || M), and (with_logs) log(P / M) and
+ * log(Q / M), from phi's factors x - R(z) z^2 (kd_mix_phi_factor); out's p and q are set. */
+KD_INLINE void kd_mix_central_terms(kd_mix_class *out, kd_vd x_a, kd_vd z_a, kd_vd z_b, kd_vd lam_rho, kd_vd ratio,
+                                    kd_vd factor_a, kd_vd factor_b, const int need_a, const int need_b,
+                                    const int with_logs)
+{
+    const kd_vd zero = kd_splat(0.0);
+    out->a_term = need_a ? out->p * (z_a * factor_a) : zero;
+    out->b_term = need_b ? z_b * (-lam_rho * out->p + out->q * factor_b) : zero;
+    out->l1u = out->l1v = zero;
+    if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
+        out->l1u = z_a * factor_a - x_a;
+        if (need_b) {
+            const kd_vd x_b = -lam_rho / ratio;
+            out->l1v = z_b * (x_b + factor_b) - x_b;
+        }
+    }
+}
+
 KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd_kl_row *constants,
                                            const kd_mix_finished *row, const int mode,
                                            const int for_double, const int with_logs, const int with_c)
@@ -259,21 +300,34 @@ KD_INLINE kd_mix_class kd_mix_class_values(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, 
         central_a &= near;
         central_b &= near;
     }
-    const kd_vd factor_a = kd_mix_phi_factor(x_a, z_a, for_double), factor_b = kd_mix_phi_factor(zero, z_b, for_double);
-    out.a_term = need_a ? out.p * (z_a * factor_a) : zero;
-    out.b_term = need_b ? z_b * (-lam_rho * out.p + out.q * factor_b) : zero;
+    kd_mix_central_terms(&out, x_a, z_a, z_b, lam_rho, ratio, kd_mix_phi_factor(x_a, z_a, for_double),
+                         kd_mix_phi_factor(zero, z_b, for_double), need_a, need_b, with_logs);
     out.c = !use_c ? zero : need_r ? kappa * (rho * r) : kappa * rho;
-    out.l1u = out.l1v = zero;
-    if (with_logs) { /* log(P / M) = -log1p(x_a) = phi(x_a) - x_a, the same with x_b */
-        out.l1u = z_a * factor_a - x_a;
-        if (need_b) {
-            const kd_vd x_b = -lam_rho / ratio;
-            out.l1v = z_b * (x_b + factor_b) - x_b;
-        }
-    }
     out.infinite = (kd_vi)zero;
     if (!kd_any(~(central_a & central_b)))
         return out;
+    if (!for_double) {
+        /* Inputs of float precision or less: a class beyond the central range but within
+         * |z| <= KD_MIX_WIDE_Z (and Q / P >= 0.01) takes phi from the longer series in place of
+         * the logs, and counts as central from here on (each lane by its own values: a row's
+         * result does not depend on the rows beside it in short_rows' lanes). */
+        const kd_vi fair = (w >= KD_MIX_WIDE_W_FLOOR) & near;
+        const kd_vi wide_a = ~central_a & fair & (z_a <= KD_MIX_WIDE_Z) & (z_a >= -KD_MIX_WIDE_Z);
+        const kd_vi wide_b = ~central_b & fair & (z_b <= KD_MIX_WIDE_Z) & (z_b >= -KD_MIX_WIDE_Z);
+        if (kd_any(wide_a | wide_b)) {
+            kd_mix_class wide = out;
+            kd_mix_central_terms(&wide, x_a, z_a, z_b, lam_rho, ratio, kd_mix_phi_factor_wide(x_a, z_a),
+                                 kd_mix_phi_factor_wide(zero, z_b), need_a, need_b, with_logs);
+            out.a_term = kd_select(wide_a, wide.a_term, out.a_term);
+            out.b_term = kd_select(wide_b, wide.b_term, out.b_term);
+            out.l1u = kd_select(wide_a, wide.l1u, out.l1u);
+            out.l1v = kd_select(wide_b, wide.l1v, out.l1v);
+            central_a |= wide_a;
+            central_b |= wide_b;
+            if (!kd_any(~(central_a & central_b)))
+                return out;
+        }
+    }
 
     const kd_mix_class other = kd_mix_other_values(t, s, w, constants, row, mode, for_double, use_c,
                                                    out.p, rho, ratio, d, near);
@@ -334,16 +388,15 @@ static const float KD_MIX_LOG_FIT_FLOAT[] = {
  * takes R(z) / z^2 from a polynomial of degree 10 in z^2 over that range (students far from their
  * teachers at T = 1, whose classes would otherwise send nearly every step to the double terms):
  * fitted as the one above, within 6.4e-8 of itself in float32 coefficients and 1.3e-7 evaluated
- * in float32 (Horner, fused). Nothing in phi cancels there either: x and R(z) z^2 (at most 0.36
+ * in float32 (Horner, fused). Nothing in phi cancels there either: x and R(z) z^2 (at most 0.46
  * of |x - R(z) z^2| for |z| <= 0.8) have opposite signs or the sign of the result. Such a step
  * takes x, z and Q / P = 1 + rho from double, each rounded once (kd_mix_wide_z): z from the
  * central terms' shared float32 division, up to 5 ulp off, left row values 3.3e-7 off at T = 1.
- * The range reaches Q / P down to 0.01 (w >= KD_MIX_SINGLE_WIDE_W_FLOOR: the double first pass's
+ * The range reaches Q / P down to 0.01 (w >= KD_MIX_WIDE_W_FLOOR: the double first pass's
  * e^-d is within about 5e-12 of itself, so 1 + w is within 5e-10 there), and rho up to
  * KD_MIX_SINGLE_WIDE_RHO_CAP, so that |x_b| = lam |rho| / (1 + rho) is at least lam |rho| / 16
  * and P x_b^2 stays >= 2^-100 with a tiny bound 2^8 times the central one. */
 #define KD_MIX_SINGLE_WIDE_Z 0.8
-#define KD_MIX_SINGLE_WIDE_W_FLOOR -0.99
 #define KD_MIX_SINGLE_WIDE_RHO_CAP 15.0
 static const float KD_MIX_LOG_FIT_FLOAT_WIDE[] = {
     0x1.f7f60ap+2f, -0x1.39d9dap+4f, 0x1.629692p+4f, -0x1.ba0f10p+3f, 0x1.60cc38p+2f, -0x1.23f5f4p+0f,
@@ -425,7 +478,7 @@ KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *r
     const double lam = row->lam, mu = 1.0 - lam;
     double low, high, weight, wide_low, wide_high, wide_weight;
     kd_mix_single_range(row, KD_MIX_SINGLE_CENTRAL_Z, -0.875, INFINITY, &low, &high, &weight);
-    kd_mix_single_range(row, KD_MIX_SINGLE_WIDE_Z, KD_MIX_SINGLE_WIDE_W_FLOOR, KD_MIX_SINGLE_WIDE_RHO_CAP,
+    kd_mix_single_range(row, KD_MIX_SINGLE_WIDE_Z, KD_MIX_WIDE_W_FLOOR, KD_MIX_SINGLE_WIDE_RHO_CAP,
                         &wide_low, &wide_high, &wide_weight);
     const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
     const double wide_tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 92) / (wide_weight * wide_weight), 0x1p100);
