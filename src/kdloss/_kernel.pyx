@@ -518,7 +518,7 @@ cdef double row_loss_and_grad(
             kd_active_target.divergence[terms.divergence].finish(&sums, 1, terms.weights, &row.finish)
             if not recentre_row(&row.range, &row.finish, n, terms):
                 break
-        row.kept_single = keeping and sums.kept_single
+        row.kept_single = sums.kept_single  # 0 unless the sums' pass kept float32
         if terms.two_pass and row.finish.value == row.finish.value:
             second_row_sums(t, s, n, p, &row, &sums)
             kd_active_target.divergence[terms.divergence].second_finish(&sums, &row.finish)
@@ -823,7 +823,7 @@ cdef bint long_rows(
                        kept + start if kept != NULL else NULL,
                        kept + n + KD_MAX_STEP + start if kept != NULL else NULL, 0, 0)
             memset(&sums, 0, sizeof(sums))
-            row.kept_single = kept != NULL  # as row_sums: the same in every chunk
+            row.kept_single = 1  # as row_sums: the same in every chunk (0 where none kept)
             for c in range(n_chunks):
                 merge_sums(&sums, &chunks[c])
                 row.kept_single &= chunks[c].kept_single

@@ -128,11 +128,11 @@ KD_INLINE kd_vd kd_mix_phi_factor(kd_vd x, kd_vd z, const int for_double)
 /* For inputs of float precision or less, the classes beyond the central range and within
  * |z| <= KD_MIX_WIDE_Z (kd_mix_class_values): R(z) / z^2 from a polynomial of degree 17 in z^2,
  * fitted for relative error with numpy and checked with mpmath at 50 digits, within 1.9e-11 of
- * itself (2^-35.6; the series above is within 2^-34); nothing in phi cancels there (see
- * KD_MIX_SINGLE_WIDE_Z). Students far from their teachers at T = 1 put a quarter of their classes
- * beyond the central range, where the logs cost several times the series. */
+ * itself (2^-35.6; the series above is within 2^-34); nothing in phi cancels there (see the
+ * float32 pass's use of the same range, below). Students far from their teachers at T = 1 put a
+ * quarter of their classes beyond the central range, where the logs cost several times the series. */
 #define KD_MIX_WIDE_Z 0.8
-#define KD_MIX_WIDE_W_FLOOR -0.99 /* Q / P >= 0.01: see KD_MIX_SINGLE_WIDE_Z */
+#define KD_MIX_WIDE_W_FLOOR -0.99 /* Q / P >= 0.01: see the float32 pass's use, below */
 static const double KD_MIX_LOG_SERIES_WIDE[] = {
     0x1.a8bbd5d9ec91bp+3, -0x1.ef0dfab2c0baap+4, 0x1.224ae453cf658p+4, 0x1.e1bdab49c2529p+3,
     -0x1.48b41fbf8be8dp+4, -0x1.d3c67e5923d74p+1, 0x1.64da817a52ef4p+4, -0x1.45be2a41f7e06p+4,
@@ -384,7 +384,7 @@ KD_INLINE void kd_mix_second_terms(kd_vd t, kd_vd s, kd_vd ea, kd_vd w, const kd
 static const float KD_MIX_LOG_FIT_FLOAT[] = {
     0x1.0ae3f2p-2f, 0x1.aeb814p-3f, 0x1.254b62p-2f, 0x1.9995d2p-2f, 0x1.555556p-1f,
 };
-/* A step with a class outside that range, and every class within |z| <= KD_MIX_SINGLE_WIDE_Z,
+/* A step with a class outside that range, and every class within |z| <= KD_MIX_WIDE_Z,
  * takes R(z) / z^2 from a polynomial of degree 10 in z^2 over that range (students far from their
  * teachers at T = 1, whose classes would otherwise send nearly every step to the double terms):
  * fitted as the one above, within 6.4e-8 of itself in float32 coefficients and 1.3e-7 evaluated
@@ -396,7 +396,6 @@ static const float KD_MIX_LOG_FIT_FLOAT[] = {
  * e^-d is within about 5e-12 of itself, so 1 + w is within 5e-10 there), and rho up to
  * KD_MIX_SINGLE_WIDE_RHO_CAP, so that |x_b| = lam |rho| / (1 + rho) is at least lam |rho| / 16
  * and P x_b^2 stays >= 2^-100 with a tiny bound 2^8 times the central one. */
-#define KD_MIX_SINGLE_WIDE_Z 0.8
 #define KD_MIX_SINGLE_WIDE_RHO_CAP 15.0
 static const float KD_MIX_LOG_FIT_FLOAT_WIDE[] = {
     0x1.f7f60ap+2f, -0x1.39d9dap+4f, 0x1.629692p+4f, -0x1.ba0f10p+3f, 0x1.60cc38p+2f, -0x1.23f5f4p+0f,
@@ -416,7 +415,7 @@ enum { KD_MIX_ANY_WEIGHTS, KD_MIX_BOTH_SIDES, KD_MIX_P_SIDE, KD_MIX_Q_SIDE, KD_M
 typedef struct {
     double y, inv_one_plus_y, p_scale;
     kd_vs rho_low, rho_high, tiny, lam, mu, one_plus_mu;
-    kd_vs wide_low, wide_high, wide_tiny; /* the same for |z| <= KD_MIX_SINGLE_WIDE_Z */
+    kd_vs wide_low, wide_high, wide_tiny; /* the same for |z| <= KD_MIX_WIDE_Z */
     int variant;
 } kd_mix_single_second;
 
@@ -478,7 +477,7 @@ KD_INLINE kd_mix_single_second kd_mix_single_second_row(const kd_mix_finished *r
     const double lam = row->lam, mu = 1.0 - lam;
     double low, high, weight, wide_low, wide_high, wide_weight;
     kd_mix_single_range(row, KD_MIX_SINGLE_CENTRAL_Z, -0.875, INFINITY, &low, &high, &weight);
-    kd_mix_single_range(row, KD_MIX_SINGLE_WIDE_Z, KD_MIX_WIDE_W_FLOOR, KD_MIX_SINGLE_WIDE_RHO_CAP,
+    kd_mix_single_range(row, KD_MIX_WIDE_Z, KD_MIX_WIDE_W_FLOOR, KD_MIX_SINGLE_WIDE_RHO_CAP,
                         &wide_low, &wide_high, &wide_weight);
     const double tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 100) / (weight * weight), 0x1p100);
     const double wide_tiny = fmin(ldexp(1.0, KD_MIX_SINGLE_SCALE - 92) / (wide_weight * wide_weight), 0x1p100);
@@ -543,7 +542,8 @@ KD_INLINE int kd_mix_single_second_terms(kd_vd ea0, kd_vd ea1, kd_vd w0, kd_vd w
     const kd_vs rho = kd_narrow_halves(rho0, rho1);
     const kd_vs p = kd_narrow_halves(ea0 * single->p_scale, ea1 * single->p_scale);
     const kd_vs p_rho2 = p * (rho * rho);
-    const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high) & ((rho == 0.0f) | (p_rho2 >= single->tiny));
+    const kd_vsi fits = (rho >= single->rho_low) & (rho <= single->rho_high)
+                      & ((rho == 0.0f) | (p_rho2 >= single->tiny));
     int wide = 0; /* some class beyond the central range: the wide one's polynomial for the step */
     if (kd_any((kd_vi)~fits)) {
         const kd_vsi fits_wide = (rho >= single->wide_low) & (rho <= single->wide_high)
